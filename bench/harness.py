@@ -1,0 +1,123 @@
+"""Shared benchmark harness: timing, environment facts, and result rows.
+
+Every bench/bench_<op>.py compares providers on the same inputs in one process, prints a
+table with ratios, and appends rows to bench/results/<device>.csv. Benchmarks never assert.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import os
+import re
+import statistics
+import subprocess
+import time
+
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+FIELDS = ["op", "provider", "mode", "shape", "median_ms", "tflops", "gbps", "peak_mb",
+          "device", "torch", "triton", "commit", "date", "note"]
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return "cpu"
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"],
+                                       cwd=os.path.dirname(RESULTS_DIR),
+                                       stderr=subprocess.DEVNULL).decode().strip()
+    except Exception:
+        return os.environ.get("XLMR_FAST_COMMIT", "unknown")
+
+
+def triton_version() -> str:
+    try:
+        import triton
+        return triton.__version__
+    except Exception:
+        return "none"
+
+
+def time_ms(fn, *, warmup: int = 5, rep: int = 30) -> float:
+    """Median wall time of fn() in ms: CUDA events on GPU, perf_counter on CPU."""
+    for _ in range(warmup):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(rep):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b))
+        return statistics.median(times)
+    times = []
+    for _ in range(rep):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def peak_mb(fn) -> float:
+    """Peak CUDA memory allocated during fn() beyond what was allocated before, in MB."""
+    if not torch.cuda.is_available():
+        return float("nan")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def row(op, provider, mode, shape, ms, *, flops=None, bytes_moved=None, peak=float("nan"), note=""):
+    return {
+        "op": op, "provider": provider, "mode": mode, "shape": shape,
+        "median_ms": f"{ms:.4f}",
+        "tflops": f"{flops / ms / 1e9:.1f}" if flops else "",
+        "gbps": f"{bytes_moved / ms / 1e6:.1f}" if bytes_moved else "",
+        "peak_mb": f"{peak:.1f}", "device": device_name(), "torch": torch.__version__,
+        "triton": triton_version(), "commit": commit(),
+        "date": _dt.date.today().isoformat(), "note": note,
+    }
+
+
+def print_table(rows, baseline_provider=None):
+    """Print rows grouped by (mode, shape) with each provider's ratio to the best baseline."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["op"], r["mode"], r["shape"]), []).append(r)
+    print(f"{'op':<22}{'mode':<9}{'shape':<30}{'provider':<26}{'ms':>10}{'TFLOP/s':>9}{'GB/s':>9}"
+          f"{'peakMB':>9}{'speedup':>9}")
+    for (op, mode, shape), rs in groups.items():
+        base = [float(r["median_ms"]) for r in rs
+                if r["median_ms"] not in ("", "nan") and (baseline_provider is None or
+                                                          r["provider"] in baseline_provider)]
+        ref = min(base) if base else None
+        for r in rs:
+            ms = float(r["median_ms"])
+            sp = f"{ref / ms:.2f}x" if ref and ms == ms and ms > 0 else ""
+            print(f"{op:<22}{mode:<9}{shape:<30}{r['provider']:<26}{ms:>10.4f}{r['tflops']:>9}"
+                  f"{r['gbps']:>9}{r['peak_mb']:>9}{sp:>9}")
+
+
+def append_rows(rows, path: str | None = None) -> str:
+    """Append rows to bench/results/<device>.csv (or path; XLMR_FAST_BENCH_OUT overrides)."""
+    path = path or os.environ.get("XLMR_FAST_BENCH_OUT") or os.path.join(
+        RESULTS_DIR, re.sub(r"[^A-Za-z0-9_.-]+", "_", device_name()) + ".csv")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+    return path

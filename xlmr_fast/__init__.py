@@ -1,0 +1,2 @@
+"""xlmr_fast"""
+from . import ops  # noqa
