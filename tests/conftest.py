@@ -1,20 +1,21 @@
 import os
-import sys
 
 import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.environ.get("XLMR_FAST_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    no_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    no_interp = pytest.mark.skip(reason="Triton-on-CPU test: run with TRITON_INTERPRET=1 -m interpret")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
+        if "interpret" in item.keywords and not INTERPRET:
+            item.add_marker(no_interp)
 
 
 @pytest.fixture

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# GPU check on a CUDA machine (the device machine: torch 2.11+cu130, triton 3.6, no network).
+# Builds the CUDA extension, runs every test (GPU tests included) and every benchmark, and
+# leaves logs + result CSVs in $OUT (default ./gpu_out).
+#   usage: bash scripts/gpu_check.sh [build|test|bench|all]   (default all)
+# Baseline wheels (Liger, Cut Cross-Entropy) are installed from ./.whl when present.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/gpu_out}"; mkdir -p "$OUT"
+WHAT="${1:-all}"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}"
+export XLMR_FAST_COMMIT="${XLMR_FAST_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+if [[ "$WHAT" == build || "$WHAT" == all || ! -f "$OUT/.built" ]]; then
+  { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+    $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+    time $PY -m pip install --no-build-isolation --no-deps -e . 2>&1 | tail -3
+    $PY -c "import xlmr_fast._ext as e; print('extension', e.available(), e.build_info(), e._LOAD_ERROR)"
+  } > "$OUT/build.log" 2>&1
+  touch "$OUT/.built"
+  tail -5 "$OUT/build.log"
+fi
+if [[ "$WHAT" == test || "$WHAT" == all ]]; then
+  timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -x -m "not interpret" tests -p no:cacheprovider \
+      --durations=15 > "$OUT/tests.log" 2>&1
+  echo "tests rc=$?"; tail -25 "$OUT/tests.log"
+fi
+if [[ "$WHAT" == bench || "$WHAT" == all ]]; then
+  export XLMR_FAST_BENCH_OUT="$OUT/results.csv"
+  for b in bench/bench_*.py; do
+    m="bench.$(basename "$b" .py)"
+    echo "=== $m" >> "$OUT/bench.log"
+    timeout "${BENCH_TIMEOUT:-200}" $PY -m "$m" ${BENCH_ARGS:-} >> "$OUT/bench.log" 2>&1 || echo "$m rc=$?" >> "$OUT/bench.log"
+  done
+  grep -vE "^\s*$" "$OUT/bench.log" | tail -80
+fi
