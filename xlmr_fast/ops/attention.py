@@ -1,29 +1,157 @@
-"""xf.ops.attention: non-causal multi-head attention with a key-padding mask.
+"""xf.ops.attention: non-causal multi-head attention with a key-padding mask or varlen packing.
 
-Contract (stable; the fused kernels of later issues plug in behind it):
-    attention(q, k, v, *, key_padding_mask=None, dropout_p=0.0, softmax_scale=None, seed=None)
-    q, k, v: (B, H, T, D); key_padding_mask: (B, T) bool, True where the KEY is padding.
-    Returns (B, H, T, D). Rows whose keys are all padding return zeros.
+Contract (stable):
 
-Backends: torch SDPA (this file). attention_reference() is the fp32 plain-torch math.
+    out = attention(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=None,
+                    dropout_p=0.0, softmax_scale=None, seed=None)
+
+* padded:  q, k, v (B, H, T, D), any strides (e.g. a transpose of (B, T, H, D));
+           key_padding_mask (B, T) bool, True where the KEY is padding (any pattern).
+           Returns (B, H, T, D) (stored as (B, T, H, D) on the Triton path, so
+           out.transpose(1, 2).reshape(B, T, H*D) is a free view).
+* varlen:  q, k, v (total_tokens, H, D) packed; cu_seqlens int32 (B+1,) prefix sums;
+           max_seqlen a Python int >= every length (no host sync is done to find it).
+           Returns (total_tokens, H, D).
+* Rows whose keys are all padding (and zero-length sequences) give zeros.
+* softmax_scale defaults to D ** -0.5. Softmax statistics are fp32.
+* dropout_p > 0 drops attention probabilities with a counter-based keep-mask, a pure
+  function of (seed, b*H + h, query position, key position) within each sequence: see
+  attention_dropout_mask(), which materialises it for tests. seed=None draws a seed from
+  torch's default (CPU) generator, so torch.manual_seed makes runs repeatable; the draw
+  stays on the host (no device sync).
+
+Backends (attention_backend() returns the choice and the reason):
+    triton  kernels/triton/attention.py (FlashAttention-2 style, deterministic backward),
+            registered as torch.ops.xlmr_fast.attention_fwd/_bwd so torch.compile traces it;
+            CUDA tensors, or CPU tensors under TRITON_INTERPRET=1; fp16/bf16 (fp32 only
+            under the interpreter or when forced); head dim 32, 64 or 128.
+    sdpa    torch.nn.functional.scaled_dot_product_attention with an additive mask (its
+            dropout uses torch's RNG, not the keep-mask above); everything else.
+XLMR_FAST_BACKEND=triton|cuda forces the Triton kernel (there is no separate CUDA-extension
+attention; an unsupported input then raises), =reference forces SDPA.
+attention_reference() is the fp32 plain-torch math that every backend is tested against.
 """
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
 
+from . import _backend
 
-def attention_reference(q, k, v, *, key_padding_mask=None, softmax_scale=None):
-    """Plain-torch fp32 attention (no dropout); the ground truth for every backend."""
+log = logging.getLogger(__name__)
+
+M32 = 0xFFFFFFFF
+SEED_XOR = 0x243F6A88
+BH_MUL, ROW_MUL, COL_MUL = 0x9E3779B9, 0x85EBCA6B, 0xC2B2AE35
+TRITON_HEAD_DIMS = (32, 64, 128)
+
+
+# ---------------------------------------------------------------- dropout keep-mask (shared spec)
+def _mix32_int(x: int) -> int:
+    x &= M32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & M32
+    return x ^ (x >> 16)
+
+
+def dropout_seed_key(seed: int) -> int:
+    """The uint32 key of a 64-bit seed (host-side; the kernels take this key)."""
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"attention: seed must be >= 0, got {seed}")
+    return _mix32_int(_mix32_int((seed & M32) ^ SEED_XOR) ^ ((seed >> 32) & M32))
+
+
+def dropout_threshold(dropout_p: float) -> int:
+    """Drop iff the uint32 draw is below this; in [0, 2^32 - 1]."""
+    return min(int(round(dropout_p * 2**32)), M32)
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    # (x * c) mod 2^32 for int64 tensors of uint32 values, without int64 overflow.
+    lo = (x * (c & 0xFFFF)) & M32
+    hi = ((x * (c >> 16)) & 0xFFFF) << 16
+    return (lo + hi) & M32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def attention_dropout_mask(seed: int, batch: int, heads: int, seqlen_q: int, seqlen_k: int,
+                           dropout_p: float, device=None) -> torch.Tensor:
+    """The keep-mask the kernels use, as bool (batch, heads, seqlen_q, seqlen_k), True = keep.
+
+    Entry [b, h, i, j] depends only on (seed, b*heads + h, i, j), so a sequence of a packed
+    (varlen) batch uses the top-left [:len, :len] corner of its padded mask.
+    """
+    key = dropout_seed_key(seed)
+    bh = torch.arange(batch * heads, dtype=torch.int64, device=device)
+    hb = _mix32(key ^ _mul32(bh, BH_MUL))                                     # (BH,)
+    rows = _mul32(torch.arange(seqlen_q, dtype=torch.int64, device=device), ROW_MUL)
+    hr = _mix32(hb[:, None] ^ rows[None, :])                                  # (BH, Tq)
+    cols = _mul32(torch.arange(seqlen_k, dtype=torch.int64, device=device), COL_MUL)
+    r = _mix32(hr[:, :, None] ^ cols[None, None, :])                          # (BH, Tq, Tk)
+    return (r >= dropout_threshold(dropout_p)).view(batch, heads, seqlen_q, seqlen_k)
+
+
+# ---------------------------------------------------------------- references
+def attention_reference(q, k, v, *, key_padding_mask=None, cu_seqlens=None, softmax_scale=None,
+                        dropout_mask=None, dropout_p=0.0):
+    """Plain-torch fp32 attention; the ground truth for every backend (differentiable).
+
+    dropout_mask: optional bool keep-mask (B, H, T, T) (e.g. attention_dropout_mask(...));
+    kept probabilities are scaled by 1 / (1 - dropout_p). With cu_seqlens, q/k/v are packed
+    (total, H, D) and each sequence b uses dropout_mask[b, :, :len, :len].
+    """
+    if cu_seqlens is not None:
+        bounds = cu_seqlens.tolist()  # host sync: fine for a reference
+        outs = []
+        for b in range(len(bounds) - 1):
+            s, e = bounds[b], bounds[b + 1]
+            if e == s:
+                continue
+            sl = lambda x: x[s:e].transpose(0, 1)[None]  # noqa: E731  (1, H, L, D)
+            m = None if dropout_mask is None else dropout_mask[b:b + 1, :, :e - s, :e - s]
+            o = attention_reference(sl(q), sl(k), sl(v), softmax_scale=softmax_scale,
+                                    dropout_mask=m, dropout_p=dropout_p)
+            outs.append(o[0].transpose(0, 1))
+        return torch.cat(outs, 0) if outs else (q * 0).float().to(q.dtype)
     out_dtype = q.dtype
     q, k, v = q.float(), k.float(), v.float()
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     s = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
     if key_padding_mask is not None:
         s = s.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-    p = torch.softmax(s, dim=-1)
-    p = torch.nan_to_num(p, nan=0.0)  # all-padding rows: softmax of all -inf is NaN; define as 0
+    # Softmax written out so that all-padding rows give exactly 0 (and 0 gradients)
+    # instead of NaN: their max is -inf, replaced by 0 so exp(-inf - 0) = 0.
+    m = s.amax(dim=-1, keepdim=True).detach()
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    e = torch.exp(s - m)
+    denom = e.sum(dim=-1, keepdim=True)
+    p = e / torch.where(denom == 0, torch.ones_like(denom), denom)
+    if dropout_mask is not None:
+        p = p * dropout_mask.to(p.dtype) / (1.0 - dropout_p)
     return torch.einsum("bhqk,bhkd->bhqd", p, v).to(out_dtype)
+
+
+# ---------------------------------------------------------------- varlen <-> padded (no host sync)
+def _varlen_index(cu_seqlens, total, max_seqlen):
+    """(seq id, position) of each packed token, and the (B, max_seqlen) padding mask."""
+    tok = torch.arange(total, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
+    seq = torch.searchsorted(cu_seqlens[1:].contiguous(), tok, right=True)
+    pos = tok.long() - cu_seqlens.long()[seq]
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    pad = torch.arange(max_seqlen, device=cu_seqlens.device)[None, :] >= lens[:, None]
+    return seq, pos, pad
 
 
 def _sdpa(q, k, v, key_padding_mask, dropout_p, softmax_scale):
@@ -33,7 +161,8 @@ def _sdpa(q, k, v, key_padding_mask, dropout_p, softmax_scale):
         # a finite minimum (not -inf) keeps all-padding rows NaN-free in every backend.
         mask = torch.zeros(key_padding_mask.shape, dtype=q.dtype, device=q.device)
         mask = mask.masked_fill(key_padding_mask, torch.finfo(q.dtype).min)[:, None, None, :]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=softmax_scale)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                         scale=softmax_scale)
     if key_padding_mask is not None:
         # Zero the rows whose every key is padding (SDPA would average V uniformly there).
         all_pad = key_padding_mask.all(dim=-1)[:, None, None, None]
@@ -41,20 +170,216 @@ def _sdpa(q, k, v, key_padding_mask, dropout_p, softmax_scale):
     return out
 
 
-def attention(q, k, v, *, key_padding_mask=None, dropout_p: float = 0.0, softmax_scale=None, seed=None):
-    """Multi-head attention, non-causal. See the module docstring for the contract."""
-    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(
-            f"attention: q, k, v must all be (B, H, T, D) of one shape, got {tuple(q.shape)}, "
-            f"{tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if key_padding_mask is not None:
-        B, _, T, _ = q.shape
-        if key_padding_mask.shape != (B, T) or key_padding_mask.dtype != torch.bool:
-            raise ValueError(
-                f"attention: key_padding_mask must be bool (B, T) = ({B}, {T}), got "
-                f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
-            )
+def _sdpa_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale):
+    B = cu_seqlens.numel() - 1
+    seq, pos, pad = _varlen_index(cu_seqlens, q.shape[0], max_seqlen)
+
+    def to_padded(x):
+        y = x.new_zeros((B, max_seqlen) + tuple(x.shape[1:]))
+        y[seq, pos] = x
+        return y.transpose(1, 2)  # (B, H, T, D)
+
+    out = _sdpa(to_padded(q), to_padded(k), to_padded(v), pad, dropout_p, softmax_scale)
+    return out.transpose(1, 2)[seq, pos]
+
+
+# ---------------------------------------------------------------- backend choice
+def attention_backend(q, k=None, v=None, *, key_padding_mask=None, cu_seqlens=None,
+                      dropout_p=0.0):
+    """(backend, reason): which backend attention() uses for these inputs, and why."""
+    f = _backend.forced()
+    if f == "reference":
+        return "sdpa", "XLMR_FAST_BACKEND=reference"
+    why_not = _triton_refusal(q, forced=f in ("triton", "cuda"))
+    if f in ("triton", "cuda"):
+        if why_not:
+            raise _backend.Unsupported(f"attention: XLMR_FAST_BACKEND={f} but the Triton "
+                                       f"kernel cannot run this input: {why_not}")
+        return "triton", f"XLMR_FAST_BACKEND={f}"
+    if why_not:
+        return "sdpa", why_not
+    return "triton", "supported"
+
+
+_TRITON_IMPORTABLE = []
+
+
+def _triton_importable():
+    # Cached in a plain list rather than through functools.lru_cache, which torch.compile
+    # warns about when it traces the dispatch.
+    if not _TRITON_IMPORTABLE:
+        _TRITON_IMPORTABLE.append(_backend.triton_importable())
+    return _TRITON_IMPORTABLE[0]
+
+
+def _triton_refusal(q, forced=False):
+    """None when the Triton kernel supports q's device/dtype/shape, else the reason."""
+    if not _triton_importable():
+        return "triton is not installed"
+    if not (q.device.type == "cuda" or (q.device.type == "cpu" and _backend.interpret())):
+        return f"{q.device.type} tensors need CUDA, or TRITON_INTERPRET=1 on the CPU"
+    D = q.shape[-1]
+    if D not in TRITON_HEAD_DIMS:
+        return f"head dim {D} not in {TRITON_HEAD_DIMS}"
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {q.dtype} (kernel takes fp16/bf16/fp32)"
+    if q.dtype == torch.float32 and q.device.type == "cuda" and not forced:
+        return "fp32 on CUDA: the kernel's exact-fp32 dots are slower than SDPA"
+    if q.numel() == 0:
+        return "empty input"
+    return None
+
+
+# ---------------------------------------------------------------- the registered op (Triton)
+def _kernels():
+    from xlmr_fast.kernels.triton import attention as kern  # imports triton; lazy on purpose
+    return kern
+
+
+def _rng(dropout_p, seed):
+    if dropout_p <= 0.0:
+        return 0, 0
+    return dropout_seed_key(int(seed.item())), dropout_threshold(dropout_p)  # CPU tensor: no sync
+
+
+def _layout_like(x, varlen):
+    if varlen:
+        return x.new_empty(x.shape)
+    B, H, T, D = x.shape
+    return x.new_empty((B, T, H, D)).transpose(1, 2)
+
+
+def _stats_shape(q, varlen):
+    return (q.shape[1], q.shape[0]) if varlen else (q.shape[0], q.shape[1], q.shape[2])
+
+
+@torch.library.custom_op("xlmr_fast::attention_fwd", mutates_args=())
+def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   key_padding_mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+                   max_seqlen: int, dropout_p: float, softmax_scale: float,
+                   seed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    key, thresh = _rng(dropout_p, seed)
+    return _kernels().attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen,
+                                    softmax_scale, dropout_p, key, thresh)
+
+
+@_attention_fwd.register_fake
+def _(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed):
+    varlen = cu_seqlens is not None
+    return (_layout_like(q, varlen),
+            q.new_empty(_stats_shape(q, varlen), dtype=torch.float32))
+
+
+@torch.library.custom_op("xlmr_fast::attention_bwd", mutates_args=())
+def _attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   out: torch.Tensor, lse: torch.Tensor, key_padding_mask: torch.Tensor | None,
+                   cu_seqlens: torch.Tensor | None, max_seqlen: int, dropout_p: float,
+                   softmax_scale: float, seed: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    key, thresh = _rng(dropout_p, seed)
+    return _kernels().attention_bwd(grad_out, q, k, v, out, lse, key_padding_mask, cu_seqlens,
+                                    max_seqlen, softmax_scale, dropout_p, key, thresh)
+
+
+@_attention_bwd.register_fake
+def _(grad_out, q, k, v, out, lse, key_padding_mask, cu_seqlens, max_seqlen, dropout_p,
+      softmax_scale, seed):
+    varlen = cu_seqlens is not None
+    return _layout_like(q, varlen), _layout_like(k, varlen), _layout_like(v, varlen)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, kpm, cu, max_seqlen, dropout_p, scale, seed = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, kpm, cu, seed)
+    ctx.meta = (max_seqlen, dropout_p, scale)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, kpm, cu, seed = ctx.saved_tensors
+    max_seqlen, dropout_p, scale = ctx.meta
+    dq, dk, dv = _attention_bwd(grad_out, q, k, v, out, lse, kpm, cu, max_seqlen, dropout_p,
+                                scale, seed)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------- public entry point
+def _validate(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"attention: q, k, v must have one shape, got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"attention: q, k, v must have one dtype, got {q.dtype}, {k.dtype}, "
+                         f"{v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"attention: q, k, v must be on one device, got {q.device}, "
+                         f"{k.device}, {v.device}")
+    if cu_seqlens is None:
+        if q.dim() != 4:
+            raise ValueError(f"attention: q, k, v must be (B, H, T, D) (or packed (total, H, D) "
+                             f"with cu_seqlens), got {tuple(q.shape)}")
+        if max_seqlen is not None and max_seqlen != q.shape[2]:
+            raise ValueError(f"attention: max_seqlen is for the packed layout (with cu_seqlens); "
+                             f"got max_seqlen={max_seqlen} for padded T={q.shape[2]}")
+        if key_padding_mask is not None:
+            B, T = q.shape[0], q.shape[2]
+            if key_padding_mask.shape != (B, T) or key_padding_mask.dtype != torch.bool:
+                raise ValueError(f"attention: key_padding_mask must be bool (B, T) = ({B}, {T}), "
+                                 f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
+            if key_padding_mask.device != q.device:
+                raise ValueError(f"attention: key_padding_mask is on {key_padding_mask.device}, "
+                                 f"q on {q.device}")
+    else:
+        if key_padding_mask is not None:
+            raise ValueError("attention: pass key_padding_mask (padded layout) or cu_seqlens "
+                             "(packed layout), not both")
+        if q.dim() != 3:
+            raise ValueError(f"attention: with cu_seqlens, q, k, v must be packed (total, H, D), "
+                             f"got {tuple(q.shape)}")
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1 or cu_seqlens.dtype != torch.int32:
+            raise ValueError(f"attention: cu_seqlens must be a 1-D int32 tensor (batch + 1,), got "
+                             f"{cu_seqlens.dtype} {tuple(cu_seqlens.shape)}")
+        if cu_seqlens.device != q.device:
+            raise ValueError(f"attention: cu_seqlens is on {cu_seqlens.device}, q on {q.device}")
+        if not isinstance(max_seqlen, int) or isinstance(max_seqlen, bool) or max_seqlen < 0:
+            raise ValueError(f"attention: with cu_seqlens, max_seqlen must be a Python int >= "
+                             f"the longest sequence (no host sync is done to find it), got "
+                             f"{max_seqlen!r}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
-    return _sdpa(q, k, v, key_padding_mask, dropout_p, softmax_scale)
+    if softmax_scale is not None and not softmax_scale > 0:
+        raise ValueError(f"attention: softmax_scale must be > 0, got {softmax_scale}")
+    if seed is not None and (not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"attention: seed must be a non-negative int or None, got {seed!r}")
+
+
+def attention(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=None,
+              dropout_p: float = 0.0, softmax_scale=None, seed=None):
+    """Multi-head attention, non-causal. See the module docstring for the contract."""
+    _validate(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed)
+    dropout_p = float(dropout_p)
+    backend, reason = attention_backend(q, key_padding_mask=key_padding_mask,
+                                        cu_seqlens=cu_seqlens, dropout_p=dropout_p)
+    if backend == "sdpa":
+        if not torch.compiler.is_compiling():  # logging is a graph break under compile
+            log.debug("attention: SDPA backend (%s)", reason)
+        if cu_seqlens is not None:
+            return _sdpa_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale)
+        return _sdpa(q, k, v, key_padding_mask, dropout_p, softmax_scale)
+    scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
+    seed_t = None
+    if dropout_p > 0.0:
+        # A CPU int64 tensor: drawn from torch's default generator without a device sync, and
+        # traceable by torch.compile (a Python int drawn with .item() would break the graph).
+        seed_t = (torch.randint(0, 2**62, (), dtype=torch.int64) if seed is None
+                  else torch.tensor(seed, dtype=torch.int64))
+    T = q.shape[2] if cu_seqlens is None else int(max_seqlen)
+    out, _ = _attention_fwd(q, k, v, key_padding_mask, cu_seqlens, T, dropout_p, scale, seed_t)
+    return out

@@ -1,18 +1,67 @@
 """xf.ops.linear_cross_entropy: loss of softmax(hidden @ weight.T + bias) against targets.
 
 Contract (stable):
-    linear_cross_entropy(hidden (N, H), weight (V, H), bias (V,) or None, targets (N,) int,
-                         ignore_index=-100, reduction="mean"|"sum"|"none", label_smoothing=0.0)
-"mean" divides by the number of non-ignored rows (0 rows -> 0 loss, not NaN).
-This first version is the plain-torch reference (fp32 math); fused backends come with
-the kernel issue.
+
+    loss = linear_cross_entropy(hidden (N, H), weight (V, H), bias (V,) or None, targets (N,) int,
+                                ignore_index=-100, reduction="mean"|"sum"|"none",
+                                label_smoothing=0.0)
+
+* "mean" divides by the number of non-ignored rows (0 rows -> loss 0 and zero grads, not NaN);
+  "none" returns (N,) with 0 on ignored rows. The loss is float32 whatever the input dtype.
+* label_smoothing eps as torch's F.cross_entropy defines it:
+  loss_row = (1 - eps) * (lse - z_t) + eps / V * sum_j (lse - z_j).
+* Fused paths never materialise the (N, V) logits; they keep fp32 softmax statistics and fp32
+  accumulation. Gradients: hidden's grad in hidden's dtype; weight's and bias's grads in their
+  own dtypes, computed from fp32 accumulators (each weight-grad row written once).
+* dtypes: float32, bfloat16 or float16. The compute dtype is hidden's; a float32 weight/bias
+  with 16-bit hidden (autocast-style master weights) is cast inside the op and gets an fp32
+  grad. A float32 hidden with a 16-bit weight computes in the weight's dtype.
+* targets are NOT range-checked on the device (that would need a host sync): a target outside
+  [0, V) that is not ignore_index gives a wrong loss instead of an error.
+* No host syncs in forward or backward (CUDA-graph and torch.compile friendly).
+
+Backends (linear_cross_entropy_backend() returns the choice and the reason):
+    cuda       xlmr_fast._C (csrc/linear_cross_entropy.cpp + kernels/cuda/linear_cross_entropy.cu):
+               cuBLAS GEMMs over vocabulary chunks + a CUDA kernel for the per-chunk softmax/CE
+               statistics and gradient. Its CPU twin (plain at:: ops, same chunk loop) runs
+               only when forced (XLMR_FAST_BACKEND=cuda) on CPU tensors, for tests.
+    triton     kernels/triton/linear_cross_entropy.py: fused forward (online LSE over vocab
+               tiles, vocab-split grid), backward in vocab chunks (recomputed logits -> d,
+               dW = d^T X written once, dX accumulated in fp32). CUDA tensors, or CPU under
+               TRITON_INTERPRET=1.
+    reference  linear_cross_entropy_reference (plain torch, fp32 math, materialises logits).
+Order: cuda > triton > reference by availability; on a GPU where both fused paths run, the
+PREFERENCE table below picks the faster one. XLMR_FAST_BACKEND=reference|triton|cuda forces one
+(an input the forced backend cannot run raises). XLMR_FAST_LCE_CHUNK=<columns> sets the
+vocabulary chunk width of the chunked passes (0 or unset: each backend's default).
 """
 from __future__ import annotations
+
+import functools
+import logging
+import os
 
 import torch
 import torch.nn.functional as F
 
+from .. import _ext
+from . import _backend
 
+log = logging.getLogger(__name__)
+
+REDUCTIONS = ("mean", "sum", "none")
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+# Which fused path to use on a GPU when both are available: first matching row wins.
+# (device-name substring, H or None for any, dtype or None for any, "triton" | "cuda").
+# Edit after running `python -m bench.bench_linear_cross_entropy` on the device.
+PREFERENCE: list[tuple[str, int | None, torch.dtype | None, str]] = [
+    # ("H100", 768, torch.bfloat16, "cuda"),
+]
+DEFAULT_GPU_BACKEND = "triton"
+
+
+# ---------------------------------------------------------------- reference
 def linear_cross_entropy_reference(hidden, weight, bias, targets, ignore_index=-100,
                                    reduction="mean", label_smoothing=0.0):
     logits = hidden.float() @ weight.float().t()
@@ -28,10 +77,253 @@ def linear_cross_entropy_reference(hidden, weight, bias, targets, ignore_index=-
         return loss.sum()
     if reduction == "mean":
         return loss.sum() / valid.sum().clamp(min=1)
-    raise ValueError(f"linear_cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    raise ValueError(f"linear_cross_entropy: reduction must be 'mean', 'sum' or 'none', "
+                     f"got {reduction!r}")
+
+
+# ---------------------------------------------------------------- backend choice
+@functools.lru_cache(maxsize=None)
+def _device_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def preferred_gpu_backend(device: torch.device, H: int, dtype: torch.dtype) -> str:
+    """The faster fused path on this GPU for (H, dtype) per PREFERENCE (default Triton)."""
+    name = _device_name(device.index if device.index is not None else torch.cuda.current_device())
+    for sub, h, dt, backend in PREFERENCE:
+        if sub in name and (h is None or h == H) and (dt is None or dt == dtype):
+            return backend
+    return DEFAULT_GPU_BACKEND
+
+
+def _cuda_refusal(device: torch.device, forced: bool) -> str | None:
+    dev = device.type
+    if dev == "cuda":
+        if not _ext.has_kernel("linear_cross_entropy_fwd", "CUDA"):
+            return "the extension xlmr_fast._C has no CUDA kernels (not built with CUDA)"
+        return None
+    if dev == "cpu" and forced:
+        if not _ext.has_kernel("linear_cross_entropy_fwd", "CPU"):
+            return "the extension xlmr_fast._C is not built"
+        return None
+    return f"{dev} tensors (the extension's fused path runs on CUDA)"
+
+
+def _triton_refusal(device: torch.device) -> str | None:
+    if not _backend.triton_importable():
+        return "triton is not installed"
+    if not _backend.triton_usable(device):
+        return f"{device.type} tensors need CUDA, or TRITON_INTERPRET=1 on the CPU"
+    return None
+
+
+def linear_cross_entropy_backend(hidden: torch.Tensor, weight: torch.Tensor | None = None):
+    """(backend, reason): 'cuda', 'triton' or 'reference' for these inputs, and why."""
+    if hidden.numel() == 0:
+        return "reference", "empty input (nothing to fuse)"
+    wdt = weight.dtype if weight is not None else hidden.dtype
+    dev = hidden.device
+    return _choose_backend(dev.type, dev.index, hidden.shape[-1], hidden.dtype, wdt)
+
+
+@torch.compiler.assume_constant_result
+def _choose_backend(dev_type: str, dev_index, H: int, h_dtype, w_dtype):
+    # Pure function of static facts (device, width, dtypes, environment): torch.compile calls it
+    # once while tracing and keeps the answer, instead of breaking the graph on the queries of
+    # the dispatcher and the environment.
+    f = _backend.forced()
+    if f == "reference":
+        return "reference", "XLMR_FAST_BACKEND=reference"
+    device = torch.device(dev_type, dev_index) if dev_index is not None else torch.device(dev_type)
+    no_cuda = _cuda_refusal(device, forced=f == "cuda")
+    no_triton = _triton_refusal(device)
+    if f == "cuda":
+        if no_cuda:
+            raise _backend.Unsupported(f"linear_cross_entropy: XLMR_FAST_BACKEND=cuda but "
+                                       f"{no_cuda}")
+        return "cuda", "XLMR_FAST_BACKEND=cuda"
+    if f == "triton":
+        if no_triton:
+            raise _backend.Unsupported(f"linear_cross_entropy: XLMR_FAST_BACKEND=triton but "
+                                       f"{no_triton}")
+        return "triton", "XLMR_FAST_BACKEND=triton"
+    if not no_cuda and not no_triton:
+        return preferred_gpu_backend(device, H, _compute_dtype(h_dtype, w_dtype)), "PREFERENCE"
+    if not no_cuda:
+        return "cuda", f"triton unavailable: {no_triton}"
+    if not no_triton:
+        return "triton", f"cuda extension unavailable: {no_cuda}"
+    return "reference", f"cuda: {no_cuda}; triton: {no_triton}"
+
+
+@torch.compiler.assume_constant_result
+def _chunk() -> int:
+    v = os.environ.get("XLMR_FAST_LCE_CHUNK", "").strip()
+    if not v:
+        return 0
+    try:
+        c = int(v)
+    except ValueError:
+        raise ValueError(f"XLMR_FAST_LCE_CHUNK={v!r}: expected an integer number of vocabulary "
+                         f"columns") from None
+    if c < 0:
+        raise ValueError(f"XLMR_FAST_LCE_CHUNK={c}: must be >= 0")
+    return c
+
+
+def _compute_dtype(h: torch.dtype, w: torch.dtype) -> torch.dtype:
+    if h == w or w == torch.float32:
+        return h
+    if h == torch.float32:
+        return w
+    raise ValueError(f"linear_cross_entropy: hidden is {h} and weight is {w}; use one 16-bit dtype "
+                     f"(a float32 weight with 16-bit hidden is fine)")
+
+
+# ---------------------------------------------------------------- the registered op
+def _kernels():
+    from xlmr_fast.kernels.triton import linear_cross_entropy as kern  # imports triton: lazy
+    return kern
+
+
+@torch.library.custom_op("xlmr_fast::linear_cross_entropy_fwd", mutates_args=())
+def _lce_fwd(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+             targets: torch.Tensor, ignore_index: int, label_smoothing: float, backend: str,
+             chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss_rows (N,) fp32, 0 on ignored rows; stats (2, N) fp32 = (row max, log sum-exp))."""
+    if backend == "cuda":
+        op = _ext.require("linear_cross_entropy_fwd", "CUDA" if hidden.is_cuda else "CPU")
+        loss, stats = op(hidden, weight, bias, targets, ignore_index, label_smoothing, chunk)
+        return loss, stats
+    x = hidden.contiguous()
+    w = weight.to(x.dtype).contiguous()
+    b = bias.contiguous() if bias is not None else None
+    return _kernels().lce_forward(x, w, b, targets.contiguous(), ignore_index, label_smoothing)
+
+
+@_lce_fwd.register_fake
+def _(hidden, weight, bias, targets, ignore_index, label_smoothing, backend, chunk):
+    n = hidden.shape[0]
+    return (hidden.new_empty((n,), dtype=torch.float32),
+            hidden.new_empty((2, n), dtype=torch.float32))
+
+
+@torch.library.custom_op("xlmr_fast::linear_cross_entropy_bwd", mutates_args=())
+def _lce_bwd(grad_rows: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor,
+             bias: torch.Tensor | None, targets: torch.Tensor, stats: torch.Tensor,
+             ignore_index: int, label_smoothing: float, backend: str, chunk: int
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dX like hidden, dW like weight, db like bias or an empty (0,) fp32 tensor)."""
+    g = grad_rows.to(torch.float32).contiguous()
+    if backend == "cuda":
+        op = _ext.require("linear_cross_entropy_bwd", "CUDA" if hidden.is_cuda else "CPU")
+        dx, dw, db = op(g, hidden, weight, bias, targets, stats, ignore_index, label_smoothing,
+                        chunk)
+        return dx, dw, db
+    x = hidden.contiguous()
+    w = weight.to(x.dtype).contiguous()
+    b = bias.contiguous() if bias is not None else None
+    dx, dw, db = _kernels().lce_backward(g, x, w, b, targets.contiguous(), stats.contiguous(),
+                                         ignore_index, label_smoothing,
+                                         grad_weight_dtype=weight.dtype,
+                                         chunk=chunk or None)
+    if db is None:
+        db = hidden.new_empty((0,), dtype=torch.float32)
+    return dx, dw, db
+
+
+@_lce_bwd.register_fake
+def _(grad_rows, hidden, weight, bias, targets, stats, ignore_index, label_smoothing, backend,
+      chunk):
+    db = torch.empty_like(bias) if bias is not None else hidden.new_empty((0,),
+                                                                         dtype=torch.float32)
+    return torch.empty_like(hidden), torch.empty_like(weight), db
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, weight, bias, targets, ignore_index, label_smoothing, backend, chunk = inputs
+    _, stats = output
+    ctx.save_for_backward(hidden, weight, bias, targets, stats)
+    ctx.meta = (ignore_index, label_smoothing, backend, chunk)
+    ctx.mark_non_differentiable(stats)
+
+
+def _backward(ctx, grad_loss, grad_stats):
+    hidden, weight, bias, targets, stats = ctx.saved_tensors
+    ignore_index, label_smoothing, backend, chunk = ctx.meta
+    dx, dw, db = _lce_bwd(grad_loss, hidden, weight, bias, targets, stats, ignore_index,
+                          label_smoothing, backend, chunk)
+    return dx, dw, (db if bias is not None else None), None, None, None, None, None
+
+
+_lce_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------- public entry point
+def _validate(hidden, weight, bias, targets, ignore_index, reduction, label_smoothing):
+    for name, t in (("hidden", hidden), ("weight", weight), ("targets", targets)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"linear_cross_entropy: {name} must be a torch.Tensor, got "
+                            f"{type(t).__name__}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"linear_cross_entropy: bias must be a torch.Tensor or None, got "
+                        f"{type(bias).__name__}")
+    if hidden.dim() != 2:
+        raise ValueError(f"linear_cross_entropy: hidden must be 2-D (N, H), got shape "
+                         f"{tuple(hidden.shape)} (flatten the batch and gather the rows first)")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"linear_cross_entropy: weight must be (V, H) with H = {hidden.shape[1]}, "
+                         f"got {tuple(weight.shape)}")
+    if weight.shape[0] == 0:
+        raise ValueError("linear_cross_entropy: weight has no rows (V = 0)")
+    V = weight.shape[0]
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != V):
+        raise ValueError(f"linear_cross_entropy: bias must be (V,) = ({V},), got "
+                         f"{tuple(bias.shape)}")
+    if targets.dim() != 1 or targets.shape[0] != hidden.shape[0]:
+        raise ValueError(f"linear_cross_entropy: targets must be (N,) = ({hidden.shape[0]},), got "
+                         f"{tuple(targets.shape)}")
+    if targets.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise ValueError(f"linear_cross_entropy: targets must be an integer tensor, got "
+                         f"{targets.dtype}")
+    for name, t in (("hidden", hidden), ("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"linear_cross_entropy: {name} must be float32, bfloat16 or float16, "
+                             f"got {t.dtype}")
+    for name, t in (("weight", weight), ("bias", bias), ("targets", targets)):
+        if t is not None and t.device != hidden.device:
+            raise ValueError(f"linear_cross_entropy: {name} is on {t.device}, hidden on "
+                             f"{hidden.device}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"linear_cross_entropy: reduction must be 'mean', 'sum' or 'none', got "
+                         f"{reduction!r}")
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"linear_cross_entropy: label_smoothing must be in [0, 1], got "
+                         f"{label_smoothing}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"linear_cross_entropy: ignore_index must be an int, got {ignore_index!r}")
 
 
 def linear_cross_entropy(hidden, weight, bias, targets, ignore_index=-100, reduction="mean",
                          label_smoothing=0.0):
-    return linear_cross_entropy_reference(hidden, weight, bias, targets, ignore_index, reduction,
-                                          label_smoothing)
+    """Cross-entropy of softmax(hidden @ weight.T + bias) against targets; see the module doc."""
+    _validate(hidden, weight, bias, targets, ignore_index, reduction, label_smoothing)
+    backend, reason = linear_cross_entropy_backend(hidden, weight)
+    if backend == "reference":
+        if not torch.compiler.is_compiling():  # logging is a graph break under compile
+            log.debug("linear_cross_entropy: reference backend (%s)", reason)
+        return linear_cross_entropy_reference(hidden, weight, bias, targets, ignore_index,
+                                              reduction, label_smoothing)
+    cdt = _compute_dtype(hidden.dtype, weight.dtype)
+    if hidden.dtype != cdt:  # fp32 hidden with a 16-bit weight: compute in the weight's dtype
+        hidden = hidden.to(cdt)
+    t = targets.long()
+    loss_rows, _ = _lce_fwd(hidden, weight, bias, t, int(ignore_index), float(label_smoothing),
+                            backend, _chunk())
+    if reduction == "none":
+        return loss_rows
+    total = loss_rows.sum()
+    if reduction == "sum":
+        return total
+    # Divide on the device: no .item(), so no host sync; 0 valid rows -> 0 / 1 = 0.
+    return total / (t != ignore_index).sum().clamp(min=1)

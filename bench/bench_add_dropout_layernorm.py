@@ -1,0 +1,101 @@
+"""Benchmark xf.ops.add_dropout_layernorm at XLM-R shapes: T = 64 x 512 = 32768 rows, H = 768 / 1024.
+
+Providers (same inputs, one process):
+  eager    the plain composition F.layer_norm(residual + F.dropout(x, p)) in torch eager
+  compile  torch.compile of that same function
+  liger    Liger's LayerNorm kernel after a torch dropout + add (only if liger_kernel imports)
+  ours     xf.ops.add_dropout_layernorm (Triton; dropout mask regenerated, never stored)
+Modes: fwd (inputs require grad, as in training) and fwd+bwd (grads of x, residual, weight, bias).
+GB/s counts the op's minimal traffic at bf16: fwd reads x, residual, writes y (3 T H elements)
+plus fp32 mean/rstd; bwd reads dy, x, residual, writes dx, dresidual (5 T H elements).
+The issue's rule: keep the fused op in the model only where it beats BOTH eager and compile;
+the summary prints both ratios. Run: python -m bench.bench_add_dropout_layernorm
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bench import harness as H
+
+OP = "add_dropout_layernorm"
+T = 64 * 512
+EPS = 1e-5
+
+
+def _compose(p):
+    def f(x, r, w, b):
+        return F.layer_norm(r + F.dropout(x, p, training=True), (x.shape[-1],), w, b, EPS)
+    return f
+
+
+def _providers(p):
+    from xlmr_fast.ops.add_dropout_layernorm import add_dropout_layernorm
+
+    provs = {"eager": _compose(p), "compile": torch.compile(_compose(p))}
+    try:
+        from liger_kernel.ops.layer_norm import LigerLayerNormFunction
+
+        provs["liger"] = lambda x, r, w, b: LigerLayerNormFunction.apply(
+            r + F.dropout(x, p, training=True), w, b, EPS)
+    except Exception:
+        pass
+    provs["ours"] = lambda x, r, w, b: add_dropout_layernorm(x, r, w, b, dropout_p=p, eps=EPS,
+                                                             seed=12345)
+    return provs
+
+
+def main():
+    if not torch.cuda.is_available():
+        print("needs CUDA")
+        return 0
+    dtype = torch.bfloat16
+    elt = torch.finfo(dtype).bits // 8
+    rows = []
+    for N in (768, 1024):
+        for p in (0.1, 0.0):
+            shape = f"T={T},H={N},p={p},bf16"
+            x = torch.randn(T, N, device="cuda", dtype=dtype, requires_grad=True)
+            r = torch.randn(T, N, device="cuda", dtype=dtype, requires_grad=True)
+            w = (1 + 0.1 * torch.randn(N, device="cuda")).to(dtype).requires_grad_()
+            b = (0.1 * torch.randn(N, device="cuda")).to(dtype).requires_grad_()
+            dy = torch.randn(T, N, device="cuda", dtype=dtype)
+            fwd_bytes = 3 * T * N * elt + 8 * T
+            all_bytes = fwd_bytes + 5 * T * N * elt + 8 * T
+            for name, fn in _providers(p).items():
+                def fwd(fn=fn):
+                    return fn(x, r, w, b)
+
+                def fwdbwd(fn=fn):
+                    return torch.autograd.grad(fn(x, r, w, b), (x, r, w, b), dy)
+
+                for mode, call, nbytes in (("fwd", fwd, fwd_bytes), ("fwd+bwd", fwdbwd, all_bytes)):
+                    try:
+                        ms = H.time_ms(call, warmup=10, rep=50)
+                        rows.append(H.row(OP, name, mode, shape, ms, bytes_moved=nbytes,
+                                          peak=H.peak_mb(call)))
+                    except Exception as e:  # a provider failing must not hide the others
+                        print(f"{name} {mode} {shape}: failed: {type(e).__name__}: {e}")
+    H.print_table(rows, baseline_provider=("eager", "compile"))
+    _summary(rows)
+    print("rows appended to", H.append_rows(rows))
+    return 0
+
+
+def _summary(rows):
+    """Ours vs eager and vs compile, per (mode, shape): the keep/drop rule of the issue."""
+    ms = {(r["mode"], r["shape"], r["provider"]): float(r["median_ms"]) for r in rows}
+    print(f"\n{OP}: speedup of ours (>1 = ours faster)")
+    print(f"{'mode':<9}{'shape':<30}{'vs eager':>10}{'vs compile':>12}  beats both")
+    for (mode, shape, prov), t in ms.items():
+        if prov != "ours":
+            continue
+        e, c = ms.get((mode, shape, "eager")), ms.get((mode, shape, "compile"))
+        se = f"{e / t:.2f}x" if e else "n/a"
+        sc = f"{c / t:.2f}x" if c else "n/a"
+        both = "YES" if e and c and t < e and t < c else "no"
+        print(f"{mode:<9}{shape:<30}{se:>10}{sc:>12}  {both}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,190 @@
+"""Benchmark xf.ops.linear_cross_entropy at XLM-R LM-head shapes (masked rows only).
+
+    python -m bench.bench_linear_cross_entropy                     # base + large, bf16
+    python -m bench.bench_linear_cross_entropy --H 768 --modes full --providers ours torch
+    python -m bench.bench_linear_cross_entropy --chunk 1024 2048 4096 8192   # chunk sweep (ours)
+    python -m bench.bench_linear_cross_entropy --sweep             # Triton block-config sweep
+
+Providers (same inputs, one process): torch eager (F.linear + F.cross_entropy), torch.compile
+of it, Liger LigerFusedLinearCrossEntropyLoss and Cut Cross-Entropy when importable (CCE
+25.x takes no bias: it runs without one, noted in the row), ours-triton, ours-cuda.
+Modes: forward (no autograd) and full (forward + backward of all of hidden, weight, bias).
+TFLOP/s counts model FLOPs: 2NHV forward, 6NHV full (no recompute counted, so a recomputing
+kernel is charged for its extra work; kernels.md §1.5 target: >= 650 TFLOP/s). Peak memory is
+the allocation above the inputs during one call. Never asserts speed.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from bench import harness
+
+OP = "linear_cross_entropy"
+
+
+def make(N, H, V, dtype, device="cuda", seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    h = torch.randn(N, H, generator=g).to(device, dtype)
+    w = (torch.randn(V, H, generator=g) * (3.0 / H ** 0.5)).to(device, dtype)
+    b = (torch.randn(V, generator=g) * 0.5).to(device, dtype)
+    t = torch.randint(0, V, (N,), generator=g).to(device)
+    return h, w, b, t
+
+
+def torch_eager(h, w, b, t):
+    return F.cross_entropy(F.linear(h, w, b).float(), t)
+
+
+def providers(args):
+    """name -> (callable(h, w, b, t) -> loss, uses_bias, note)."""
+    lce = importlib.import_module("xlmr_fast.ops.linear_cross_entropy")
+
+    out = {}
+    out["torch-eager"] = (torch_eager, True, "fp32 logits")
+    out["torch-compile"] = (torch.compile(torch_eager), True, "")
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        liger = LigerFusedLinearCrossEntropyLoss(accum_dtype=torch.float32)
+        out["liger-flce"] = (lambda h, w, b, t: liger(w, h, t, b), True, "accum fp32")
+    except Exception as e:  # not installed, or an API change
+        print(f"[skip] liger: {type(e).__name__}: {e}", file=sys.stderr)
+    try:
+        from cut_cross_entropy import linear_cross_entropy as cce
+
+        out["cce"] = (lambda h, w, b, t: cce(h, w, t), False, "no bias")
+        out["cce-kahan-full-c"] = (lambda h, w, b, t: cce(h, w, t, impl="cce_kahan_full_c"),
+                                   False, "no bias")
+    except Exception as e:
+        print(f"[skip] cut_cross_entropy: {type(e).__name__}: {e}", file=sys.stderr)
+
+    def ours(backend, chunk):
+        def fn(h, w, b, t):
+            loss, _ = lce._lce_fwd(h, w, b, t, -100, 0.0, backend, chunk)
+            return loss.sum() / (t != -100).sum().clamp(min=1)
+        return fn
+
+    chunks = args.chunk or [0]
+    for c in chunks:
+        tag = "" if c == 0 else f"-c{c}"
+        out[f"ours-triton{tag}"] = (ours("triton", c), True, f"chunk={c or 'default'}")
+        if lce._ext.has_kernel("linear_cross_entropy_fwd", "CUDA"):
+            out[f"ours-cuda{tag}"] = (ours("cuda", c), True, f"chunk={c or 'default'}")
+    return out
+
+
+def bench_one(fn, use_bias, mode, h, w, b, t, rep):
+    bb = b if use_bias else None
+    if mode == "forward":
+        def call():
+            with torch.no_grad():
+                fn(h, w, bb, t)
+    else:
+        hh, ww = h.detach().requires_grad_(), w.detach().requires_grad_()
+        bg = bb.detach().requires_grad_() if bb is not None else None
+
+        def call():
+            hh.grad = ww.grad = None
+            if bg is not None:
+                bg.grad = None
+            fn(hh, ww, bg, t).backward()
+    ms = harness.time_ms(call, warmup=3, rep=rep)
+    peak = harness.peak_mb(call)
+    return ms, peak
+
+
+def sweep_triton(args, h, w, b, t, shape, rows):
+    """Time every Triton forward / dlogits / matmul config (module lists) in 'full' mode."""
+    from xlmr_fast.kernels.triton import linear_cross_entropy as K
+    lce = importlib.import_module("xlmr_fast.ops.linear_cross_entropy")
+
+    N, H, V = h.shape[0], h.shape[1], w.shape[0]
+
+    def fn(hh, ww, bb, tt):
+        loss, _ = lce._lce_fwd(hh, ww, bb, tt, -100, 0.0, "triton", 0)
+        return loss.sum()
+
+    for mode in args.modes:
+        for i, cfg in enumerate(K.FWD_CONFIGS):
+            K.FWD_CONFIG = cfg
+            K.DLOGITS_CONFIG = cfg
+            try:
+                ms, peak = bench_one(fn, True, mode, h, w, b, t, args.rep)
+            except Exception as e:
+                print(f"[fail] fwd config {cfg}: {type(e).__name__}: {e}", file=sys.stderr)
+                continue
+            flops = (2 if mode == "forward" else 6) * N * H * V
+            rows.append(harness.row(OP, f"ours-triton-fwdcfg{i}", mode, shape, ms, flops=flops,
+                                    peak=peak, note=str(cfg)))
+        K.FWD_CONFIG = K.DLOGITS_CONFIG = None
+    for i, cfg in enumerate(K.MM_CONFIGS):
+        K.MM_CONFIG = cfg
+        try:
+            ms, peak = bench_one(fn, True, "full", h, w, b, t, args.rep)
+        except Exception as e:
+            print(f"[fail] mm config {cfg}: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
+        rows.append(harness.row(OP, f"ours-triton-mmcfg{i}", "full", shape, ms,
+                                flops=6 * N * H * V, peak=peak, note=str(cfg)))
+    K.MM_CONFIG = None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--N", type=int, default=4915)
+    p.add_argument("--H", type=int, nargs="+", default=[768, 1024])
+    p.add_argument("--V", type=int, default=250002)
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--modes", nargs="+", default=["forward", "full"], choices=["forward", "full"])
+    p.add_argument("--providers", nargs="*", default=None,
+                   help="subset of provider names (prefix match), default all")
+    p.add_argument("--chunk", type=int, nargs="*", default=None,
+                   help="vocab chunk widths to try for ours-* (0 = default)")
+    p.add_argument("--sweep", action="store_true", help="sweep the Triton block configs")
+    p.add_argument("--rep", type=int, default=10)
+    p.add_argument("--no-save", action="store_true")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("needs CUDA: skipping the linear_cross_entropy benchmark")
+        return 0
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    rows = []
+    provs = providers(args)
+    if args.providers:
+        provs = {k: v for k, v in provs.items() if any(k.startswith(s) for s in args.providers)}
+    for H in args.H:
+        N, V = args.N, args.V
+        h, w, b, t = make(N, H, V, dtype)
+        shape = f"N{N}_H{H}_V{V}_{args.dtype}"
+        if args.sweep:
+            sweep_triton(args, h, w, b, t, shape, rows)
+            continue
+        for mode in args.modes:
+            flops = (2 if mode == "forward" else 6) * N * H * V
+            for name, (fn, use_bias, note) in provs.items():
+                try:
+                    ms, peak = bench_one(fn, use_bias, mode, h, w, b, t, args.rep)
+                except Exception as e:  # OOM or a library failure: report and go on
+                    print(f"[fail] {name} {mode} {shape}: {type(e).__name__}: {e}",
+                          file=sys.stderr)
+                    torch.cuda.empty_cache()
+                    continue
+                rows.append(harness.row(OP, name, mode, shape, ms, flops=flops, peak=peak,
+                                        note=note))
+                torch.cuda.empty_cache()
+        del h, w, b, t
+        torch.cuda.empty_cache()
+    harness.print_table(rows, baseline_provider=("torch-eager", "torch-compile", "liger-flce",
+                                                 "cce", "cce-kahan-full-c"))
+    if rows and not args.no_save:
+        print("appended to", harness.append_rows(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

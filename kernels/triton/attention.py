@@ -1,0 +1,518 @@
+"""FlashAttention-2-style attention in Triton: non-causal, key-padding mask or varlen, dropout.
+
+Forward (one program per (query block, batch*head)): online softmax over key blocks in
+base 2 (exp2 with the scale folded into log2(e)), fp32 statistics; stores O and the
+row log-sum-exp (LSE, base-2 units, +inf for rows whose every key is padding).
+
+Backward, deterministic (no atomics anywhere):
+    1. _attn_bwd_pre:  Delta = rowsum(dO * O)                               (fp32)
+    2. _attn_bwd_dkdv: one program per key block, loops over query blocks  -> dK, dV
+    3. _attn_bwd_dq:   one program per query block, loops over key blocks  -> dQ
+P is recomputed from Q, K and the LSE; the dropout keep-mask is regenerated from its
+counter-based hash, never stored.
+
+Layouts (one kernel body for both, selected by the IS_VARLEN constexpr):
+    padded: q/k/v (B, H, T, D) with any strides (last dim unit); key_padding_mask (B, T),
+            True (1) where the KEY is padding; arbitrary masks, loaded per key block.
+    varlen: q/k/v (total_tokens, H, D); cu_seqlens int32 (B+1,); max_seqlen sizes the grid;
+            a program whose block starts past its sequence returns at once.
+LSE / Delta: padded (B, H, T), varlen (H, total_tokens); fp32.
+
+Dropout keep-mask (bit-identical to xlmr_fast.ops.attention.attention_dropout_mask):
+    key  = host-side uint32 derived from the 64-bit seed
+    hb   = mix32(key ^ bh*0x9E3779B9),  bh = b*H + h
+    hr   = mix32(hb ^ row*0x85EBCA6B),  row = query position in its sequence
+    r    = mix32(hr ^ col*0xC2B2AE35),  col = key position in its sequence
+    keep = r >= round(p * 2^32)          (all arithmetic mod 2^32)
+mix32 is the lowbias32 bijection: 2 multiplies and 3 xor-shifts, far cheaper per element
+than Philox, and keyed by positions within a sequence so that the padded and varlen
+layouts draw the same mask.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+# Block configurations. The forward/dq kernels tile queries by BLOCK_M and keys by BLOCK_N;
+# the dk/dv kernel tiles keys by BLOCK_N1 (its resident block) and queries by BLOCK_M1.
+# Defaults are for T <= 512, D = 64 on H100; bench/bench_attention.py --tune tries them all.
+FWD_CONFIGS = [
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
+    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2),
+]
+BWD_CONFIGS = [
+    dict(BLOCK_M1=32, BLOCK_N1=128, BLOCK_M2=128, BLOCK_N2=32, num_warps=4, num_stages=3),
+    dict(BLOCK_M1=64, BLOCK_N1=128, BLOCK_M2=128, BLOCK_N2=64, num_warps=8, num_stages=2),
+    dict(BLOCK_M1=64, BLOCK_N1=64, BLOCK_M2=64, BLOCK_N2=64, num_warps=4, num_stages=2),
+    dict(BLOCK_M1=32, BLOCK_N1=64, BLOCK_M2=64, BLOCK_N2=32, num_warps=4, num_stages=3),
+    dict(BLOCK_M1=64, BLOCK_N1=128, BLOCK_M2=128, BLOCK_N2=64, num_warps=4, num_stages=2),
+]
+# The interpreter runs blocks as numpy arrays: small blocks make the CPU tests exercise
+# several key and query blocks (and their tails) at T ~ 40.
+_INTERP_FWD = dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1)
+_INTERP_BWD = dict(BLOCK_M1=16, BLOCK_N1=32, BLOCK_M2=32, BLOCK_N2=16, num_warps=4, num_stages=1)
+
+_override = {"fwd": None, "bwd": None}
+
+
+def set_configs(fwd=None, bwd=None):
+    """Force block configs (dicts shaped like FWD_CONFIGS / BWD_CONFIGS entries, or indices
+    into them); None restores the default choice. Used by the benchmark's tuning sweep."""
+    _override["fwd"] = FWD_CONFIGS[fwd] if isinstance(fwd, int) else fwd
+    _override["bwd"] = BWD_CONFIGS[bwd] if isinstance(bwd, int) else bwd
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _env_index(name):
+    v = os.environ.get(name)
+    return int(v) if v not in (None, "") else None
+
+
+def fwd_config(head_dim: int, max_seqlen: int, dtype: torch.dtype) -> dict:
+    if _override["fwd"] is not None:
+        return _override["fwd"]
+    if _interpret():
+        return _INTERP_FWD
+    i = _env_index("XLMR_FAST_ATTN_FWD_CONFIG")
+    if i is not None:
+        return FWD_CONFIGS[i]
+    if head_dim >= 128 or dtype == torch.float32:
+        # Halve the tile so q, acc and the K/V pipeline stages fit in shared memory/registers.
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+    return FWD_CONFIGS[0]
+
+
+def bwd_config(head_dim: int, max_seqlen: int, dtype: torch.dtype) -> dict:
+    if _override["bwd"] is not None:
+        return _override["bwd"]
+    if _interpret():
+        return _INTERP_BWD
+    i = _env_index("XLMR_FAST_ATTN_BWD_CONFIG")
+    if i is not None:
+        return BWD_CONFIGS[i]
+    if head_dim >= 128 or dtype == torch.float32:
+        return dict(BLOCK_M1=32, BLOCK_N1=64, BLOCK_M2=64, BLOCK_N2=32, num_warps=4, num_stages=2)
+    return BWD_CONFIGS[0]
+
+
+# ----------------------------------------------------------------------------- helpers
+@triton.jit
+def _mix32(x):
+    # lowbias32 (C. Wellons): a bijection of uint32 with low avalanche bias.
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    x = x ^ (x >> 16)
+    return x
+
+
+@triton.jit
+def _row_hash(seed_key, bh, rows):
+    key = seed_key.to(tl.uint32, bitcast=True)
+    hb = _mix32(key ^ (bh.to(tl.uint32) * 0x9E3779B9))
+    return _mix32(hb ^ (rows.to(tl.uint32) * 0x85EBCA6B))
+
+
+@triton.jit
+def _keep(hr, cols, drop_thresh):
+    """(BLOCK_M, BLOCK_N) keep-mask from the per-row hashes hr and the key positions cols."""
+    r = _mix32(hr[:, None] ^ (cols.to(tl.uint32) * 0xC2B2AE35)[None, :])
+    return r >= drop_thresh.to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def _keep_t(hr, cols, drop_thresh):
+    """Transposed keep-mask, (BLOCK_N, BLOCK_M), for the dk/dv kernel's key-major tiles."""
+    r = _mix32(hr[None, :] ^ (cols.to(tl.uint32) * 0xC2B2AE35)[:, None])
+    return r >= drop_thresh.to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def _dot(a, b, DOT_MODE: tl.constexpr):
+    # 1: fp32 inputs, exact fp32 products (tf32 would miss the fp32 reference by ~1e-3).
+    # 2: the interpreter (triton 3.9) multiplies bf16 bit patterns as integers in tl.dot;
+    #    bf16 x bf16 products are exact in fp32, so upcasting gives the tensor-core result.
+    if DOT_MODE == 1:
+        return tl.dot(a, b, input_precision="ieee")
+    elif DOT_MODE == 2:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _seq_bounds(CU, b, T, IS_VARLEN: tl.constexpr):
+    if IS_VARLEN:
+        start = tl.load(CU + b)
+        seqlen = tl.load(CU + b + 1) - start
+    else:
+        start = 0
+        seqlen = T
+    return start, seqlen
+
+
+@triton.jit
+def _key_valid(KPM, b, smb, cols, seqlen, HAS_MASK: tl.constexpr):
+    valid = cols < seqlen
+    if HAS_MASK:
+        pad = tl.load(KPM + b * smb + cols, mask=valid, other=1)
+        valid = valid & (pad == 0)
+    return valid
+
+
+# ----------------------------------------------------------------------------- forward
+@triton.jit(do_not_specialize=["seed_key", "drop_thresh"])
+def _attn_fwd(
+    Q, K, V, O, LSE,          # q/k/v/o: padded (B,H,T,D) or varlen (total,H,D); LSE fp32
+    KPM, CU,                  # KPM: (B,T) uint8, 1 = padding key (HAS_MASK); CU: int32 (B+1,)
+    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,  # strides (0 batch stride: varlen)
+    slb, slh, smb,            # LSE batch/head strides (token stride 1); KPM batch stride
+    H, T,                     # heads; padded sequence length (unused when varlen)
+    qk_scale,                 # softmax_scale * log2(e)
+    seed_key, drop_thresh, rp_scale,  # dropout: uint32 key and threshold (as int32), 1/(1-p)
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
+    DOT_MODE: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start, seqlen = _seq_bounds(CU, b, T, IS_VARLEN)
+    if pid_m * BLOCK_M >= seqlen:
+        return
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    tok0 = start.to(tl.int64) if IS_VARLEN else 0
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < seqlen
+
+    q_ptrs = Q + b64 * sqb + h64 * sqh + (tok0 + offs_m)[:, None] * sqt + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    k_base = K + b64 * skb + h64 * skh + tok0 * skt
+    v_base = V + b64 * svb + h64 * svh + tok0 * svt
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    if DROPOUT:
+        hr = _row_hash(seed_key, bh, offs_m)
+
+    for start_n in range(0, seqlen, BLOCK_N):
+        cols = start_n + offs_n
+        col_in = cols < seqlen
+        k = tl.load(k_base + cols[:, None] * skt + offs_d[None, :], mask=col_in[:, None], other=0.0)
+        v = tl.load(v_base + cols[:, None] * svt + offs_d[None, :], mask=col_in[:, None], other=0.0)
+        qk = _dot(q, tl.trans(k), DOT_MODE) * qk_scale
+        valid = _key_valid(KPM, b64, smb, cols, seqlen, HAS_MASK)
+        qk = tl.where(valid[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        # A row with no valid key yet has m_new = -inf; subtracting 0 instead keeps
+        # exp2(-inf - (-inf)) = NaN out of alpha and p (both become 0).
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_safe)
+        p = tl.math.exp2(qk - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)  # normaliser uses the undropped probabilities
+        if DROPOUT:
+            p = tl.where(_keep(hr, cols, drop_thresh), p, 0.0)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_MODE)
+        m_i = m_new
+
+    empty = l_i == 0.0  # every key of this row is padding: output 0, LSE +inf (P = 0 in bwd)
+    inv_l = 1.0 / tl.where(empty, 1.0, l_i)
+    if DROPOUT:
+        inv_l = inv_l * rp_scale
+    acc = acc * inv_l[:, None]
+    lse = tl.where(empty, float("inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+    o_ptrs = O + b64 * sob + h64 * soh + (tok0 + offs_m)[:, None] * sot + offs_d[None, :]
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(LSE + b64 * slb + h64 * slh + tok0 + offs_m, lse, mask=row_ok)
+
+
+# ----------------------------------------------------------------------------- backward
+@triton.jit
+def _attn_bwd_pre(
+    O, DO, DELTA,
+    sob, soh, sot, sdb, sdh, sdt, slb, slh,
+    H, T,
+    CU, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start, seqlen = _seq_bounds(CU, b, T, IS_VARLEN)
+    if pid_m * BLOCK_M >= seqlen:
+        return
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    tok0 = start.to(tl.int64) if IS_VARLEN else 0
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < seqlen
+    o = tl.load(O + b64 * sob + h64 * soh + (tok0 + offs_m)[:, None] * sot + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0).to(tl.float32)
+    do = tl.load(DO + b64 * sdb + h64 * sdh + (tok0 + offs_m)[:, None] * sdt + offs_d[None, :],
+                 mask=row_ok[:, None], other=0.0).to(tl.float32)
+    tl.store(DELTA + b64 * slb + h64 * slh + tok0 + offs_m, tl.sum(o * do, 1), mask=row_ok)
+
+
+@triton.jit(do_not_specialize=["seed_key", "drop_thresh"])
+def _attn_bwd_dkdv(
+    Q, K, V, DO, DK, DV, LSE, DELTA, KPM, CU,
+    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt,
+    sdkb, sdkh, sdkt, sdvb, sdvh, sdvt, slb, slh, smb,
+    H, T, qk_scale, sm_scale,
+    seed_key, drop_thresh, rp_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
+    DOT_MODE: tl.constexpr,
+):
+    # Key-major: this program owns BLOCK_N keys and walks every query block, so dK and dV
+    # are summed in registers and written once (deterministic).
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start, seqlen = _seq_bounds(CU, b, T, IS_VARLEN)
+    if pid_n * BLOCK_N >= seqlen:
+        return
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    tok0 = start.to(tl.int64) if IS_VARLEN else 0
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    col_in = cols < seqlen
+    k = tl.load(K + b64 * skb + h64 * skh + (tok0 + cols)[:, None] * skt + offs_d[None, :],
+                mask=col_in[:, None], other=0.0)
+    v = tl.load(V + b64 * svb + h64 * svh + (tok0 + cols)[:, None] * svt + offs_d[None, :],
+                mask=col_in[:, None], other=0.0)
+    valid = _key_valid(KPM, b64, smb, cols, seqlen, HAS_MASK)
+    q_base = Q + b64 * sqb + h64 * sqh + tok0 * sqt
+    do_base = DO + b64 * sdb + h64 * sdh + tok0 * sdt
+    l_base = LSE + b64 * slb + h64 * slh + tok0
+    d_base = DELTA + b64 * slb + h64 * slh + tok0
+
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    for start_m in range(0, seqlen, BLOCK_M):
+        rows = start_m + offs_m
+        row_ok = rows < seqlen
+        q = tl.load(q_base + rows[:, None] * sqt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        do = tl.load(do_base + rows[:, None] * sdt + offs_d[None, :], mask=row_ok[:, None],
+                     other=0.0)
+        lse = tl.load(l_base + rows, mask=row_ok, other=float("inf"))  # +inf -> P = 0
+        delta = tl.load(d_base + rows, mask=row_ok, other=0.0)
+        qkT = _dot(k, tl.trans(q), DOT_MODE) * qk_scale               # (BLOCK_N, BLOCK_M)
+        pT = tl.math.exp2(qkT - lse[None, :])
+        pT = tl.where(valid[:, None], pT, 0.0)
+        dpT = _dot(v, tl.trans(do), DOT_MODE)                         # (dO V^T)^T
+        if DROPOUT:
+            keepT = _keep_t(_row_hash(seed_key, bh, rows), cols, drop_thresh)
+            pdT = tl.where(keepT, pT * rp_scale, 0.0)
+            dpT = tl.where(keepT, dpT * rp_scale, 0.0)
+        else:
+            pdT = pT
+        dv += _dot(pdT.to(do.dtype), do, DOT_MODE)
+        dsT = pT * (dpT - delta[None, :])
+        dk += _dot(dsT.to(q.dtype), q, DOT_MODE)
+    dk = dk * sm_scale
+    tl.store(DK + b64 * sdkb + h64 * sdkh + (tok0 + cols)[:, None] * sdkt + offs_d[None, :],
+             dk.to(DK.dtype.element_ty), mask=col_in[:, None])
+    tl.store(DV + b64 * sdvb + h64 * sdvh + (tok0 + cols)[:, None] * sdvt + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=col_in[:, None])
+
+
+@triton.jit(do_not_specialize=["seed_key", "drop_thresh"])
+def _attn_bwd_dq(
+    Q, K, V, DO, DQ, LSE, DELTA, KPM, CU,
+    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt,
+    sdqb, sdqh, sdqt, slb, slh, smb,
+    H, T, qk_scale, sm_scale,
+    seed_key, drop_thresh, rp_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
+    DOT_MODE: tl.constexpr,
+):
+    # Query-major: this program owns BLOCK_M queries and walks every key block (no atomics).
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start, seqlen = _seq_bounds(CU, b, T, IS_VARLEN)
+    if pid_m * BLOCK_M >= seqlen:
+        return
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    tok0 = start.to(tl.int64) if IS_VARLEN else 0
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = rows < seqlen
+    q = tl.load(Q + b64 * sqb + h64 * sqh + (tok0 + rows)[:, None] * sqt + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + b64 * sdb + h64 * sdh + (tok0 + rows)[:, None] * sdt + offs_d[None, :],
+                 mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + b64 * slb + h64 * slh + tok0 + rows, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + b64 * slb + h64 * slh + tok0 + rows, mask=row_ok, other=0.0)
+    k_base = K + b64 * skb + h64 * skh + tok0 * skt
+    v_base = V + b64 * svb + h64 * svh + tok0 * svt
+    if DROPOUT:
+        hr = _row_hash(seed_key, bh, rows)
+
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for start_n in range(0, seqlen, BLOCK_N):
+        cols = start_n + offs_n
+        col_in = cols < seqlen
+        k = tl.load(k_base + cols[:, None] * skt + offs_d[None, :], mask=col_in[:, None], other=0.0)
+        v = tl.load(v_base + cols[:, None] * svt + offs_d[None, :], mask=col_in[:, None], other=0.0)
+        valid = _key_valid(KPM, b64, smb, cols, seqlen, HAS_MASK)
+        qk = _dot(q, tl.trans(k), DOT_MODE) * qk_scale
+        p = tl.math.exp2(qk - lse[:, None])
+        p = tl.where(valid[None, :], p, 0.0)
+        dp = _dot(do, tl.trans(v), DOT_MODE)
+        if DROPOUT:
+            dp = tl.where(_keep(hr, cols, drop_thresh), dp * rp_scale, 0.0)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(k.dtype), k, DOT_MODE)
+    dq = dq * sm_scale
+    tl.store(DQ + b64 * sdqb + h64 * sdqh + (tok0 + rows)[:, None] * sdqt + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+# ----------------------------------------------------------------------------- launchers
+def _strides(x, varlen):
+    """(batch, head, token) strides; the batch stride of a packed tensor is 0."""
+    if varlen:
+        return 0, x.stride(1), x.stride(0)
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _unit_last(x):
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def empty_like_layout(x, varlen):
+    """Output buffer for a q-shaped tensor: packed (total, H, D), or (B, H, T, D) stored as
+    (B, T, H, D) so the caller's transpose(1, 2).reshape(B, T, H*D) is a free view."""
+    if varlen:
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    B, H, T, D = x.shape
+    return torch.empty((B, T, H, D), dtype=x.dtype, device=x.device).transpose(1, 2)
+
+
+def stats_shape(q, varlen):
+    """LSE / Delta shape: padded (B, H, T), varlen (H, total)."""
+    return (q.shape[1], q.shape[0]) if varlen else (q.shape[0], q.shape[1], q.shape[2])
+
+
+def _common(q, key_padding_mask, cu_seqlens, max_seqlen):
+    varlen = cu_seqlens is not None
+    if varlen:
+        B, H, T = cu_seqlens.numel() - 1, q.shape[1], int(max_seqlen)
+    else:
+        B, H, T = q.shape[0], q.shape[1], q.shape[2]
+    has_mask = key_padding_mask is not None
+    # bool -> uint8 is a free reinterpretation; a dummy pointer when there is no mask/cu.
+    kpm = key_padding_mask.contiguous().view(torch.uint8) if has_mask else q
+    cu = cu_seqlens if varlen else q
+    smb = kpm.stride(0) if has_mask else 0
+    return varlen, B, H, T, has_mask, kpm, cu, smb
+
+
+def _lse_strides(lse, varlen):
+    # padded (B, H, T): (H*T, T); varlen (H, total): batch offset comes from cu_seqlens
+    return (0, lse.stride(0)) if varlen else (lse.stride(0), lse.stride(1))
+
+
+def attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale,
+                  dropout_p, seed_key, drop_thresh):
+    """Returns (out, lse). seed_key/drop_thresh: uint32 ints from xlmr_fast.ops.attention."""
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    varlen, B, H, T, has_mask, kpm, cu, smb = _common(q, key_padding_mask, cu_seqlens, max_seqlen)
+    D = q.shape[-1]
+    out = empty_like_layout(q, varlen)
+    lse = torch.empty(stats_shape(q, varlen), dtype=torch.float32, device=q.device)
+    if B == 0 or T == 0 or q.numel() == 0:
+        return out.zero_(), lse.fill_(float("inf"))
+    cfg = fwd_config(D, T, q.dtype)
+    slb, slh = _lse_strides(lse, varlen)
+    grid = (triton.cdiv(T, cfg["BLOCK_M"]), B * H)
+    _attn_fwd[grid](
+        q, k, v, out, lse, kpm, cu,
+        *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
+        slb, slh, smb, H, T if not varlen else 0,
+        softmax_scale * LOG2E,
+        _as_i32(seed_key), _as_i32(drop_thresh), 1.0 / (1.0 - dropout_p),
+        HEAD_DIM=D, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        IS_VARLEN=varlen, HAS_MASK=has_mask, DROPOUT=dropout_p > 0.0,
+        DOT_MODE=_dot_mode(q.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return out, lse
+
+
+def attention_bwd(do, q, k, v, out, lse, key_padding_mask, cu_seqlens, max_seqlen,
+                  softmax_scale, dropout_p, seed_key, drop_thresh):
+    """Returns (dq, dk, dv) in the layout of empty_like_layout."""
+    do, q, k, v, out = (_unit_last(t) for t in (do, q, k, v, out))
+    varlen, B, H, T, has_mask, kpm, cu, smb = _common(q, key_padding_mask, cu_seqlens, max_seqlen)
+    D = q.shape[-1]
+    dq, dk, dv = (empty_like_layout(t, varlen) for t in (q, k, v))
+    if B == 0 or T == 0 or q.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    delta = torch.empty_like(lse)
+    slb, slh = _lse_strides(lse, varlen)
+    Tp = T if not varlen else 0
+    pre_bm = 64 if not _interpret() else 32
+    _attn_bwd_pre[(triton.cdiv(T, pre_bm), B * H)](
+        out, do, delta, *_strides(out, varlen), *_strides(do, varlen), slb, slh, H, Tp, cu,
+        HEAD_DIM=D, BLOCK_M=pre_bm, IS_VARLEN=varlen,
+    )
+    cfg = bwd_config(D, T, q.dtype)
+    common = dict(HEAD_DIM=D, IS_VARLEN=varlen, HAS_MASK=has_mask, DROPOUT=dropout_p > 0.0,
+                  DOT_MODE=_dot_mode(q.dtype), num_warps=cfg["num_warps"],
+                  num_stages=cfg["num_stages"])
+    rng = (_as_i32(seed_key), _as_i32(drop_thresh), 1.0 / (1.0 - dropout_p))
+    strides_in = (*_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen),
+                  *_strides(do, varlen))
+    _attn_bwd_dkdv[(triton.cdiv(T, cfg["BLOCK_N1"]), B * H)](
+        q, k, v, do, dk, dv, lse, delta, kpm, cu, *strides_in,
+        *_strides(dk, varlen), *_strides(dv, varlen), slb, slh, smb,
+        H, Tp, softmax_scale * LOG2E, softmax_scale, *rng,
+        BLOCK_M=cfg["BLOCK_M1"], BLOCK_N=cfg["BLOCK_N1"], **common,
+    )
+    _attn_bwd_dq[(triton.cdiv(T, cfg["BLOCK_M2"]), B * H)](
+        q, k, v, do, dq, lse, delta, kpm, cu, *strides_in,
+        *_strides(dq, varlen), slb, slh, smb,
+        H, Tp, softmax_scale * LOG2E, softmax_scale, *rng,
+        BLOCK_M=cfg["BLOCK_M2"], BLOCK_N=cfg["BLOCK_N2"], **common,
+    )
+    return dq, dk, dv
+
+
+def _dot_mode(dtype):
+    if dtype == torch.float32:
+        return 1
+    return 2 if (_interpret() and dtype == torch.bfloat16) else 0
+
+
+def _as_i32(u):
+    """A uint32 value as the int32 with the same bits (the kernels bitcast it back)."""
+    u &= 0xFFFFFFFF
+    return u - (1 << 32) if u >= (1 << 31) else u

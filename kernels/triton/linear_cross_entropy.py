@@ -1,0 +1,382 @@
+"""Fused linear + cross-entropy in Triton: loss of softmax(X @ W^T + b) without the (N, V) logits.
+
+Shapes: X (N, H) hidden rows, W (V, H) decoder weight, b (V,) bias or None, targets (N,) int.
+V = 250,002 for XLM-R (not a multiple of any tile: every vocab tile is masked at the end).
+
+Forward, one kernel + a tiny combine (never stores logits):
+    _lce_fwd_kernel   grid (row blocks, vocab splits); row blocks vary fastest, so the programs
+                      that share a W slice run together and W is read from HBM about once.
+                      Each program loops over its vocab slice in BLOCK_V tiles; a tile's logits
+                      are a tl.dot K-loop over H into an fp32 accumulator. Online log-sum-exp
+                      per row (running max m and sum-exp s in fp32), the target logit, and
+                      (for label smoothing) the sum of the row's logits. Writes one partial
+                      (m, s, z_target, sum_z) per (split, row).
+    lse_combine()     torch ops over the (splits, N) partials: row max M and
+                      log S = log sum s*exp(m - M); stats (2, N) = (M, log S) for the backward.
+Per-row loss = lse - (1 - eps) * z_t - eps / V * sum_z (torch's label-smoothing definition),
+evaluated as (M - (1 - eps) z_t - eps sum_z / V) + log S; ignored rows give 0.
+
+Backward (deterministic, no atomics), in vocabulary chunks of C columns:
+    _lce_dlogits_kernel  grid (row blocks, vocab tiles of the chunk): recomputes the logits tile,
+                         d = (exp((z - M) - log S) - eps/V - (1 - eps) [j == t]) * g_row, stores d
+                         (compute dtype) into the (N, C) chunk buffer and the tile's column
+                         sums (fp32) as per-row-block partials of db.
+    _mm_kernel           dW[chunk] = d^T @ X    (K = N: each dW tile written exactly once, fp32
+                         accumulation in registers, stored in W's dtype)
+    _mm_kernel           dX_acc += d @ W[chunk]  (fp32 accumulator (N, H), one owner per tile)
+g_row = dL/dloss_row (0 on ignored rows). Only the (N, C) chunk of d exists at any time:
+§1.5 of kernels.md shows the logits GEMM recompute and the d round trip are both cheaper than
+any H-wide register accumulator, which Triton cannot hold for H = 768/1024.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+# ----------------------------------------------------------------------------- kernels
+@triton.jit
+def _logits_tile(X, W, rows, cols, row_ok, col_ok, H, stride_xn, stride_wv,
+                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                 IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    # (BLOCK_N, BLOCK_V) fp32 logits tile X[rows] @ W[cols]^T (no bias), K-loop over H.
+    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    offs_h = tl.arange(0, BLOCK_H)
+    x_ptrs = X + rows[:, None].to(tl.int64) * stride_xn + offs_h[None, :]
+    w_ptrs = W + cols[None, :].to(tl.int64) * stride_wv + offs_h[:, None]
+    for k in range(0, H, BLOCK_H):
+        h_ok = (k + offs_h) < H
+        x = tl.load(x_ptrs, mask=row_ok[:, None] & h_ok[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=col_ok[None, :] & h_ok[:, None], other=0.0)
+        if UPCAST:
+            x = x.to(tl.float32)
+            w = w.to(tl.float32)
+        if IEEE:
+            acc = tl.dot(x, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, w, acc)
+        x_ptrs += BLOCK_H
+        w_ptrs += BLOCK_H
+    return acc
+
+
+@triton.jit
+def _lce_fwd_kernel(
+    X, W, B, T,         # X (N, H), W (V, H) compute dtype; B (V,) any float or dummy; T (N,) int
+    PM, PS, PZT, PSZ,   # partials (splits, N) fp32: max, sum-exp, target logit, sum of logits
+    N, V, H, stride_xn, stride_wv, ignore_index,
+    TILES_PER_SPLIT,           # runtime: it follows N, and a constexpr would recompile per N
+    HAS_BIAS: tl.constexpr, SMOOTH: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    tgt = tl.load(T + rows, mask=row_ok, other=ignore_index).to(tl.int64)
+    m = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
+    s = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    zt = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    sz = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    v0 = pid_s * (TILES_PER_SPLIT * BLOCK_V)
+    for t in range(TILES_PER_SPLIT):
+        cols = v0 + t * BLOCK_V + tl.arange(0, BLOCK_V)
+        col_ok = cols < V
+        z = _logits_tile(X, W, rows, cols, row_ok, col_ok, H, stride_xn, stride_wv,
+                         BLOCK_N, BLOCK_V, BLOCK_H, IEEE, UPCAST)
+        if HAS_BIAS:
+            z += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        z = tl.where(col_ok[None, :], z, float("-inf"))
+        # The first tile of a split always has a valid column, so m_new is finite from then on
+        # and exp(-inf - m_new) = 0 masks the tail columns.
+        m_new = tl.maximum(m, tl.max(z, axis=1))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
+        m = m_new
+        hit = cols[None, :].to(tl.int64) == tgt[:, None]
+        zt += tl.sum(tl.where(hit, z, 0.0), axis=1)
+        if SMOOTH:
+            sz += tl.sum(tl.where(col_ok[None, :], z, 0.0), axis=1)
+    out = pid_s * N + rows
+    tl.store(PM + out, m, mask=row_ok)
+    tl.store(PS + out, s, mask=row_ok)
+    tl.store(PZT + out, zt, mask=row_ok)
+    if SMOOTH:
+        tl.store(PSZ + out, sz, mask=row_ok)
+
+
+@triton.jit
+def _lce_dlogits_kernel(
+    X, W, B, T, STATS, G,      # STATS (2, N) fp32: row max m, log sum-exp(z - m); G (N,) fp32
+    D, DBP,                    # D (N, C) chunk of d (compute dtype); DBP (row blocks, C) fp32
+    N, V, H, c0, C, stride_xn, stride_wv, stride_dn, ignore_index, eps_over_v, one_minus_eps,
+    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+    BLOCK_H: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    lcols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)       # column inside the chunk
+    cols = c0 + lcols
+    row_ok = rows < N
+    col_ok = (lcols < C) & (cols < V)
+    z = _logits_tile(X, W, rows, cols, row_ok, col_ok, H, stride_xn, stride_wv,
+                     BLOCK_N, BLOCK_V, BLOCK_H, IEEE, UPCAST)
+    if HAS_BIAS:
+        z += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    tgt = tl.load(T + rows, mask=row_ok, other=ignore_index).to(tl.int64)
+    m = tl.load(STATS + rows, mask=row_ok, other=0.0)
+    ls = tl.load(STATS + N + rows, mask=row_ok, other=0.0)
+    g = tl.load(G + rows, mask=row_ok, other=0.0)
+    g = tl.where(row_ok & (tgt != ignore_index), g, 0.0)
+    # (z - m) - log s, not z - lse: z - m is exact near the max, while lse = m + log s would
+    # round at the logits' magnitude (|z| ~ 30 -> 2e-6) and perturb every probability.
+    p = tl.exp((z - m[:, None]) - ls[:, None])
+    d = p - eps_over_v - tl.where(cols[None, :].to(tl.int64) == tgt[:, None], one_minus_eps, 0.0)
+    d = d * g[:, None]
+    d = tl.where(row_ok[:, None] & col_ok[None, :], d, 0.0)
+    tl.store(D + rows[:, None].to(tl.int64) * stride_dn + lcols[None, :],
+             d.to(D.dtype.element_ty), mask=row_ok[:, None] & (lcols < C)[None, :])
+    # db partial from the fp32 d (not the rounded one): summed over row blocks by the caller.
+    tl.store(DBP + pid_n * C + lcols, tl.sum(d, axis=0), mask=lcols < C)
+
+
+@triton.jit
+def _mm_kernel(
+    A, Bm, Cm,                  # C (M, Nn) [+]= A (M, K) @ B (K, Nn), any strides
+    M, Nn, K, sam, sak, sbk, sbn, scm, scn,
+    ACCUM: tl.constexpr, GROUP_M: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_NN: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # Grouped ordering: GROUP_M row tiles share B column tiles in L2.
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(Nn, BLOCK_NN)
+    group = GROUP_M * num_n
+    first_m = (pid // group) * GROUP_M
+    gsize = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + ((pid % group) % gsize)
+    pid_n = (pid % group) // gsize
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_NN + tl.arange(0, BLOCK_NN)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < Nn
+    a_ptrs = A + rm[:, None].to(tl.int64) * sam + rk[None, :].to(tl.int64) * sak
+    b_ptrs = Bm + rk[:, None].to(tl.int64) * sbk + rn[None, :].to(tl.int64) * sbn
+    acc = tl.zeros((BLOCK_M, BLOCK_NN), dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        k_ok = (k + rk) < K
+        a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        if IEEE:
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
+        a_ptrs += BLOCK_K * sak
+        b_ptrs += BLOCK_K * sbk
+    c_ptrs = Cm + rm[:, None].to(tl.int64) * scm + rn[None, :].to(tl.int64) * scn
+    c_mask = m_ok[:, None] & n_ok[None, :]
+    if ACCUM:
+        acc += tl.load(c_ptrs, mask=c_mask, other=0.0).to(tl.float32)
+    tl.store(c_ptrs, acc.to(Cm.dtype.element_ty), mask=c_mask)
+
+
+# ----------------------------------------------------------------------------- configs
+# Simple rules, no autotuning (autotune would sync and compile many variants in training).
+# bench/bench_linear_cross_entropy.py --sweep times every entry of these lists on the device;
+# set FWD_CONFIG / DLOGITS_CONFIG / MM_CONFIG (module globals) to the winner.
+FWD_CONFIGS = [
+    dict(BLOCK_N=128, BLOCK_V=128, BLOCK_H=64, num_warps=8, num_stages=3),
+    dict(BLOCK_N=128, BLOCK_V=256, BLOCK_H=64, num_warps=8, num_stages=3),
+    dict(BLOCK_N=64, BLOCK_V=256, BLOCK_H=64, num_warps=8, num_stages=3),
+    dict(BLOCK_N=128, BLOCK_V=128, BLOCK_H=32, num_warps=4, num_stages=4),
+    dict(BLOCK_N=64, BLOCK_V=128, BLOCK_H=64, num_warps=4, num_stages=3),
+]
+MM_CONFIGS = [
+    dict(BLOCK_M=128, BLOCK_NN=128, BLOCK_K=64, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_NN=256, BLOCK_K=64, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_NN=128, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_NN=128, BLOCK_K=64, num_warps=4, num_stages=3),
+]
+FWD_CONFIG = None       # None: the rule in _fwd_config(); set a dict to override (tuning)
+DLOGITS_CONFIG = None   # same keys as FWD_CONFIGS
+MM_CONFIG = None        # keys of MM_CONFIGS
+# Forward programs per SM to aim for when choosing the number of vocab splits.
+PROGRAMS_PER_SM = 8
+# Backward chunk budget: bytes of the (N, C) d buffer (overridable per call).
+CHUNK_BYTES = 128 * 2**20
+
+_INTERP_FWD = dict(BLOCK_N=16, BLOCK_V=64, BLOCK_H=32, num_warps=4, num_stages=1)
+_INTERP_MM = dict(BLOCK_M=32, BLOCK_NN=32, BLOCK_K=32, num_warps=4, num_stages=1)
+
+
+def _interpret(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu"
+
+
+def _fwd_config(x: torch.Tensor, n: int, override=None) -> dict:
+    if _interpret(x):
+        return dict(_INTERP_FWD)
+    if override is not None:
+        return dict(override)
+    if x.dtype == torch.float32:
+        # fp32 operands (exact "ieee" dots): double the bytes per element, halve the K step.
+        return dict(BLOCK_N=64, BLOCK_V=128, BLOCK_H=32, num_warps=8, num_stages=2)
+    if n <= 64:
+        # Few rows: the kernel streams W once; smaller row tiles waste less of the MMA.
+        return dict(BLOCK_N=64, BLOCK_V=128, BLOCK_H=64, num_warps=4, num_stages=4)
+    return dict(FWD_CONFIGS[0])
+
+
+def _mm_config(x: torch.Tensor) -> dict:
+    if _interpret(x):
+        return dict(_INTERP_MM)
+    if MM_CONFIG is not None:
+        return dict(MM_CONFIG)
+    if x.dtype == torch.float32:
+        return dict(BLOCK_M=64, BLOCK_NN=64, BLOCK_K=32, num_warps=4, num_stages=2)
+    return dict(MM_CONFIGS[0])
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _dot_flags(x: torch.Tensor) -> dict:
+    # IEEE: fp32 operands use exact fp32 dots (not TF32), matching torch's default matmul.
+    # UPCAST: the interpreter (triton 3.9) multiplies bf16 operands as their raw uint16 bits;
+    # products of 16-bit floats are exact in fp32, so upcasting first gives the same math.
+    up = _interpret(x) and x.dtype != torch.float32
+    return {"IEEE": x.dtype == torch.float32 or up, "UPCAST": up}
+
+
+def _launch_kw(cfg: dict) -> dict:
+    return {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+
+
+# ----------------------------------------------------------------------------- host wrappers
+def _check(x, w, b, t):
+    assert x.dim() == 2 and w.dim() == 2 and x.shape[1] == w.shape[1], (x.shape, w.shape)
+    assert x.stride(1) == 1 and w.stride(1) == 1, "last dim of hidden/weight must be contiguous"
+    assert x.dtype == w.dtype, (x.dtype, w.dtype)
+    assert t.dim() == 1 and t.shape[0] == x.shape[0]
+    assert b is None or (b.dim() == 1 and b.shape[0] == w.shape[0] and b.stride(0) == 1)
+
+
+def lce_forward(x, w, b, targets, ignore_index: int, label_smoothing: float, *,
+                splits: int | None = None, config: dict | None = None):
+    """Per-row loss (N,) fp32 (0 on ignored rows) and stats (2, N) fp32 (row max, log sum-exp).
+
+    x (N, H) and w (V, H) share a dtype (bf16/fp16/fp32); b (V,) any float dtype or None.
+    splits: number of vocab splits of the grid (default: about PROGRAMS_PER_SM programs per SM).
+    """
+    _check(x, w, b, targets)
+    N, H = x.shape
+    V = w.shape[0]
+    cfg = _fwd_config(x, N, config if config is not None else FWD_CONFIG)
+    BN, BV, BH = cfg["BLOCK_N"], cfg["BLOCK_V"], cfg["BLOCK_H"]
+    row_blocks = triton.cdiv(N, BN)
+    vtiles = triton.cdiv(V, BV)
+    if splits is None:
+        splits = triton.cdiv(PROGRAMS_PER_SM * _num_sms(x.device), row_blocks)
+    splits = max(1, min(int(splits), vtiles))
+    tiles_per_split = triton.cdiv(vtiles, splits)
+    splits = triton.cdiv(vtiles, tiles_per_split)  # every split owns at least one valid column
+    smooth = label_smoothing > 0.0
+    f32 = dict(dtype=torch.float32, device=x.device)
+    pm = torch.empty((splits, N), **f32)
+    ps = torch.empty((splits, N), **f32)
+    pzt = torch.empty((splits, N), **f32)
+    psz = torch.empty((splits, N), **f32) if smooth else pm  # dummy pointer when unused
+    _lce_fwd_kernel[(row_blocks, splits)](
+        x, w, b if b is not None else x, targets, pm, ps, pzt, psz,
+        N, V, H, x.stride(0), w.stride(0), ignore_index,
+        tiles_per_split, HAS_BIAS=b is not None, SMOOTH=smooth,
+        BLOCK_N=BN, BLOCK_V=BV, BLOCK_H=BH, **_dot_flags(x), **_launch_kw(cfg))
+    return lse_combine(pm, ps, pzt, psz if smooth else None, targets, ignore_index,
+                       label_smoothing, V)
+
+
+def lse_combine(pm, ps, pzt, psz, targets, ignore_index, label_smoothing, V):
+    """Merge (splits, N) partials into per-row loss (N,) and stats (2, N) = (max, log sum-exp).
+
+    loss = (m - (1 - eps) z_t - eps * mean_j z_j) + log s: the bracket is exact-ish when the
+    target is near the max, so a tiny loss keeps its digits (lse - z_t would lose them).
+    """
+    mx = pm.amax(dim=0)
+    logs = torch.log((ps * torch.exp(pm - mx)).sum(dim=0))
+    zt = pzt.sum(dim=0)
+    head = mx - (1.0 - label_smoothing) * zt
+    if psz is not None:
+        head = head - (label_smoothing / V) * psz.sum(dim=0)
+    loss = torch.where(targets != ignore_index, head + logs, torch.zeros_like(head))
+    return loss, torch.stack((mx, logs))
+
+
+def chunk_columns(n_rows: int, V: int, elt_bytes: int, chunk: int | None = None,
+                  multiple: int = 256) -> int:
+    """Vocab columns per backward chunk: CHUNK_BYTES of d, a multiple of `multiple`, <= V."""
+    if chunk is None or chunk <= 0:
+        chunk = CHUNK_BYTES // max(1, n_rows * elt_bytes)
+    chunk = max(multiple, (int(chunk) // multiple) * multiple)
+    return min(chunk, triton.cdiv(V, multiple) * multiple)
+
+
+def _mm(a, b, c, accum: bool, cfg: dict):
+    M, K = a.shape
+    Nn = b.shape[1]
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(Nn, cfg["BLOCK_NN"]),)
+    _mm_kernel[grid](a, b, c, M, Nn, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+                     c.stride(0), c.stride(1), ACCUM=accum, GROUP_M=8,
+                     **_dot_flags(a), BLOCK_M=cfg["BLOCK_M"],
+                     BLOCK_NN=cfg["BLOCK_NN"], BLOCK_K=cfg["BLOCK_K"], **_launch_kw(cfg))
+
+
+def lce_backward(grad_rows, x, w, b, targets, stats, ignore_index: int, label_smoothing: float, *,
+                 grad_weight_dtype=None, grad_bias_dtype=None, chunk: int | None = None,
+                 config: dict | None = None):
+    """(dX, dW, db) for per-row upstream grads grad_rows (N,) fp32 (ignored rows are zeroed here).
+
+    dX has x's dtype; dW is written once per chunk in grad_weight_dtype (default w's dtype)
+    from fp32 accumulators; db (None when b is None) in grad_bias_dtype (default b's dtype).
+    """
+    _check(x, w, b, targets)
+    N, H = x.shape
+    V = w.shape[0]
+    cfg = _fwd_config(x, N, config if config is not None else DLOGITS_CONFIG)
+    mcfg = _mm_config(x)
+    BN, BV, BH = cfg["BLOCK_N"], cfg["BLOCK_V"], cfg["BLOCK_H"]
+    C = chunk_columns(N, V, x.element_size(), chunk, multiple=BV)
+    row_blocks = triton.cdiv(N, BN)
+    dev = x.device
+    d = torch.empty((N, C), dtype=x.dtype, device=dev)
+    dbp = torch.empty((row_blocks, C), dtype=torch.float32, device=dev)
+    dx_acc = torch.empty((N, H), dtype=torch.float32, device=dev)
+    dw = torch.empty((V, H), dtype=grad_weight_dtype or w.dtype, device=dev)
+    db = None
+    if b is not None:
+        db = torch.empty((V,), dtype=grad_bias_dtype or b.dtype, device=dev)
+    g = grad_rows.to(torch.float32).contiguous()
+    eps = float(label_smoothing)
+    for c0 in range(0, V, C):
+        cs = min(C, V - c0)
+        dc = d[:, :cs]
+        _lce_dlogits_kernel[(row_blocks, triton.cdiv(cs, BV))](
+            x, w, b if b is not None else x, targets, stats, g, dc, dbp,
+            N, V, H, c0, cs, x.stride(0), w.stride(0), d.stride(0), ignore_index,
+            eps / V, 1.0 - eps,
+            HAS_BIAS=b is not None, BLOCK_N=BN, BLOCK_V=BV, BLOCK_H=BH,
+            **_dot_flags(x), **_launch_kw(cfg))
+        if db is not None:
+            # dbp rows were written with row stride cs (the chunk width), see DBP + pid_n * C.
+            db[c0:c0 + cs] = dbp.view(-1)[:row_blocks * cs].view(row_blocks, cs).sum(dim=0)
+        _mm(dc.t(), x, dw[c0:c0 + cs], False, mcfg)          # dW[chunk] = d^T @ X, once
+        _mm(dc, w[c0:c0 + cs], dx_acc, c0 > 0, mcfg)          # dX += d @ W[chunk]
+    return dx_acc.to(x.dtype), dw, db

@@ -1,0 +1,200 @@
+"""xf.ops.bias_gelu vs the plain-torch fp32 erf-GELU reference: forward, dx, dbias, erf (not
+tanh), determinism of dbias, opcheck.
+
+Backends: `reference` everywhere; `triton` on the CPU interpreter (marker interpret, small
+shapes) and on CUDA (marker gpu, incl. XLM-R shapes T=32768 x F=3072/4096).
+Low precision: error vs fp32 <= 2 x the error of plain torch at the same precision + a tiny floor.
+"""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xlmr_fast.ops import _backend
+from xlmr_fast.ops.bias_gelu import bias_gelu, bias_gelu_reference
+
+INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _inputs(shape, dtype, device, bdtype=None):
+    g = torch.Generator(device="cpu").manual_seed(torch.randint(0, 2**31, ()).item())
+    # Scale 3: covers the curved region and both tails of GELU (z from about -10 to 10).
+    x = (torch.randn(*shape, generator=g) * 3.0).to(device=device, dtype=dtype)
+    b = torch.randn(shape[-1], generator=g).to(device=device, dtype=bdtype or dtype)
+    return x, b
+
+
+def _torch_same_precision(x, b):
+    return F.gelu(x + b.to(x.dtype))
+
+
+def _run(fn, tensors, dy):
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    y = fn(*leaves)
+    grads = torch.autograd.grad(y, leaves, dy.to(y.dtype))
+    return y.detach(), [g_.detach() for g_ in grads]
+
+
+def _floor(dtype, ref):
+    scale = max(1.0, ref.abs().max().item())
+    if dtype == torch.float32:
+        return 1e-5 * scale
+    # The interpreter converts fp32 -> bf16 by truncation (the GPU rounds to nearest): 1 ulp.
+    c = 1.0 if (INTERP and dtype == torch.bfloat16) else 0.25
+    return c * torch.finfo(dtype).eps * scale
+
+
+def _assert_2x(name, ours, lowp, ref, dtype):
+    e_ours = (ours.float() - ref.float()).abs().max().item()
+    e_torch = (lowp.float() - ref.float()).abs().max().item()
+    bound = 2 * e_torch + _floor(dtype, ref)
+    assert e_ours <= bound, f"{name}: error {e_ours:.3g} > 2 x torch {e_torch:.3g} + floor ({bound:.3g})"
+
+
+def _compare(shape, dtype, device, bdtype=None):
+    x, b = _inputs(shape, dtype, device, bdtype)
+    dy = torch.randn(x.shape, device=device)
+    y, g = _run(bias_gelu, (x, b), dy)
+    y_ref, g_ref = _run(bias_gelu_reference, (x.float(), b.float()), dy)
+    y_lp, g_lp = _run(_torch_same_precision, (x, b), dy)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert g[0].dtype == x.dtype and g[1].dtype == b.dtype
+    _assert_2x("y", y, y_lp, y_ref, dtype)
+    _assert_2x("dx", g[0], g_lp[0], g_ref[0], dtype)
+    _assert_2x("dbias", g[1], g_lp[1], g_ref[1], dtype)
+
+
+@pytest.fixture
+def backend(monkeypatch, request):
+    monkeypatch.setenv("XLMR_FAST_BACKEND", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("backend", ["reference"], indirect=True)
+@pytest.mark.parametrize("M", [1, 7, 333])
+@pytest.mark.parametrize("N", [64, 96, 768])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reference_backend(backend, M, N, dtype):
+    if INTERP:
+        pytest.skip("covered by the non-interpreter pass")
+    _compare((M, N), dtype, "cpu")
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("backend", ["triton"], indirect=True)
+@pytest.mark.parametrize("shape", [(1, 64), (7, 96), (13, 300)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_triton_interpret(backend, shape, dtype):
+    _compare(shape, dtype, "cpu")
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("backend", ["triton"], indirect=True)
+def test_triton_interpret_mixed_and_3d(backend):
+    _compare((2, 5, 40), torch.bfloat16, "cpu", bdtype=torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton"], indirect=True)
+@pytest.mark.parametrize("M", [1, 7, 333])
+@pytest.mark.parametrize("N", [64, 96, 768, 3072, 1000])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_triton_gpu(backend, M, N, dtype):
+    _compare((M, N), dtype, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton"], indirect=True)
+@pytest.mark.parametrize("Fd", [3072, 4096, 768, 1024])
+def test_triton_gpu_xlmr_shapes(backend, Fd):
+    _compare((64, 512, Fd), torch.bfloat16, "cuda")  # T = 32768 rows
+    _compare((64, 512, Fd), torch.bfloat16, "cuda", bdtype=torch.float32)
+
+
+def _erf_not_tanh(device):
+    # At z = -3 erf- and tanh-GELU differ by ~4e-4, far above fp32 noise.
+    z = torch.tensor([[-3.0, -1.5, 0.5, 2.0]], device=device)
+    y = bias_gelu(z, torch.zeros(4, device=device))
+    assert torch.allclose(y, F.gelu(z), rtol=0, atol=1e-6)
+    assert (y - F.gelu(z, approximate="tanh")).abs().max().item() > 1e-4
+
+
+@pytest.mark.parametrize("backend", ["reference"], indirect=True)
+def test_erf_not_tanh_reference(backend):
+    _erf_not_tanh("cpu")
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("backend", ["triton"], indirect=True)
+def test_erf_not_tanh_triton_interpret(backend):
+    _erf_not_tanh("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton"], indirect=True)
+def test_erf_not_tanh_and_determinism_gpu(backend):
+    _erf_not_tanh("cuda")
+    x, b = _inputs((32768, 3072), torch.bfloat16, "cuda")
+    dy = torch.randn(x.shape, device="cuda")
+    _, g0 = _run(bias_gelu, (x, b), dy)
+    for _ in range(20):
+        _, g = _run(bias_gelu, (x, b), dy)
+        assert torch.equal(g[0], g0[0]) and torch.equal(g[1], g0[1])
+
+
+def _opcheck(device, backend_name, shape=(5, 24)):
+    x, b = _inputs(shape, torch.float32, device)
+    torch.library.opcheck(torch.ops.xlmr_fast.bias_gelu_fwd.default,
+                          (x.requires_grad_(), b.requires_grad_(), backend_name))
+
+
+def test_opcheck_reference():
+    if INTERP:
+        pytest.skip("covered by the non-interpreter pass")
+    _opcheck("cpu", "reference")
+
+
+@pytest.mark.interpret
+def test_opcheck_triton_interpret():
+    _opcheck("cpu", "triton")
+
+
+@pytest.mark.gpu
+def test_opcheck_triton_gpu():
+    _opcheck("cuda", "triton", shape=(33, 3072))
+
+
+def test_compile_traces_whole_graph(monkeypatch):
+    if INTERP:
+        pytest.skip("covered by the non-interpreter pass")
+    monkeypatch.setenv("XLMR_FAST_BACKEND", "reference")
+    x, b = _inputs((6, 32), torch.float32, "cpu")
+    cf = torch.compile(lambda x, b: bias_gelu(x, b) * 2, backend="aot_eager", fullgraph=True)
+    xl, bl = x.clone().requires_grad_(), b.clone().requires_grad_()
+    y = cf(xl, bl)
+    y.sum().backward()
+    assert torch.allclose(y, 2 * F.gelu(x + b))
+    assert bl.grad is not None and xl.grad is not None
+
+
+def test_input_errors(monkeypatch):
+    x, b = _inputs((4, 8), torch.float32, "cpu")
+    with pytest.raises(ValueError, match="bias must have shape"):
+        bias_gelu(x, b[:4])
+    with pytest.raises(ValueError, match="bias dtype"):
+        bias_gelu(x.half(), b.bfloat16())
+    with pytest.raises(ValueError, match="x must be float32"):
+        bias_gelu(x.long(), b)
+    with pytest.raises(ValueError, match="x must be"):
+        bias_gelu(torch.zeros(4, 0), torch.zeros(0))
+    with pytest.raises(TypeError, match="bias must be a tensor"):
+        bias_gelu(x, 1.0)
+    monkeypatch.setenv("XLMR_FAST_BACKEND", "cuda")
+    with pytest.raises(_backend.Unsupported, match="no CUDA-extension backend"):
+        bias_gelu(x, b)
+    if not INTERP:
+        monkeypatch.setenv("XLMR_FAST_BACKEND", "triton")
+        with pytest.raises(_backend.Unsupported, match="triton cannot run"):
+            bias_gelu(x, b)

@@ -1,0 +1,365 @@
+"""XLM-R (Conneau et al. 2020) in one file: encoder, MLM head and the fine-tuning heads.
+
+The math is docs/xlmr-spec.md 1.2-1.4 line for line (fairseq @4c0d432e == HF XLMRoberta):
+
+    x = LN_emb(E[ids] + P[positions]) -> dropout -> L x post-LN layer -> features (no final LN)
+    layer(x) = LN_ffn(h + drop(W2 gelu(W1 h)))  with  h = LN_attn(x + drop(Wo attn(x)))
+
+Shape legend in names: B batch, T tokens, H hidden, N rows (gathered tokens), V vocabulary.
+
+Differences from the reference code that do not change any output:
+* q, k, v are one fused Linear(H, 3H) (`qkv`): one GEMM instead of three. The converter splits
+  and joins it (HF query/key/value, fairseq q/k/v_proj or in_proj).
+* No token-type table. HF's type_vocab_size=1 table is added to every position; the converter
+  folds a non-zero row into the position table on load and writes a zero row on save.
+* The MLM head runs only on labelled rows and its loss goes through ops.linear_cross_entropy,
+  so the (N, 250002) logits are never formed during training (fairseq does the same gather).
+* fairseq zeroes pad positions after the embedding dropout; HF does not and neither do we. Pad
+  positions are never attended to, so no non-pad output changes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+from ..config import XLMRConfig
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class XLMROutput:
+    """What every model returns; fields a class does not produce stay None."""
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None             # MLM (B, T, V), classes (B, C) or (B, T, C)
+    last_hidden_state: torch.Tensor | None = None  # (B, T, H) encoder features
+    hidden_states: tuple | None = None             # embeddings + every layer, when asked
+    start_logits: torch.Tensor | None = None       # QA (B, T)
+    end_logits: torch.Tensor | None = None         # QA (B, T)
+
+    def __getitem__(self, name: str):
+        return getattr(self, name)
+
+
+def make_positions(input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """fairseq make_positions / HF create_position_ids_from_input_ids: 2, 3, ... per row for
+    non-pad tokens (counting only non-pad, so left padding does not shift them), pad_id on pads."""
+    not_pad = (input_ids != pad_id).int()
+    return (torch.cumsum(not_pad, dim=1) * not_pad).long() + pad_id
+
+
+class XLMRLayer(nn.Module):
+    """One post-LN Transformer layer: attention block, then FFN block, each LN(residual + f(x))."""
+
+    def __init__(self, cfg: XLMRConfig):
+        super().__init__()
+        H = cfg.hidden_size
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.qkv = nn.Linear(H, 3 * H)        # rows [q; k; v]: one GEMM for the three projections
+        self.attn_out = nn.Linear(H, H)
+        self.attn_ln = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
+        self.fc1 = nn.Linear(H, cfg.ffn_size)
+        self.fc2 = nn.Linear(cfg.ffn_size, H)
+        self.ffn_ln = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
+        self.hidden_dropout = cfg.hidden_dropout
+        self.attention_dropout = cfg.attention_dropout
+        self.activation_dropout = cfg.activation_dropout
+
+    def forward(self, x_BTH: torch.Tensor, key_padding_mask_BT: torch.Tensor) -> torch.Tensor:
+        B, T, H = x_BTH.shape
+        # (B, T, 3, heads, hd) -> three (B, heads, T, hd) views: attention takes any strides, so
+        # no copy is made here (the Triton path reads the interleaved layout directly).
+        qkv = self.qkv(x_BTH).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        a = ops.attention(qkv[0], qkv[1], qkv[2], key_padding_mask=key_padding_mask_BT,
+                          dropout_p=self.attention_dropout if self.training else 0.0,
+                          softmax_scale=None)  # None = head_dim^-0.5, fairseq's q scaling
+        a = a.transpose(1, 2).reshape(B, T, H)
+        x = self.attn_ln(x_BTH + F.dropout(self.attn_out(a), self.hidden_dropout, self.training))
+        h = F.gelu(self.fc1(x))  # exact erf GELU (fairseq 'gelu', HF 'gelu'), not the tanh one
+        h = F.dropout(h, self.activation_dropout, self.training)
+        return self.ffn_ln(x + F.dropout(self.fc2(h), self.hidden_dropout, self.training))
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """fairseq init_bert_params (spec 1.4): Linear/Embedding N(0, std), biases 0, pad row 0."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, 0.0, std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, 0.0, std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class _Pretrained(nn.Module):
+    """from_pretrained / save_pretrained for every class (the work is in model/convert.py)."""
+
+    # Prefix of the encoder's keys inside this class's state dict ("" for XLMRModel itself).
+    encoder_prefix = "encoder."
+
+    @classmethod
+    def from_pretrained(cls, path, config: XLMRConfig | None = None, *, unsafe_load: bool = False,
+                        **config_overrides):
+        """Load an HF directory (config.json + model.safetensors / pytorch_model.bin, or either
+        file alone) or a fairseq model.pt. `config` replaces the file's config; keyword overrides
+        (e.g. num_heads=16, num_labels=3) are applied on top. unsafe_load=True allows a full
+        pickle load of a fairseq file whose metadata needs more than argparse.Namespace (only for
+        files you trust)."""
+        from . import convert
+        return convert.load_pretrained(cls, path, config=config, unsafe_load=unsafe_load,
+                                       **config_overrides)
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict, config: XLMRConfig | None = None,
+                        **config_overrides):
+        """Build from an in-memory HF, fairseq or xlmr_fast state dict (format detected)."""
+        from . import convert
+        return convert.from_state_dict(cls, state_dict, config=config, **config_overrides)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write config.json + model.safetensors in the HF layout (atomic per file)."""
+        from . import convert
+        convert.save_pretrained(self, save_directory)
+
+    def _init_head(self, *modules: nn.Module) -> None:
+        for m in modules:
+            m.apply(lambda mod: init_weights(mod, self.config.initializer_range))
+
+
+class XLMRModel(_Pretrained):
+    """The encoder: features (B, T, H) of token ids (B, T)."""
+
+    encoder_prefix = ""
+
+    def __init__(self, config: XLMRConfig):
+        super().__init__()
+        self.config = cfg = config
+        H = cfg.hidden_size
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, H, padding_idx=cfg.pad_token_id)
+        # Row pad_token_id (1) is what pad tokens index; positions start at pad_token_id + 1.
+        self.embed_positions = nn.Embedding(cfg.max_position_embeddings, H,
+                                            padding_idx=cfg.pad_token_id)
+        self.embed_ln = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
+        self.layers = nn.ModuleList(XLMRLayer(cfg) for _ in range(cfg.num_layers))
+        self.apply(lambda m: init_weights(m, cfg.initializer_range))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                output_hidden_states: bool = False) -> XLMROutput:
+        """input_ids (B, T) int; attention_mask (B, T), 1/True = attend, 0 = padding (default:
+        wherever input_ids is pad_token_id). Positions always come from the pad ids, as in HF."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"XLMRModel: input_ids must be (batch, tokens), got shape "
+                             f"{tuple(input_ids.shape)}")
+        T = input_ids.shape[1]
+        if T > self.config.max_tokens:
+            raise ValueError(f"XLMRModel: sequence length {T} exceeds the position table "
+                             f"({self.config.max_tokens} tokens, max_position_embeddings="
+                             f"{self.config.max_position_embeddings})")
+        pad = self.config.pad_token_id
+        if attention_mask is None:
+            key_padding_mask = input_ids == pad
+        else:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(f"XLMRModel: attention_mask shape {tuple(attention_mask.shape)} "
+                                 f"!= input_ids shape {tuple(input_ids.shape)}")
+            key_padding_mask = attention_mask == 0
+        x = self.embed_tokens(input_ids) + self.embed_positions(make_positions(input_ids, pad))
+        x = F.dropout(self.embed_ln(x), self.config.hidden_dropout, self.training)
+        hidden = [x] if output_hidden_states else None
+        for layer in self.layers:
+            x = layer(x, key_padding_mask)
+            if hidden is not None:
+                hidden.append(x)
+        return XLMROutput(last_hidden_state=x,
+                          hidden_states=tuple(hidden) if hidden is not None else None)
+
+
+class XLMRLMHead(nn.Module):
+    """dense -> GELU -> LN, then the tied token table E^T plus a separate bias (spec 1.3)."""
+
+    def __init__(self, cfg: XLMRConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm(F.gelu(self.dense(x)))
+
+
+class XLMRForMaskedLM(_Pretrained):
+    """Encoder + MLM head; the decoder weight is the encoder's token table (tied, one tensor)."""
+
+    def __init__(self, config: XLMRConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = XLMRModel(config)
+        self.lm_head = XLMRLMHead(config)
+        self._init_head(self.lm_head)
+        nn.init.zeros_(self.lm_head.bias)
+
+    @property
+    def decoder_weight(self) -> torch.Tensor:
+        return self.encoder.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, *, masked_positions: torch.Tensor | None = None,
+                return_logits: bool | None = None, output_hidden_states: bool = False
+                ) -> XLMROutput:
+        """labels (B, T): target ids, -100 = not a target. The loss is the mean cross-entropy
+        over the targets (0 when there are none; HF gives NaN there), computed on those rows only.
+        masked_positions (N,): flat indices b*T + t of the target rows (ops.mlm_mask returns
+        them); without it the rows are found with nonzero(), one host sync per call.
+        Logits (B, T, V) are computed when labels is None or return_logits=True."""
+        out = self.encoder(input_ids, attention_mask, output_hidden_states)
+        h_BTH = out.last_hidden_state
+        if return_logits is None:
+            return_logits = labels is None
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"XLMRForMaskedLM: labels shape {tuple(labels.shape)} != "
+                                 f"input_ids shape {tuple(input_ids.shape)}")
+            flat_labels = labels.reshape(-1)
+            if masked_positions is None:
+                masked_positions = torch.nonzero(flat_labels != IGNORE_INDEX).squeeze(1)
+            # Gather first: the head and the vocabulary GEMM run on ~15% of the rows.
+            h_NH = h_BTH.reshape(-1, h_BTH.shape[-1]).index_select(0, masked_positions)
+            targets_N = flat_labels.index_select(0, masked_positions)
+            z_NH = self.lm_head.transform(h_NH)
+            if z_NH.is_cuda and torch.is_autocast_enabled("cuda"):
+                # Autocast runs LayerNorm in fp32; the fused CE would then do the 250k-wide GEMM in
+                # fp32 too. Cast to the autocast dtype, as the F.linear it replaces would.
+                z_NH = z_NH.to(torch.get_autocast_dtype("cuda"))
+            loss = ops.linear_cross_entropy(z_NH, self.decoder_weight, self.lm_head.bias,
+                                            targets_N, ignore_index=IGNORE_INDEX)
+        logits = None
+        if return_logits:
+            logits = F.linear(self.lm_head.transform(h_BTH), self.decoder_weight,
+                              self.lm_head.bias)
+        return XLMROutput(loss=loss, logits=logits, last_hidden_state=h_BTH,
+                          hidden_states=out.hidden_states)
+
+
+class XLMRClassificationHead(nn.Module):
+    """On the <s> features: dropout, dense, tanh, dropout, out_proj (HF/fairseq key names)."""
+
+    def __init__(self, cfg: XLMRConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.out_proj = nn.Linear(cfg.hidden_size, cfg.num_labels)
+        self.dropout = cfg.effective_classifier_dropout
+
+    def forward(self, h_BTH: torch.Tensor) -> torch.Tensor:
+        x = F.dropout(h_BTH[:, 0], self.dropout, self.training)
+        x = torch.tanh(self.dense(x))
+        return self.out_proj(F.dropout(x, self.dropout, self.training))
+
+
+class XLMRForSequenceClassification(_Pretrained):
+    """Sentence / pair classification (XNLI) or regression on the <s> token."""
+
+    def __init__(self, config: XLMRConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = XLMRModel(config)
+        self.classifier = XLMRClassificationHead(config)
+        self._init_head(self.classifier)
+
+    def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=False):
+        out = self.encoder(input_ids, attention_mask, output_hidden_states)
+        logits = self.classifier(out.last_hidden_state)
+        loss = None
+        if labels is not None:
+            # HF's rule: problem_type, else regression for 1 label, integer labels -> single-label
+            # cross-entropy, float labels -> multi-label BCE.
+            pt = self.config.problem_type
+            if pt is None:
+                if self.config.num_labels == 1:
+                    pt = "regression"
+                elif labels.dtype in (torch.long, torch.int):
+                    pt = "single_label_classification"
+                else:
+                    pt = "multi_label_classification"
+            if pt == "regression":
+                if self.config.num_labels == 1:
+                    loss = F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+                else:
+                    loss = F.mse_loss(logits, labels.to(logits.dtype))
+            elif pt == "single_label_classification":
+                loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return XLMROutput(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state,
+                          hidden_states=out.hidden_states)
+
+
+class XLMRForTokenClassification(_Pretrained):
+    """Per-token labels (NER): dropout -> Linear(H, num_labels) on every token; -100 = ignore."""
+
+    def __init__(self, config: XLMRConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = XLMRModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self._init_head(self.classifier)
+
+    def forward(self, input_ids, attention_mask=None, labels=None, output_hidden_states=False):
+        out = self.encoder(input_ids, attention_mask, output_hidden_states)
+        h = F.dropout(out.last_hidden_state, self.config.effective_classifier_dropout,
+                      self.training)
+        logits = self.classifier(h)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1),
+                                   ignore_index=IGNORE_INDEX)
+        return XLMROutput(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state,
+                          hidden_states=out.hidden_states)
+
+
+class XLMRForQuestionAnswering(_Pretrained):
+    """Extractive QA: Linear(H, 2) -> start / end logits per token."""
+
+    def __init__(self, config: XLMRConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = XLMRModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self._init_head(self.qa_outputs)
+
+    def forward(self, input_ids, attention_mask=None, start_positions=None, end_positions=None,
+                output_hidden_states=False):
+        out = self.encoder(input_ids, attention_mask, output_hidden_states)
+        start_logits, end_logits = self.qa_outputs(out.last_hidden_state).unbind(dim=-1)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            # As HF: positions outside the input are clamped to T and ignored; mean of the two.
+            T = start_logits.shape[1]
+            start = start_positions.reshape(-1).clamp(0, T)
+            end = end_positions.reshape(-1).clamp(0, T)
+            loss = (F.cross_entropy(start_logits, start, ignore_index=T)
+                    + F.cross_entropy(end_logits, end, ignore_index=T)) / 2
+        return XLMROutput(loss=loss, start_logits=start_logits.contiguous(),
+                          end_logits=end_logits.contiguous(),
+                          last_hidden_state=out.last_hidden_state,
+                          hidden_states=out.hidden_states)
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Unique parameters (the tied decoder is the token table, counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["XLMRModel", "XLMRForMaskedLM", "XLMRForSequenceClassification",
+           "XLMRForTokenClassification", "XLMRForQuestionAnswering", "XLMROutput",
+           "make_positions", "init_weights", "num_parameters", "IGNORE_INDEX"]
