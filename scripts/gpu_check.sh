@@ -24,9 +24,9 @@ if [[ "$WHAT" == build || "$WHAT" == all || ! -f "$OUT/.built" ]]; then
   tail -5 "$OUT/build.log"
 fi
 if [[ "$WHAT" == test || "$WHAT" == all ]]; then
-  timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -x -m "not interpret" tests -p no:cacheprovider \
+  timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -m "${TEST_MARK:-not interpret}" tests -p no:cacheprovider \
       --durations=15 > "$OUT/tests.log" 2>&1
-  echo "tests rc=$?"; tail -25 "$OUT/tests.log"
+  echo "tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -40
 fi
 if [[ "$WHAT" == bench || "$WHAT" == all ]]; then
   export XLMR_FAST_BENCH_OUT="$OUT/results.csv"
