@@ -71,8 +71,9 @@ mlm::Params make_params(const char* op, const Tensor& input_ids, int64_t vocab_s
 
 // ------------------------------------------------------------------------------------ CPU
 template <typename Id>
-std::pair<Tensor, int64_t> mask_cpu_typed(const Id* ids, Id* masked, int64_t* labels, int64_t n, int64_t capacity,
-                      bool exact, const mlm::Params& prm, const at::TensorOptions& long_opts) {
+std::pair<Tensor, int64_t> mask_cpu_typed(const Id* ids, Id* masked, int64_t* labels, int64_t n,
+                                          int64_t capacity, bool exact, const mlm::Params& prm,
+                                          const at::TensorOptions& long_opts) {
   const int64_t n_seg = (n + kSegment - 1) / kSegment;
   std::vector<int64_t> seg_count(n_seg), seg_first(n_seg);
   std::vector<uint16_t> offs(n);  // pass 1 -> pass 2: selected offsets inside each segment

@@ -12,7 +12,8 @@ Integer care (the bits must equal the torch reference):
   constants >= 2^31 are typed uint32 by Triton and int32 literals promote to uint32;
 * the selection threshold is compared in int64 because it can be 2^32 (mask_prob = 1);
 * key, key2 and threshold are not specialised (a value of 1 would otherwise turn into a
-  constexpr and change the argument's type).
+  constexpr and change the argument's type); nor are n and capacity, so that batch shapes
+  and capacities do not each compile a variant.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def _mix32(x):
     return x
 
 
-@triton.jit(do_not_specialize=["key", "key2", "threshold"])
+@triton.jit(do_not_specialize=["n", "capacity", "key", "key2", "threshold"])
 def _mlm_mask_kernel(
     Ids,        # (n,) int32 or int64 input ids, contiguous
     Masked,     # (n,) output ids, Ids' dtype

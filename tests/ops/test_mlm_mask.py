@@ -18,7 +18,8 @@ import torch
 from xlmr_fast import _ext
 from xlmr_fast.ops import _backend
 
-M = importlib.import_module("xlmr_fast.ops.mlm_mask")  # the module (xf.ops.mlm_mask is the function)
+# the module itself: xf.ops.mlm_mask (the attribute) is the function
+M = importlib.import_module("xlmr_fast.ops.mlm_mask")
 
 V = 250002
 MASK = V - 1

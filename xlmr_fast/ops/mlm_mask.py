@@ -178,7 +178,9 @@ def _reference_keyed(input_ids, vocab_size, mask_id, key, key2, thresh, pad_id, 
 def _static_reference_keyed(input_ids, vocab_size, mask_id, key, key2, thresh, pad_id,
                             mask_special, capacity):
     # No nonzero(): ranks from a cumsum and a scatter into a (capacity + 1) buffer whose last
-    # slot absorbs the unselected positions, so this is sync-free and compiles to static shapes.
+    # slot absorbs the unselected positions, so this is sync-free with static shapes. (Inductor
+    # lowers the hash chain very slowly when compiling this directly; mlm_mask_static reaches it
+    # through the opaque custom op, which avoids that.)
     ids = input_ids.reshape(-1).long()
     selected, new = _select_keyed(ids, vocab_size, mask_id, key, key2, thresh, pad_id,
                                   mask_special)
