@@ -23,3 +23,13 @@ def shared_data():
     if not os.path.isdir(SHARED_DATA):
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _seed_per_test(request):
+    # Random inputs differ between tests (seeded from the test id) but are reproducible, so a
+    # rare tolerance miss in CI can be replayed exactly. XLMR_FAST_TEST_SEED shifts all seeds.
+    import zlib
+
+    base = int(os.environ.get("XLMR_FAST_TEST_SEED", "0"))
+    torch.manual_seed(base + zlib.crc32(request.node.nodeid.encode()))
