@@ -20,16 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _mix32(x):
-    # lowbias32 (Wellons): xorshift-multiply bijection of uint32; x must be uint32.
-    x = x ^ (x >> 16)
-    x = x * 0x7FEB352D
-    x = x ^ (x >> 15)
-    x = x * 0x846CA68B
-    x = x ^ (x >> 16)
-    return x
+from .rng import mix32 as _mix32
 
 
 @triton.jit

@@ -36,6 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .rng import mix32 as _mix32
+
 LOG2E = 1.4426950408889634
 
 # Block configurations. The forward/dq kernels tile queries by BLOCK_M and keys by BLOCK_N;
@@ -107,17 +109,6 @@ def bwd_config(head_dim: int, max_seqlen: int, dtype: torch.dtype) -> dict:
 
 
 # ----------------------------------------------------------------------------- helpers
-@triton.jit
-def _mix32(x):
-    # lowbias32 (C. Wellons): a bijection of uint32 with low avalanche bias.
-    x = x ^ (x >> 16)
-    x = x * 0x7FEB352D
-    x = x ^ (x >> 15)
-    x = x * 0x846CA68B
-    x = x ^ (x >> 16)
-    return x
-
-
 @triton.jit
 def _row_hash(seed_key, bh, rows):
     key = seed_key.to(tl.uint32, bitcast=True)

@@ -21,19 +21,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .rng import mix32 as _mix32
+
 DEFAULT_BLOCK = 4096
 DEFAULT_WARPS = 8
-
-
-@triton.jit
-def _mix32(x):
-    # Wellons' lowbias32 on uint32 lanes.
-    x = x ^ (x >> 16)
-    x = x * 0x7FEB352D
-    x = x ^ (x >> 15)
-    x = x * 0x846CA68B
-    x = x ^ (x >> 16)
-    return x
 
 
 @triton.jit(do_not_specialize=["n", "capacity", "key", "key2", "threshold"])
