@@ -166,7 +166,7 @@ def _key_valid(KPM, b, smb, cols, seqlen, HAS_MASK: tl.constexpr):
 # ----------------------------------------------------------------------------- forward
 @triton.jit(do_not_specialize=["seed_key", "drop_thresh"])
 def _attn_fwd(
-    Q, K, V, O, LSE,          # q/k/v/o: padded (B,H,T,D) or varlen (total,H,D); LSE fp32
+    Q, K, V, O, OLO, LSE,     # q/k/v/o: padded (B,H,T,D) or varlen (total,H,D); LSE fp32
     KPM, CU,                  # KPM: (B,T) uint8, 1 = padding key (HAS_MASK); CU: int32 (B+1,)
     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,  # strides (0 batch stride: varlen)
     slb, slh, smb,            # LSE batch/head strides (token stride 1); KPM batch stride
@@ -175,7 +175,7 @@ def _attn_fwd(
     seed_key, drop_thresh, rp_scale,  # dropout: uint32 key and threshold (as int32), 1/(1-p)
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
-    DOT_MODE: tl.constexpr,
+    DOT_MODE: tl.constexpr, STORE_LO: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -229,18 +229,23 @@ def _attn_fwd(
         inv_l = inv_l * rp_scale
     acc = acc * inv_l[:, None]
     lse = tl.where(empty, float("inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
-    o_ptrs = O + b64 * sob + h64 * soh + (tok0 + offs_m)[:, None] * sot + offs_d[None, :]
-    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None])
+    o_off = b64 * sob + h64 * soh + (tok0 + offs_m)[:, None] * sot + offs_d[None, :]
+    o_hi = acc.to(O.dtype.element_ty)
+    tl.store(O + o_off, o_hi, mask=row_ok[:, None])
+    if STORE_LO:  # rounding residual of a 16-bit O (same layout): O_hi + O_lo ~ fp32 O
+        tl.store(OLO + o_off, (acc - o_hi.to(tl.float32)).to(O.dtype.element_ty),
+                 mask=row_ok[:, None])
     tl.store(LSE + b64 * slb + h64 * slh + tok0 + offs_m, lse, mask=row_ok)
 
 
 # ----------------------------------------------------------------------------- backward
 @triton.jit
 def _attn_bwd_pre(
-    O, DO, DELTA,
+    O, OLO, DO, DELTA,
     sob, soh, sot, sdb, sdh, sdt, slb, slh,
     H, T,
     CU, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HAS_LO: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -255,8 +260,10 @@ def _attn_bwd_pre(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < seqlen
-    o = tl.load(O + b64 * sob + h64 * soh + (tok0 + offs_m)[:, None] * sot + offs_d[None, :],
-                mask=row_ok[:, None], other=0.0).to(tl.float32)
+    o_off = b64 * sob + h64 * soh + (tok0 + offs_m)[:, None] * sot + offs_d[None, :]
+    o = tl.load(O + o_off, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    if HAS_LO:
+        o += tl.load(OLO + o_off, mask=row_ok[:, None], other=0.0).to(tl.float32)
     do = tl.load(DO + b64 * sdb + h64 * sdh + (tok0 + offs_m)[:, None] * sdt + offs_d[None, :],
                  mask=row_ok[:, None], other=0.0).to(tl.float32)
     tl.store(DELTA + b64 * slb + h64 * slh + tok0 + offs_m, tl.sum(o * do, 1), mask=row_ok)
@@ -433,35 +440,48 @@ def _lse_strides(lse, varlen):
 
 def attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale,
                   dropout_p, seed_key, drop_thresh):
-    """Returns (out, lse). seed_key/drop_thresh: uint32 ints from xlmr_fast.ops.attention."""
+    """Returns (out, lse, out_lo). seed_key/drop_thresh: uint32 ints from xlmr_fast.ops.attention.
+
+    out_lo (16-bit inputs only; else an empty tensor) is the rounding residual of out, so that
+    the backward's Delta = rowsum(dO * O) sees O to ~16 mantissa bits. With Delta taken from
+    the rounded O alone, dS = P * (dP - Delta) cancels catastrophically where P is
+    concentrated (a one-key row with dropout: O = V / (1 - p) is not representable), and dK
+    ends up several times further from fp32 than plain torch, which keeps an fp32 P.
+    """
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     varlen, B, H, T, has_mask, kpm, cu, smb = _common(q, key_padding_mask, cu_seqlens, max_seqlen)
     D = q.shape[-1]
     out = empty_like_layout(q, varlen)
+    store_lo = q.dtype != torch.float32
+    out_lo = empty_like_layout(q, varlen) if store_lo else q.new_empty(0)
     lse = torch.empty(stats_shape(q, varlen), dtype=torch.float32, device=q.device)
     if B == 0 or T == 0 or q.numel() == 0:
-        return out.zero_(), lse.fill_(float("inf"))
+        return out.zero_(), lse.fill_(float("inf")), out_lo.zero_()
     cfg = fwd_config(D, T, q.dtype)
     slb, slh = _lse_strides(lse, varlen)
     grid = (triton.cdiv(T, cfg["BLOCK_M"]), B * H)
     _attn_fwd[grid](
-        q, k, v, out, lse, kpm, cu,
+        q, k, v, out, out_lo if store_lo else out, lse, kpm, cu,
         *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
         slb, slh, smb, H, T if not varlen else 0,
         softmax_scale * LOG2E,
         _as_i32(seed_key), _as_i32(drop_thresh), 1.0 / (1.0 - dropout_p),
         HEAD_DIM=D, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         IS_VARLEN=varlen, HAS_MASK=has_mask, DROPOUT=dropout_p > 0.0,
-        DOT_MODE=_dot_mode(q.dtype),
+        DOT_MODE=_dot_mode(q.dtype), STORE_LO=store_lo,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    return out, lse
+    return out, lse, out_lo
 
 
-def attention_bwd(do, q, k, v, out, lse, key_padding_mask, cu_seqlens, max_seqlen,
+def attention_bwd(do, q, k, v, out, out_lo, lse, key_padding_mask, cu_seqlens, max_seqlen,
                   softmax_scale, dropout_p, seed_key, drop_thresh):
-    """Returns (dq, dk, dv) in the layout of empty_like_layout."""
+    """Returns (dq, dk, dv) in the layout of empty_like_layout. out_lo: see attention_fwd."""
     do, q, k, v, out = (_unit_last(t) for t in (do, q, k, v, out))
+    has_lo = out_lo.numel() > 0
+    if has_lo and out_lo.stride() != out.stride():  # the pre kernel reads both with O's strides
+        out_lo = torch.empty_strided(out.shape, out.stride(), dtype=out.dtype,
+                                     device=out.device).copy_(out_lo)
     varlen, B, H, T, has_mask, kpm, cu, smb = _common(q, key_padding_mask, cu_seqlens, max_seqlen)
     D = q.shape[-1]
     dq, dk, dv = (empty_like_layout(t, varlen) for t in (q, k, v))
@@ -472,8 +492,9 @@ def attention_bwd(do, q, k, v, out, lse, key_padding_mask, cu_seqlens, max_seqle
     Tp = T if not varlen else 0
     pre_bm = 64 if not _interpret() else 32
     _attn_bwd_pre[(triton.cdiv(T, pre_bm), B * H)](
-        out, do, delta, *_strides(out, varlen), *_strides(do, varlen), slb, slh, H, Tp, cu,
-        HEAD_DIM=D, BLOCK_M=pre_bm, IS_VARLEN=varlen,
+        out, out_lo if has_lo else out, do, delta, *_strides(out, varlen),
+        *_strides(do, varlen), slb, slh, H, Tp, cu,
+        HEAD_DIM=D, BLOCK_M=pre_bm, IS_VARLEN=varlen, HAS_LO=has_lo,
     )
     cfg = bwd_config(D, T, q.dtype)
     common = dict(HEAD_DIM=D, IS_VARLEN=varlen, HAS_MASK=has_mask, DROPOUT=dropout_p > 0.0,

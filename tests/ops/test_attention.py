@@ -256,7 +256,6 @@ def test_triton_interp_dropout_mask_is_the_documented_one(force_triton):
 
 
 @pytest.mark.interpret
-@pytest.mark.xfail(reason="known bug (issue 5): dK with dropout exceeds the 3x bound on some inputs, seen on H100 and in the interpreter", strict=False)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_interp_dropout(dtype, force_triton):
     B, H, T, D, p = 3, 2, 33, 32, 0.2
@@ -325,7 +324,6 @@ def test_gpu_forward_backward(B, H, T, D, dtype, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.xfail(reason="known bug (issue 5): dK with dropout exceeds the 3x bound on some inputs, seen on H100 and in the interpreter", strict=False)
 def test_gpu_varlen_and_dropout(force_triton):
     lengths = [512, 1, 0, 300, 17, 511, 128, 64]
     B, H, T, D = len(lengths), 12, 512, 64

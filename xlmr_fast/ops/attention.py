@@ -257,7 +257,9 @@ def _stats_shape(q, varlen):
 def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    key_padding_mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
                    max_seqlen: int, dropout_p: float, softmax_scale: float,
-                   seed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                   seed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Returns (out, lse, out_lo); out_lo is out's rounding residual for 16-bit inputs (the
+    # backward needs O to ~fp32 precision, see kernels/triton/attention.py), else empty.
     key, thresh = _rng(dropout_p, seed)
     return _kernels().attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen,
                                     softmax_scale, dropout_p, key, thresh)
@@ -267,22 +269,25 @@ def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 def _(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed):
     varlen = cu_seqlens is not None
     return (_layout_like(q, varlen),
-            q.new_empty(_stats_shape(q, varlen), dtype=torch.float32))
+            q.new_empty(_stats_shape(q, varlen), dtype=torch.float32),
+            _layout_like(q, varlen) if q.dtype != torch.float32 else q.new_empty(0))
 
 
 @torch.library.custom_op("xlmr_fast::attention_bwd", mutates_args=())
 def _attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   out: torch.Tensor, lse: torch.Tensor, key_padding_mask: torch.Tensor | None,
+                   out: torch.Tensor, out_lo: torch.Tensor, lse: torch.Tensor,
+                   key_padding_mask: torch.Tensor | None,
                    cu_seqlens: torch.Tensor | None, max_seqlen: int, dropout_p: float,
                    softmax_scale: float, seed: torch.Tensor | None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     key, thresh = _rng(dropout_p, seed)
-    return _kernels().attention_bwd(grad_out, q, k, v, out, lse, key_padding_mask, cu_seqlens,
+    return _kernels().attention_bwd(grad_out, q, k, v, out, out_lo, lse, key_padding_mask,
+                                    cu_seqlens,
                                     max_seqlen, softmax_scale, dropout_p, key, thresh)
 
 
 @_attention_bwd.register_fake
-def _(grad_out, q, k, v, out, lse, key_padding_mask, cu_seqlens, max_seqlen, dropout_p,
+def _(grad_out, q, k, v, out, out_lo, lse, key_padding_mask, cu_seqlens, max_seqlen, dropout_p,
       softmax_scale, seed):
     varlen = cu_seqlens is not None
     return _layout_like(q, varlen), _layout_like(k, varlen), _layout_like(v, varlen)
@@ -290,17 +295,17 @@ def _(grad_out, q, k, v, out, lse, key_padding_mask, cu_seqlens, max_seqlen, dro
 
 def _setup_context(ctx, inputs, output):
     q, k, v, kpm, cu, max_seqlen, dropout_p, scale, seed = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, kpm, cu, seed)
+    out, lse, out_lo = output
+    ctx.save_for_backward(q, k, v, out, out_lo, lse, kpm, cu, seed)
     ctx.meta = (max_seqlen, dropout_p, scale)
-    ctx.mark_non_differentiable(lse)
+    ctx.mark_non_differentiable(lse, out_lo)
 
 
-def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, kpm, cu, seed = ctx.saved_tensors
+def _backward(ctx, grad_out, grad_lse, grad_out_lo):
+    q, k, v, out, out_lo, lse, kpm, cu, seed = ctx.saved_tensors
     max_seqlen, dropout_p, scale = ctx.meta
-    dq, dk, dv = _attention_bwd(grad_out, q, k, v, out, lse, kpm, cu, max_seqlen, dropout_p,
-                                scale, seed)
+    dq, dk, dv = _attention_bwd(grad_out, q, k, v, out, out_lo, lse, kpm, cu, max_seqlen,
+                                dropout_p, scale, seed)
     return dq, dk, dv, None, None, None, None, None, None
 
 
@@ -381,5 +386,5 @@ def attention(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=Non
         seed_t = (torch.randint(0, 2**62, (), dtype=torch.int64) if seed is None
                   else torch.tensor(seed, dtype=torch.int64))
     T = q.shape[2] if cu_seqlens is None else int(max_seqlen)
-    out, _ = _attention_fwd(q, k, v, key_padding_mask, cu_seqlens, T, dropout_p, scale, seed_t)
+    out, _, _ = _attention_fwd(q, k, v, key_padding_mask, cu_seqlens, T, dropout_p, scale, seed_t)
     return out
