@@ -312,6 +312,30 @@ def _backward(ctx, grad_out, grad_lse, grad_out_lo):
 _attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _EagerAttention(torch.autograd.Function):
+    """The same kernels as the custom op, for eager mode: torch.library.custom_op's Python
+    dispatch (schema checks, default filling, autograd wrapper) costs ~0.2 ms per call, which
+    an eager training step pays per layer and which showed as +0.9 ms on a 1 ms fwd+bwd in
+    the H100 benchmark. torch.compile still sees the custom op."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, kpm, cu, max_seqlen, dropout_p, scale, seed):
+        key, thresh = _rng(dropout_p, seed)
+        out, lse, out_lo = _kernels().attention_fwd(q, k, v, kpm, cu, max_seqlen, scale,
+                                                    dropout_p, key, thresh)
+        ctx.save_for_backward(q, k, v, out, out_lo, lse, kpm, cu)
+        ctx.meta = (max_seqlen, dropout_p, scale, key, thresh)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, out_lo, lse, kpm, cu = ctx.saved_tensors
+        max_seqlen, dropout_p, scale, key, thresh = ctx.meta
+        dq, dk, dv = _kernels().attention_bwd(grad_out, q, k, v, out, out_lo, lse, kpm, cu,
+                                              max_seqlen, scale, dropout_p, key, thresh)
+        return dq, dk, dv, None, None, None, None, None, None
+
+
 # ---------------------------------------------------------------- public entry point
 def _validate(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed):
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -386,5 +410,7 @@ def attention(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=Non
         seed_t = (torch.randint(0, 2**62, (), dtype=torch.int64) if seed is None
                   else torch.tensor(seed, dtype=torch.int64))
     T = q.shape[2] if cu_seqlens is None else int(max_seqlen)
-    out, _, _ = _attention_fwd(q, k, v, key_padding_mask, cu_seqlens, T, dropout_p, scale, seed_t)
-    return out
+    args = (q, k, v, key_padding_mask, cu_seqlens, T, dropout_p, scale, seed_t)
+    if torch.compiler.is_compiling():
+        return _attention_fwd(*args)[0]
+    return _EagerAttention.apply(*args)
