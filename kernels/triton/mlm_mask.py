@@ -81,8 +81,8 @@ def _mlm_mask_kernel(
     tl.store(Positions + rank, p, mask=keep)
     if tile + BLOCK >= n:  # the last tile: the total is known here
         total = carry + tl.sum(sel_i, axis=0).to(tl.int64)
-        for start in range(0, capacity, BLOCK):
-            q = offs.to(tl.int64) + start
+        for j0 in range(0, capacity, BLOCK):  # (a new name: `start` above is int64)
+            q = offs.to(tl.int64) + j0
             tl.store(Positions + q, tl.full([BLOCK], -1, tl.int64),
                      mask=(q < capacity) & (q >= total))
         tl.store(Count, total)
