@@ -10,6 +10,7 @@ OUT="${OUT:-$PWD/gpu_out}"; mkdir -p "$OUT"
 WHAT="${1:-all}"
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}"
+# The device copy of the tree may carry a stale .git: pass XLMR_FAST_COMMIT=<local HEAD> in the call.
 export XLMR_FAST_COMMIT="${XLMR_FAST_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
