@@ -1,0 +1,1 @@
+"""Data pipeline: corpus reading (corpus), token shards (shards), preprocess, loader."""

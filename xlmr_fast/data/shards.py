@@ -1,0 +1,193 @@
+"""Token shard format: one binary file per language plus one meta.json per output directory.
+
+Layout of OUT/ (written by xlmr_fast.data.preprocess, read by xlmr_fast.data.loader):
+
+    OUT/meta.json          {"format": "xlmr_fast.shards", "version": 1,
+                            "tokenizer": {"vocab_size": V, "sha256": <of sentencepiece.bpe.model>},
+                            "languages": {lang: {"file": "<lang>.bin", "tokens": int, "lines": int,
+                                                 "documents": int, "sha256": <of the .bin>,
+                                                 "bytes_text": int, "read": {...ReadStats}}}}
+    OUT/<lang>.bin         HEADER (64 bytes) | tokens (uint32 LE, n_tokens) | doc_index (uint64 LE,
+                           n_docs + 1: token offset of each document start, then n_tokens)
+
+    HEADER: magic b"XLMRTOK1" (8) | version u32 | vocab_size u32 | n_tokens u64 | n_docs u64 |
+            n_lines u64 | tokens_offset u64 (= 64) | index_offset u64 | reserved (8 zero bytes)
+
+Tokens are fairseq ids (<s>=0, <pad>=1, </s>=2, <unk>=3, piece = spm id + 1); every line is
+followed by </s> (= 2) as fairseq's binarizer does (encode_line(append_eos=True)). A shard is
+written under a temporary name and renamed when complete, so a file named <lang>.bin is always
+whole; meta.json is rewritten atomically after each finished language.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MAGIC = b"XLMRTOK1"
+VERSION = 1
+HEADER = struct.Struct("<8sIIQQQQQ8x")  # 64 bytes
+assert HEADER.size == 64
+META = "meta.json"
+FORMAT = "xlmr_fast.shards"
+
+
+class ShardError(ValueError):
+    """A shard or meta.json that cannot be used; the message names the file and the fix."""
+
+
+def file_sha256(path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+class ShardWriter:
+    """Append documents (token arrays) to OUT/<lang>.bin.tmp; close() renames it into place.
+
+        with ShardWriter(path, vocab_size) as w:
+            w.add_document(np.asarray(ids, np.uint32), n_lines)
+    Leaving the block by an exception removes the temporary file.
+    """
+
+    def __init__(self, path, vocab_size: int):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.vocab_size = int(vocab_size)
+        self.f = open(self.tmp, "wb")
+        self.f.write(b"\0" * HEADER.size)
+        self.doc_starts: list[int] = []
+        self.n_tokens = 0
+        self.n_lines = 0
+
+    def add_document(self, tokens: np.ndarray, n_lines: int) -> None:
+        t = np.ascontiguousarray(tokens, dtype="<u4")
+        if t.size == 0:
+            return
+        self.doc_starts.append(self.n_tokens)
+        self.f.write(t.tobytes())
+        self.n_tokens += int(t.size)
+        self.n_lines += int(n_lines)
+
+    def close(self) -> dict:
+        """Finish the file (index + header), fsync, rename; returns its meta entry."""
+        index_offset = HEADER.size + 4 * self.n_tokens
+        idx = np.asarray(self.doc_starts + [self.n_tokens], dtype="<u8")
+        self.f.write(idx.tobytes())
+        self.f.seek(0)
+        self.f.write(HEADER.pack(MAGIC, VERSION, self.vocab_size, self.n_tokens,
+                                 len(self.doc_starts), self.n_lines, HEADER.size, index_offset))
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, self.path)
+        return {"file": self.path.name, "tokens": self.n_tokens, "lines": self.n_lines,
+                "documents": len(self.doc_starts), "sha256": file_sha256(self.path)}
+
+    def abort(self) -> None:
+        if not self.f.closed:
+            self.f.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.abort()
+        return False
+
+
+@dataclass
+class Shard:
+    """A memory-mapped shard: tokens (uint32, n_tokens) and doc_index (uint64, n_docs + 1)."""
+    path: Path
+    vocab_size: int
+    tokens: np.ndarray
+    doc_index: np.ndarray
+    n_lines: int
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def n_docs(self) -> int:
+        return int(self.doc_index.shape[0]) - 1
+
+
+def open_shard(path, vocab_size: int | None = None) -> Shard:
+    """Memory-map one shard after checking its header, size and index (no full read)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ShardError(f"shard {p} does not exist; rerun `xlmr-fast preprocess` (it resumes)")
+    size = p.stat().st_size
+    if size < HEADER.size:
+        raise ShardError(f"shard {p} is truncated ({size} bytes, header alone is {HEADER.size}); "
+                         f"delete it and rerun `xlmr-fast preprocess`")
+    with open(p, "rb") as f:
+        magic, ver, vs, n_tok, n_docs, n_lines, t_off, i_off = HEADER.unpack(f.read(HEADER.size))
+    if magic != MAGIC:
+        raise ShardError(f"{p} is not an xlmr_fast token shard (bad magic {magic!r})")
+    if ver != VERSION:
+        raise ShardError(f"shard {p} has format version {ver}, this xlmr_fast reads {VERSION}; "
+                         f"re-run `xlmr-fast preprocess`")
+    want = HEADER.size + 4 * n_tok + 8 * (n_docs + 1)
+    if t_off != HEADER.size or i_off != HEADER.size + 4 * n_tok or size != want:
+        raise ShardError(f"shard {p} is truncated or corrupt: {size} bytes on disk, the header "
+                         f"says {want}; delete it and rerun `xlmr-fast preprocess`")
+    if vocab_size is not None and vs != vocab_size:
+        raise ShardError(f"shard {p} was made with a vocabulary of {vs} ids, the tokenizer has "
+                         f"{vocab_size}; re-run `xlmr-fast preprocess` with this tokenizer")
+    tokens = np.memmap(p, dtype="<u4", mode="r", offset=t_off, shape=(n_tok,)) if n_tok else \
+        np.zeros(0, dtype="<u4")
+    index = np.memmap(p, dtype="<u8", mode="r", offset=i_off, shape=(n_docs + 1,))
+    if index[0] != 0 or index[-1] != n_tok:
+        raise ShardError(f"shard {p} has a corrupt document index; delete it and rerun "
+                         f"`xlmr-fast preprocess`")
+    return Shard(p, vs, tokens, index, n_lines)
+
+
+def write_meta(out_dir, meta: dict) -> None:
+    """Atomic write of OUT/meta.json."""
+    out = Path(out_dir) / META
+    tmp = out.with_name(META + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    os.replace(tmp, out)
+
+
+def read_meta(out_dir) -> dict:
+    p = Path(out_dir) / META
+    if not p.is_file():
+        raise ShardError(f"{p} not found: {out_dir} is not a preprocessed corpus (run "
+                         f"`xlmr-fast preprocess --corpus ... --out {out_dir}`)")
+    try:
+        meta = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ShardError(f"{p} is not valid JSON ({e}); re-run `xlmr-fast preprocess`") from e
+    if meta.get("format") != FORMAT:
+        raise ShardError(f"{p} is not an xlmr_fast shard index (format {meta.get('format')!r})")
+    return meta
+
+
+def verify(out_dir, lang: str, meta: dict | None = None) -> None:
+    """Full-file checksum check of one language against meta.json (reads the whole shard)."""
+    meta = meta or read_meta(out_dir)
+    entry = meta["languages"].get(lang)
+    if entry is None:
+        raise ShardError(f"language {lang!r} is not in {Path(out_dir) / META}")
+    p = Path(out_dir) / entry["file"]
+    got = file_sha256(p)
+    if got != entry["sha256"]:
+        raise ShardError(f"checksum mismatch for {p}: meta.json records {entry['sha256'][:12]}..., "
+                         f"the file hashes to {got[:12]}...; the shard changed after it was "
+                         f"written: delete it and rerun `xlmr-fast preprocess`")
