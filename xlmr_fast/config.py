@@ -57,6 +57,10 @@ class XLMRConfig:
     classifier_dropout       classification heads; None means hidden_dropout (HF's rule)
     num_labels               classes of the sequence/token classification heads
     problem_type             sequence classification loss; None infers it as HF does
+    unpad                    run the encoder on packed non-pad tokens (varlen attention) instead
+                             of the padded (B, T) batch; outputs at non-pad positions equal the
+                             padded path, pad positions of last_hidden_state are 0. An execution
+                             choice, not part of the model: never written to config.json
     """
 
     vocab_size: int = 250002
@@ -77,6 +81,7 @@ class XLMRConfig:
     classifier_dropout: float | None = None
     num_labels: int = 2
     problem_type: str | None = None
+    unpad: bool = False
 
     # ------------------------------------------------------------ validation
     def __post_init__(self):
@@ -112,6 +117,8 @@ class XLMRConfig:
         if not self.initializer_range > 0:
             raise ValueError(f"XLMRConfig: initializer_range must be > 0, got "
                              f"{self.initializer_range}")
+        if not isinstance(self.unpad, bool):
+            raise ValueError(f"XLMRConfig: unpad must be a bool, got {self.unpad!r}")
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ValueError(f"XLMRConfig: problem_type must be None or one of {PROBLEM_TYPES}, "
                              f"got {self.problem_type!r}")
