@@ -1,0 +1,94 @@
+"""End-to-end MLM training step (forward + backward, no optimizer) of XLM-R base, bf16 autocast.
+
+Providers (same weights, same batch, one process):
+  hf_sdpa       transformers XLMRobertaForMaskedLM, attn_implementation="sdpa" (full logits)
+  ours_padded   xf.XLMRForMaskedLM, padded encoder (Triton attention with key mask)
+  ours_unpad    the same with config.unpad=True (packed tokens, varlen attention)
+Batches: B x T with a padding fraction (right padding, random lengths), 15% of the real tokens
+as targets. Tokens/s counts real (non-pad) tokens. Run: python -m bench.bench_model [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+import torch
+
+from bench import harness
+
+
+def _batch(B, T, pad_frac, V, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, V - 1, (B, T), generator=g)
+    ids[:, 0] = 0
+    if pad_frac > 0:
+        lengths = (T * (1 - 2 * pad_frac * torch.rand(B, generator=g))).long().clamp(2, T)
+    else:
+        lengths = torch.full((B,), T)
+    for b in range(B):
+        ids[b, lengths[b] - 1] = 2
+        ids[b, lengths[b]:] = 1
+    labels = torch.full_like(ids, -100)
+    sel = (torch.rand(B, T, generator=g) < 0.15) & (ids > 3)
+    labels[sel] = ids[sel]
+    return ids.cuda(), labels.cuda(), int((ids != 1).sum())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("needs CUDA: skipping the model benchmark")
+        return 0
+    import xlmr_fast as xf
+
+    cfg = xf.XLMRConfig.base()
+    torch.manual_seed(0)
+    ours = xf.XLMRForMaskedLM(cfg).cuda().train()
+    ours_unpad = xf.XLMRForMaskedLM(dataclasses.replace(cfg, unpad=True)).cuda().train()
+    ours_unpad.load_state_dict(ours.state_dict())
+    provs = {"ours_padded": lambda i, l: ours(i, labels=l).loss,
+             "ours_unpad": lambda i, l: ours_unpad(i, labels=l).loss}
+    try:
+        from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
+        hf = XLMRobertaForMaskedLM(XLMRobertaConfig(**cfg.to_hf_dict()),
+                                   ).cuda().train()
+        hf.config._attn_implementation = "sdpa"
+        provs["hf_sdpa"] = lambda i, l: hf(input_ids=i, attention_mask=(i != 1).long(),
+                                           labels=l).loss
+    except Exception as e:
+        print(f"[skip] transformers: {type(e).__name__}: {e}", file=sys.stderr)
+
+    shapes = [(32, 512, 0.0), (64, 256, 0.3)] if not args.quick else [(64, 256, 0.3)]
+    rows = []
+    for B, T, pad in shapes:
+        ids, labels, real = _batch(B, T, pad, cfg.vocab_size)
+        shape = f"B{B}xT{T} pad{pad:.1f} base"
+        for name, fn in provs.items():
+            def step():
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = fn(ids, labels)
+                loss.backward()
+            try:
+                ms = harness.time_ms(step, warmup=3, rep=10)
+                peak = harness.peak_mb(step)
+            except Exception as e:
+                print(f"[fail] {name} {shape}: {type(e).__name__}: {e}", file=sys.stderr)
+                continue
+            rows.append(harness.row("model_mlm_step", name, "fwd+bwd", shape, ms, peak=peak,
+                                    note=f"{real / ms / 1e3:.0f}k real tok/s"))
+            for m in (ours, ours_unpad):
+                m.zero_grad(set_to_none=True)
+            if "hf_sdpa" in provs:
+                hf.zero_grad(set_to_none=True)
+    harness.print_table(rows, baseline_provider=("hf_sdpa",))
+    if rows and not args.no_save:
+        print("appended to", harness.append_rows(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
