@@ -71,6 +71,7 @@ setup(
         "xlmr_fast",
         "xlmr_fast.ops",
         "xlmr_fast.model",
+        "xlmr_fast.data",
         "xlmr_fast.kernels",
         "xlmr_fast.kernels.triton",
     ],
