@@ -27,12 +27,17 @@ def device_name() -> str:
 
 
 def commit() -> str:
+    """XLMR_FAST_COMMIT when set (the device machine's copy of the tree can carry a stale
+    .git, so the caller passes the real commit), else git's HEAD."""
+    env = os.environ.get("XLMR_FAST_COMMIT")
+    if env:
+        return env
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"],
                                        cwd=os.path.dirname(RESULTS_DIR),
                                        stderr=subprocess.DEVNULL).decode().strip()
     except Exception:
-        return os.environ.get("XLMR_FAST_COMMIT", "unknown")
+        return "unknown"
 
 
 def triton_version() -> str:
