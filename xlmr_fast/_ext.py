@@ -41,7 +41,10 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
     """True when torch.ops.xlmr_fast_C.<op> has a kernel for dispatch_key ('CPU' or 'CUDA')."""
     if _C is None:
         return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"xlmr_fast_C::{op}", dispatch_key)
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"xlmr_fast_C::{op}", dispatch_key)
+    except RuntimeError:  # the loaded build predates this op (no schema registered)
+        return False
 
 
 def require(op: str, dispatch_key: str = "CPU"):
