@@ -67,6 +67,9 @@ def _convert_run(a: argparse.Namespace) -> int:
 register("convert", "convert an HF or fairseq XLM-R checkpoint to the HF (or fairseq) layout",
          _convert_args, _convert_run)
 
+from .data import preprocess as _preprocess  # noqa: E402,F401  (registers `preprocess`)
+from . import tokenizer as _tokenizer  # noqa: E402,F401  (registers `train-tokenizer`)
+
 
 # ---------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
