@@ -5,12 +5,12 @@ Backends: `reference` everywhere; `triton` on the CPU interpreter (marker interp
 shapes) and on CUDA (marker gpu, incl. XLM-R shapes (32768, 768/1024)).
 Low precision: error vs fp32 <= 2 x the error of plain torch at the same precision + a tiny floor.
 """
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from _tolerance import INTERP, assert_2x as _assert_2x, run_grads as _run
 from xlmr_fast.ops import _backend
 from xlmr_fast.ops.add_dropout_layernorm import (
     add_dropout_layernorm,
@@ -20,7 +20,6 @@ from xlmr_fast.ops.add_dropout_layernorm import (
     dropout_threshold,
 )
 
-INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SEED = 2**40 + 987654321  # > 2^32: exercises the high seed bits
 
@@ -45,29 +44,6 @@ def _torch_same_precision(x, r, w, b, p, keep, eps=1e-5):
     if p > 0:
         x = x * keep.to(x.dtype) * (1.0 / (1.0 - p))
     return F.layer_norm(r + x, (x.shape[-1],), w.to(x.dtype), b.to(x.dtype), eps)
-
-
-def _run(fn, tensors, dy):
-    leaves = [t.detach().clone().requires_grad_() for t in tensors]
-    y = fn(*leaves)
-    grads = torch.autograd.grad(y, leaves, dy.to(y.dtype))
-    return y.detach(), [g_.detach() for g_ in grads]
-
-
-def _floor(dtype, ref):
-    scale = max(1.0, ref.abs().max().item())
-    if dtype == torch.float32:
-        return 1e-5 * scale
-    # The interpreter converts fp32 -> bf16 by truncation (the GPU rounds to nearest): 1 ulp.
-    c = 1.0 if (INTERP and dtype == torch.bfloat16) else 0.25
-    return c * torch.finfo(dtype).eps * scale
-
-
-def _assert_2x(name, ours, lowp, ref, dtype):
-    e_ours = (ours.float() - ref.float()).abs().max().item()
-    e_torch = (lowp.float() - ref.float()).abs().max().item()
-    bound = 2 * e_torch + _floor(dtype, ref)
-    assert e_ours <= bound, f"{name}: error {e_ours:.3g} > 2 x torch {e_torch:.3g} + floor ({bound:.3g})"
 
 
 def _compare(M, N, dtype, device, p, wdtype=None, lead=None, eps=1e-5):

@@ -5,16 +5,15 @@ Backends: `reference` everywhere; `triton` on the CPU interpreter (marker interp
 shapes) and on CUDA (marker gpu, incl. XLM-R shapes T=32768 x F=3072/4096).
 Low precision: error vs fp32 <= 2 x the error of plain torch at the same precision + a tiny floor.
 """
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from _tolerance import INTERP, assert_2x as _assert_2x, run_grads as _run
 from xlmr_fast.ops import _backend
 from xlmr_fast.ops.bias_gelu import bias_gelu, bias_gelu_reference
 
-INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -28,29 +27,6 @@ def _inputs(shape, dtype, device, bdtype=None):
 
 def _torch_same_precision(x, b):
     return F.gelu(x + b.to(x.dtype))
-
-
-def _run(fn, tensors, dy):
-    leaves = [t.detach().clone().requires_grad_() for t in tensors]
-    y = fn(*leaves)
-    grads = torch.autograd.grad(y, leaves, dy.to(y.dtype))
-    return y.detach(), [g_.detach() for g_ in grads]
-
-
-def _floor(dtype, ref):
-    scale = max(1.0, ref.abs().max().item())
-    if dtype == torch.float32:
-        return 1e-5 * scale
-    # The interpreter converts fp32 -> bf16 by truncation (the GPU rounds to nearest): 1 ulp.
-    c = 1.0 if (INTERP and dtype == torch.bfloat16) else 0.25
-    return c * torch.finfo(dtype).eps * scale
-
-
-def _assert_2x(name, ours, lowp, ref, dtype):
-    e_ours = (ours.float() - ref.float()).abs().max().item()
-    e_torch = (lowp.float() - ref.float()).abs().max().item()
-    bound = 2 * e_torch + _floor(dtype, ref)
-    assert e_ours <= bound, f"{name}: error {e_ours:.3g} > 2 x torch {e_torch:.3g} + floor ({bound:.3g})"
 
 
 def _compare(shape, dtype, device, bdtype=None):
