@@ -77,24 +77,9 @@ def main():
                     except Exception as e:  # a provider failing must not hide the others
                         print(f"{name} {mode} {shape}: failed: {type(e).__name__}: {e}")
     H.print_table(rows, baseline_provider=("eager", "compile"))
-    _summary(rows)
+    H.print_keep_summary(OP, rows)
     print("rows appended to", H.append_rows(rows))
     return 0
-
-
-def _summary(rows):
-    """Ours vs eager and vs compile, per (mode, shape): the keep/drop rule of the issue."""
-    ms = {(r["mode"], r["shape"], r["provider"]): float(r["median_ms"]) for r in rows}
-    print(f"\n{OP}: speedup of ours (>1 = ours faster)")
-    print(f"{'mode':<9}{'shape':<30}{'vs eager':>10}{'vs compile':>12}  beats both")
-    for (mode, shape, prov), t in ms.items():
-        if prov != "ours":
-            continue
-        e, c = ms.get((mode, shape, "eager")), ms.get((mode, shape, "compile"))
-        se = f"{e / t:.2f}x" if e else "n/a"
-        sc = f"{c / t:.2f}x" if c else "n/a"
-        both = "YES" if e and c and t < e and t < c else "no"
-        print(f"{mode:<9}{shape:<30}{se:>10}{sc:>12}  {both}")
 
 
 if __name__ == "__main__":

@@ -84,24 +84,9 @@ def main():
             bench("ours", mode, cshape, lambda h, W, b: bias_gelu(F.linear(h, W), b), (h, W, b),
                   dy, flops=fl)
     H.print_table(rows, baseline_provider=("eager", "compile"))
-    _summary(rows)
+    H.print_keep_summary(OP, rows, extra=("gelu_only",))
     print("rows appended to", H.append_rows(rows))
     return 0
-
-
-def _summary(rows):
-    """Ours vs eager and vs compile, per (mode, shape): the keep/drop rule of the issue."""
-    ms = {(r["mode"], r["shape"], r["provider"]): float(r["median_ms"]) for r in rows}
-    print(f"\n{OP}: speedup of ours (>1 = ours faster)")
-    print(f"{'mode':<9}{'shape':<34}{'vs eager':>10}{'vs compile':>12}{'vs gelu_only':>14}  beats both")
-    for (mode, shape, prov), t in ms.items():
-        if prov != "ours":
-            continue
-        e, c = ms.get((mode, shape, "eager")), ms.get((mode, shape, "compile"))
-        g = ms.get((mode, shape, "gelu_only"))
-        fmt = lambda v: f"{v / t:.2f}x" if v else "n/a"  # noqa: E731
-        both = "YES" if e and c and t < e and t < c else "no"
-        print(f"{mode:<9}{shape:<34}{fmt(e):>10}{fmt(c):>12}{fmt(g):>14}  {both}")
 
 
 if __name__ == "__main__":

@@ -136,3 +136,20 @@ def append_rows(rows, path: str | None = None) -> str:
             w.writeheader()
         w.writerows(rows)
     return path
+
+
+def print_keep_summary(op, rows, ours="ours", must_beat=("eager", "compile"), extra=()):
+    """Speedup of `ours` against each provider in must_beat + extra, per (mode, shape), and
+    whether it beats every must_beat provider (the keep/drop rule for a fused op)."""
+    ms = {(r["mode"], r["shape"], r["provider"]): float(r["median_ms"]) for r in rows}
+    others = tuple(must_beat) + tuple(extra)
+    print(f"\n{op}: speedup of {ours} (>1 = ours faster)")
+    print(f"{'mode':<9}{'shape':<34}" + "".join(f"{'vs ' + o:>14}" for o in others)
+          + "  beats all of " + "/".join(must_beat))
+    for (mode, shape, prov), t in ms.items():
+        if prov != ours:
+            continue
+        base = {o: ms.get((mode, shape, o)) for o in others}
+        cols = "".join(f"{(f'{base[o] / t:.2f}x' if base[o] else 'n/a'):>14}" for o in others)
+        beats = all(base[o] and t < base[o] for o in must_beat)
+        print(f"{mode:<9}{shape:<34}{cols}  {'YES' if beats else 'no'}")
