@@ -205,9 +205,9 @@ class XLMRModel(_Pretrained):
         attention, scatter back to (B, T, H) at the end (zeros at pad positions). Saves the
         FLOPs and memory of the padding (fine-tuning batches are often 30-50% padding)."""
         B, T = input_ids.shape
-        keep_flat = ~key_padding_mask.reshape(-1)
-        index = torch.nonzero(keep_flat).squeeze(1)  # one host sync: N sizes every tensor
-        lengths = (~key_padding_mask).sum(1, dtype=torch.int32)
+        keep_BT = ~key_padding_mask
+        index = torch.nonzero(keep_BT.reshape(-1)).squeeze(1)  # one host sync: N sizes all
+        lengths = keep_BT.sum(1, dtype=torch.int32)
         cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
         # T bounds the longest row: no sync for max(lengths); it only sizes the kernel grid.
         x = (self.embed_tokens(input_ids.reshape(-1).index_select(0, index))
