@@ -69,6 +69,7 @@ register("convert", "convert an HF or fairseq XLM-R checkpoint to the HF (or fai
 
 from .data import preprocess as _preprocess  # noqa: E402,F401  (registers `preprocess`)
 from . import tokenizer as _tokenizer  # noqa: E402,F401  (registers `train-tokenizer`)
+from .train import pretrain as _pretrain  # noqa: E402,F401  (registers `pretrain`)
 
 
 # ---------------------------------------------------------------- entry point

@@ -16,7 +16,6 @@ transformers' XLMRobertaTokenizer on ordinary text (see tests/data/test_tokenize
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -28,6 +27,7 @@ import zlib
 from pathlib import Path
 from typing import Sequence
 
+from ._io import atomic_write_bytes, sha256_file
 from .data.corpus import CleanConfig, CorpusError, ReadStats, iter_lines, list_languages
 
 log = logging.getLogger(__name__)
@@ -50,23 +50,8 @@ class TokenizerError(ValueError):
     """A tokenizer file or argument that cannot be used (the message names it)."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    # Write next to the target and rename: a reader never sees a half-written file, and a crash
-    # leaves at worst a stray .tmp file, never a truncated model.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+_sha256 = sha256_file
+_atomic_write_bytes = atomic_write_bytes
 
 
 def _atomic_write_json(path: Path, obj) -> None:
@@ -174,6 +159,29 @@ def sample_corpus(corpus_dir, out_file, *, budget: int, alpha: float = 0.3, seed
 
 
 # ---------------------------------------------------------------------------- training
+def _train_spm(spm, corpus_dir, n_lines: int, **kw) -> None:
+    """SentencePieceTrainer.train(**kw), with its errors (a bare RuntimeError carrying a C++
+    source location, e.g. "Vocabulary size is smaller than required_chars. 2000 vs 2385")
+    turned into a TokenizerError that names the corpus and the option to change."""
+    try:
+        spm.SentencePieceTrainer.train(**kw)
+    except RuntimeError as e:
+        msg = str(e)
+        hint = ""
+        if "required_chars" in msg:
+            hint = ("the sample has more distinct characters (at this --character-coverage) "
+                    "than --vocab-size allows: raise --vocab-size or lower "
+                    "--character-coverage")
+        elif "Vocabulary size too high" in msg or "hard_vocab_limit" in msg:
+            hint = ("the sample is too small for this many pieces: raise --sentences (more "
+                    "text), lower --vocab-size, or pass --no-hard-vocab-limit")
+        raise TokenizerError(
+            f"sentencepiece training on {n_lines} sampled lines of {corpus_dir} with "
+            f"vocab_size={kw.get('vocab_size')}, character_coverage="
+            f"{kw.get('character_coverage')} failed: {msg.strip()}"
+            + (f" ({hint})" if hint else "")) from None
+
+
 def train_tokenizer(corpus_dir, out_dir, *, vocab_size: int = 250000, alpha: float = 0.3,
                     sentences: int = 10_000_000, character_coverage: float = 0.9995,
                     threads: int | None = None, seed: int = 0, clean: CleanConfig | None = None,
@@ -223,7 +231,8 @@ def train_tokenizer(corpus_dir, out_dir, *, vocab_size: int = 250000, alpha: flo
         # folder would give a different file and sha256.
         model_buf = io.BytesIO()
         with open(sample_file, encoding="utf-8", newline="\n") as f:
-            spm.SentencePieceTrainer.train(
+            _train_spm(
+                spm, corpus_dir, n_lines,
                 sentence_iterator=(line.rstrip("\n") for line in f), model_writer=model_buf,
                 model_type="unigram", vocab_size=vocab_size,
                 character_coverage=character_coverage, num_threads=threads,

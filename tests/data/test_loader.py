@@ -265,11 +265,34 @@ def test_missing_meta(tmp_path):
         BlockLoader(tmp_path, batch_size=4)
 
 
+RERUN = r"delete it and rerun `xlmr-fast preprocess`"
+
+
 def test_truncated_shard_named(tmp_path):
     root = make_corpus(tmp_path / "c", {"en": 5000, "fr": 3000})
     p = root / "fr.bin"
     p.write_bytes(p.read_bytes()[:-100])
-    with pytest.raises(ShardError, match="fr.bin"):
+    with pytest.raises(ShardError, match=r"fr\.bin is truncated or corrupt.*" + RERUN):
+        BlockLoader(root, batch_size=4, block_size=33)
+
+
+def test_corrupt_shard_named(tmp_path):
+    """Right size, wrong content: a bad magic, then a document index that does not end at
+    n_tokens (both caught by open_shard without reading the tokens)."""
+    root = make_corpus(tmp_path / "c", {"en": 5000, "fr": 3000})
+    p = root / "fr.bin"
+    good = p.read_bytes()
+    p.write_bytes(b"NOTASHRD" + good[8:])
+    with pytest.raises(ShardError, match=r"fr\.bin is not an xlmr_fast token shard.*" + RERUN):
+        BlockLoader(root, batch_size=4, block_size=33)
+    b = bytearray(good)
+    b[-8:] = (10**6).to_bytes(8, "little")  # last index entry must equal n_tokens
+    p.write_bytes(bytes(b))
+    with pytest.raises(ShardError, match=r"fr\.bin has a corrupt document index.*" + RERUN):
+        BlockLoader(root, batch_size=4, block_size=33)
+    (root / "meta.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ShardError, match=r"meta\.json is not an xlmr_fast shard index.*"
+                                         r"xlmr-fast preprocess"):
         BlockLoader(root, batch_size=4, block_size=33)
 
 
@@ -280,24 +303,59 @@ def test_checksum_mismatch(tmp_path):
     b[64 + 40] ^= 0xFF  # one token byte; the size and header stay valid
     p.write_bytes(bytes(b))
     BlockLoader(root, batch_size=4, block_size=33)  # without verification it loads
-    with pytest.raises(ShardError, match="checksum mismatch.*en.bin"):
+    with pytest.raises(ShardError, match=r"checksum mismatch for \S*en\.bin.*" + RERUN):
         BlockLoader(root, batch_size=4, block_size=33, verify_checksums=True)
 
 
 def test_vocab_mismatch(corpus):
-    with pytest.raises(ShardError, match="vocab"):
+    with pytest.raises(ShardError, match=r"meta\.json: corpus was made with a vocabulary of "
+                                         r"250002 ids, vocab_size=1000 .*re-run `xlmr-fast "
+                                         r"preprocess` with this tokenizer"):
         BlockLoader(corpus, batch_size=4, vocab_size=1000)
     BlockLoader(corpus, batch_size=4, block_size=33, vocab_size=V)
 
 
+def test_shard_from_another_tokenizer(tmp_path):
+    """A shard copied in from another tokenizer's run (its header vocabulary differs from
+    meta.json's), and a corpus whose meta.json records another tokenizer hash."""
+    root = make_corpus(tmp_path / "c", {"en": 5000, "fr": 3000})
+    other = tmp_path / "o"
+    other.mkdir()
+    with ShardWriter(other / "fr.bin", 8002) as w:
+        w.add_document(np.arange(4, 3004, dtype=np.uint32), 1)
+        w.close()
+    (root / "fr.bin").write_bytes((other / "fr.bin").read_bytes())
+    with pytest.raises(ShardError, match=r"fr\.bin was made with a vocabulary of 8002 ids, but "
+                                         r"\S*meta\.json records 250002.*another tokenizer.*"
+                                         + RERUN):
+        BlockLoader(root, batch_size=4, block_size=33)
+    root2 = make_corpus(tmp_path / "c2", {"en": 5000})  # meta sha256 is "0" * 64
+    with pytest.raises(ShardError, match=r"another tokenizer \(sha256 000000000000\.\.\.; this one "
+                                         r"is abcdef.*xlmr-fast preprocess --tokenizer"):
+        BlockLoader(root2, batch_size=4, block_size=33, tokenizer_sha256="abcdef" + "1" * 58)
+    BlockLoader(root2, batch_size=4, block_size=33, tokenizer_sha256="0" * 64)
+
+
+def test_no_languages(tmp_path):
+    root = tmp_path / "c"
+    root.mkdir()
+    write_meta(root, {"format": FORMAT, "version": 1,
+                      "tokenizer": {"vocab_size": V, "sha256": "0" * 64}, "languages": {}})
+    with pytest.raises(ShardError, match=r"meta\.json lists no languages: run `xlmr-fast "
+                                         r"preprocess`"):
+        BlockLoader(root, batch_size=4)
+
+
 def test_small_language_dropped_with_warning(tmp_path):
     root = make_corpus(tmp_path / "c", {"en": 5000, "tiny": 20})
-    with pytest.warns(UserWarning, match="'tiny'"):
+    with pytest.warns(UserWarning, match=r"'tiny' dropped: 20 training tokens in "
+                                         r"\S*tiny\.bin, fewer than one block of 32.*add text"):
         ld = BlockLoader(root, batch_size=4, block_size=33)
     assert ld.languages == ["en"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(ShardError, match="no language"):
+        with pytest.raises(ShardError, match=r"no language .* enough tokens .*'tiny'.*smaller "
+                                             r"block_size"):
             BlockLoader(root, batch_size=4, block_size=33, languages=["tiny"])
     with pytest.raises(ValueError, match="not in"):
         BlockLoader(root, batch_size=4, block_size=33, languages=["xx"])

@@ -206,7 +206,7 @@ def test_bad_inputs(corpus, tok_dir, tmp_path, caplog):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "README.txt").write_text("not a language\n")
-    with pytest.raises(CorpusError, match="empty"):
+    with pytest.raises(CorpusError, match=r"empty has no <lang>\.txt, \.txt\.xz or \.txt\.gz"):
         pp.preprocess(empty, tok_dir, tmp_path / "o0", progress=False)
     with pytest.raises(FileNotFoundError, match=r"notok.*sentencepiece\.bpe\.model"):
         pp.preprocess(corpus, tmp_path / "notok", tmp_path / "o1", progress=False)
@@ -221,10 +221,53 @@ def test_bad_inputs(corpus, tok_dir, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="xlmr_fast.data.preprocess")
     meta = pp.preprocess(small, tok_dir, tmp_path / "o3", clean=CleanConfig(min_chars=10),
                          progress=False)
-    assert any("yo" in r.message and "no tokens" in r.message for r in caplog.records)
+    assert any("yo" in r.message and "no tokens" in r.message and "yo.txt" in r.message
+               for r in caplog.records)
     assert not (tmp_path / "o3" / "yo.bin").exists() and "yo" not in meta["languages"]
     assert meta["empty_languages"]["yo"]["read"]["removed"]["min_chars"] == 3
     assert open_shard(tmp_path / "o3" / "en.bin").n_docs == 2
+
+
+def test_corpus_without_text(tok_dir, tmp_path, caplog):
+    """Language files that exist but hold no text (empty, blank lines only): each is warned
+    about by file name, and a run that leaves no shard at all is an error naming the files,
+    also when rerun (not a silent success with an unusable output)."""
+    d = tmp_path / "blank"
+    d.mkdir()
+    (d / "yo.txt").write_bytes(b"")
+    (d / "zu.txt.gz").write_bytes(gzip.compress(b"\n\n  \n\n"))
+    caplog.set_level(logging.WARNING, logger="xlmr_fast.data.preprocess")
+    for _ in range(2):  # the rerun finds both languages done-and-empty
+        with pytest.raises(CorpusError, match=r"blank has any text \(yo\.txt, zu\.txt\.gz: no "
+                                              r"tokens\); check the corpus files"):
+            pp.preprocess(d, tok_dir, tmp_path / "o", workers=1, progress=False)
+    warned = " | ".join(r.message for r in caplog.records)
+    assert "yo.txt has no text" in warned and "zu.txt.gz has no text" in warned
+    assert not list((tmp_path / "o").glob("*.bin"))
+
+
+def test_corrupt_or_changed_shard(corpus, tok_dir, out1, tmp_path, caplog):
+    """A finished shard overwritten with garbage of the same size is named and redone on rerun;
+    one changed in place (same size and header) is caught by verify() with the fix."""
+    out = _copy(out1, tmp_path)
+    p = out / "en.bin"
+    p.write_bytes(b"\0" * p.stat().st_size)
+    with pytest.raises(ShardError, match=r"en\.bin is not an xlmr_fast token shard.*rerun "
+                                         r"`xlmr-fast preprocess`"):
+        open_shard(p)
+    caplog.set_level(logging.WARNING, logger="xlmr_fast.data.preprocess")
+    meta = pp.preprocess(corpus, tok_dir, out, workers=1, languages=["en"], progress=False)
+    assert any("en.bin is not an xlmr_fast token shard" in r.message and "redoing" in r.message
+               for r in caplog.records)
+    assert meta["throughput"]["languages"] == 1
+    assert p.read_bytes() == (out1 / "en.bin").read_bytes()
+    b = bytearray(p.read_bytes())
+    b[64 + 4 * 10] ^= 0x01  # one token, size and header unchanged
+    p.write_bytes(bytes(b))
+    open_shard(p)  # structurally fine: only the checksum can tell
+    with pytest.raises(ShardError, match=r"checksum mismatch for \S*en\.bin.*delete it and "
+                                         r"rerun `xlmr-fast preprocess`"):
+        verify(out, "en")
 
 
 def test_cli(corpus, tok_dir, out1, tmp_path, capsys):

@@ -76,6 +76,26 @@ def test_masked_positions_path_equals_labels_path(pair):
     assert torch.equal(a, b)
 
 
+def test_static_positions_with_unused_slots(pair):
+    """mlm_mask_static pads its positions buffer with -1: those slots are ignored rows, and the
+    reductions agree with the exact-length positions."""
+    _, ours = pair
+    ids, _ = batch((12, 10, 3), seed=9)
+    labels = mlm_labels(ids, seed=10)
+    pos = torch.nonzero(labels.view(-1) != -100).squeeze(1)
+    padded = torch.cat([pos, torch.full((7,), -1, dtype=pos.dtype)])
+    with torch.no_grad():
+        a = ours(ids, labels=labels, masked_positions=pos).loss
+        rows = ours(ids, labels=labels, masked_positions=padded, reduction="none").loss
+        total = ours(ids, labels=labels, masked_positions=padded, reduction="sum").loss
+        mean = ours(ids, labels=labels, masked_positions=padded).loss
+    assert rows.shape == (pos.numel() + 7,)
+    assert torch.all(rows[pos.numel():] == 0) and torch.all(rows[:pos.numel()] > 0)
+    torch.testing.assert_close(mean, a)
+    torch.testing.assert_close(total, rows.sum())
+    torch.testing.assert_close(total / pos.numel(), a)
+
+
 def test_no_targets_gives_zero_loss(pair):
     _, ours = pair
     ids, _ = batch((6, 4), seed=9)

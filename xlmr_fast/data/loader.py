@@ -52,6 +52,9 @@ batch: reduce sums, not per-batch means, across ranks).
 
 A language with fewer than block_size - 1 tokens in its training region (or, with a held-out
 split, in its held-out region) is dropped with a warning naming it; no language left is an error.
+vocab_size and tokenizer_sha256 (Tokenizer.model_sha256), when given, must match meta.json's
+tokenizer; every shard's header vocabulary must match meta.json's (a shard copied in from another
+tokenizer's run is an error).
 
 Speed: Python does per-row work only (vectorised numpy for the plan); the token copies are done
 by xlmr_fast_C::gather_blocks (csrc/data_loader.cpp, OpenMP over rows, GIL released) into an
@@ -228,7 +231,8 @@ class BlockLoader:
     def __init__(self, data_dir, *, batch_size: int, block_size: int = 512, alpha: float = 0.3,
                  seed: int = 0, rank: int = 0, world_size: int = 1, cross_documents: bool = True,
                  split: str = "train", heldout_fraction: float = 0.0, heldout_docs: int = 0,
-                 languages=None, vocab_size: int | None = None, threads: int | None = None,
+                 languages=None, vocab_size: int | None = None,
+                 tokenizer_sha256: str | None = None, threads: int | None = None,
                  prefetch: int = 2, pin_memory: bool = False, verify_checksums: bool = False,
                  backend: str | None = None):
         self._check_args(batch_size, block_size, alpha, seed, rank, world_size, split,
@@ -259,6 +263,13 @@ class BlockLoader:
             raise ShardError(f"{self.data_dir / 'meta.json'}: corpus was made with a vocabulary "
                              f"of {tok.get('vocab_size')} ids, vocab_size={vocab_size} was given; "
                              f"re-run `xlmr-fast preprocess` with this tokenizer")
+        # Same vocabulary size is not the same tokenizer: the model file's hash decides.
+        if tokenizer_sha256 is not None and tok.get("sha256") not in (None, tokenizer_sha256):
+            raise ShardError(f"{self.data_dir / 'meta.json'}: corpus was preprocessed with "
+                             f"another tokenizer (sha256 {str(tok.get('sha256'))[:12]}...; "
+                             f"this one is {tokenizer_sha256[:12]}...); re-run `xlmr-fast "
+                             f"preprocess --tokenizer <this tokenizer> --out <new dir>`")
+        meta_vocab = tok.get("vocab_size")
         entries = meta.get("languages", {})
         if languages is None:
             names = sorted(entries)
@@ -269,7 +280,8 @@ class BlockLoader:
                 raise ValueError(f"languages={missing} are not in {self.data_dir / 'meta.json'} "
                                  f"(it has {sorted(entries)})")
         if not names:
-            raise ShardError(f"{self.data_dir / 'meta.json'} lists no languages")
+            raise ShardError(f"{self.data_dir / 'meta.json'} lists no languages: run `xlmr-fast "
+                             f"preprocess` on a corpus with text into {self.data_dir}")
 
         heldout = self.heldout_fraction > 0 or self.heldout_docs > 0
         kept, dropped = [], []
@@ -277,6 +289,13 @@ class BlockLoader:
             if verify_checksums:
                 verify(self.data_dir, name, meta)
             sh = open_shard(self.data_dir / entries[name]["file"], vocab_size)
+            if meta_vocab is not None and sh.vocab_size != meta_vocab:
+                # e.g. a <lang>.bin copied in from another tokenizer's preprocess run
+                raise ShardError(f"shard {sh.path} was made with a vocabulary of "
+                                 f"{sh.vocab_size} ids, but {self.data_dir / 'meta.json'} "
+                                 f"records {meta_vocab}: it comes from another tokenizer; delete "
+                                 f"it and rerun `xlmr-fast preprocess` with the tokenizer of "
+                                 f"meta.json")
             di = sh.doc_index
             nd = sh.n_docs
             k = 0
@@ -292,13 +311,17 @@ class BlockLoader:
                 dropped.append(name)
                 warnings.warn(f"BlockLoader: language {name!r} dropped: {train.tokens} training "
                               + (f"and {valid.tokens} held-out " if heldout else "")
-                              + f"tokens, fewer than one block of {L} (block_size - 1)",
+                              + f"tokens in {sh.path}, fewer than one block of {L} "
+                              f"(block_size - 1); add text for it"
+                              + (" or lower the held-out share" if heldout else "")
+                              + ", or leave it out with languages=[...] to silence this",
                               stacklevel=2)
                 continue
             kept.append((name, sh, train, valid, entries[name]))
         if not kept:
             raise ShardError(f"BlockLoader: no language in {self.data_dir} has enough tokens for "
-                             f"one block of {L} tokens (dropped: {dropped})")
+                             f"one block of {L} tokens (dropped: {dropped}); preprocess more "
+                             f"text or use a smaller block_size")
 
         self.languages = [k[0] for k in kept]
         self._shards = [k[1] for k in kept]

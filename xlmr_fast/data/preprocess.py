@@ -15,6 +15,9 @@ finished language, so a killed run resumes where it stopped:
   entry rebuilt, else the language is redone;
 - an OUT made with another tokenizer or cleaning setting is an error (use a new --out).
 
+A language file with no text (or none left after cleaning) gets no shard and a warning naming the
+file; a corpus in which no language has any text is an error (CorpusError naming the files).
+
 Parallelism: a process pool over languages (largest first), each worker loads the tokenizer
 once. When fewer languages are left than workers, the workers still busy use more sentencepiece
 threads per batch, so the last large languages do not run on one core. Output does not depend
@@ -235,6 +238,18 @@ def _resume_state(out: Path, langs: dict, tok_info: dict, clean: dict | None) ->
     return meta, todo
 
 
+def _check_some_text(meta: dict, corpus_dir, langs: dict, clean: dict | None) -> None:
+    """An output without a single shard is an error here, naming the files, rather than later in
+    the loader ("lists no languages")."""
+    if meta["languages"]:
+        return
+    names = ", ".join(langs[x].name for x in langs if x in meta["empty_languages"])
+    raise CorpusError(f"no language of {corpus_dir} has any text"
+                      + (" left after cleaning" if clean is not None else "")
+                      + f" ({names}: no tokens); check the corpus files"
+                      + (" or the --clean settings" if clean is not None else ""))
+
+
 def preprocess(corpus_dir, tokenizer_dir, out_dir, *, workers: int | None = None,
                clean: CleanConfig | None = None, languages=None, batch_lines: int = 2048,
                progress: bool = True) -> dict:
@@ -273,6 +288,7 @@ def preprocess(corpus_dir, tokenizer_dir, out_dir, *, workers: int | None = None
             print(msg)
     if not todo:
         write_meta(out, meta)
+        _check_some_text(meta, corpus_dir, langs, clean_d)
         return meta
     # largest first, so the long ones start early (file size is a proxy for text size)
     todo.sort(key=lambda x: (-langs[x].stat().st_size, x))
@@ -291,7 +307,9 @@ def preprocess(corpus_dir, tokenizer_dir, out_dir, *, workers: int | None = None
     def finish(res):
         lang = res["lang"]
         if res["entry"] is None:
-            log.warning("%s: no tokens after cleaning (%s); no shard written", lang,
+            log.warning("%s: no tokens: %s has no text%s (%s); no shard written, the language "
+                        "is left out", lang, langs[lang],
+                        " left after cleaning" if clean_d is not None else "",
                         ReadStats(**res["read"]).summary())
             meta["empty_languages"][lang] = {"read": res["read"]}
         else:
@@ -332,6 +350,7 @@ def preprocess(corpus_dir, tokenizer_dir, out_dir, *, workers: int | None = None
     finally:
         bar.close()
 
+    _check_some_text(meta, corpus_dir, langs, clean_d)
     wall = time.perf_counter() - t_start
     mb = sum(r["read"]["bytes"] for r in results) / 1e6
     busy = sum(r["seconds"] for r in results)

@@ -137,7 +137,9 @@ def open_shard(path, vocab_size: int | None = None) -> Shard:
     with open(p, "rb") as f:
         magic, ver, vs, n_tok, n_docs, n_lines, t_off, i_off = HEADER.unpack(f.read(HEADER.size))
     if magic != MAGIC:
-        raise ShardError(f"{p} is not an xlmr_fast token shard (bad magic {magic!r})")
+        raise ShardError(f"{p} is not an xlmr_fast token shard (bad magic {magic!r}, expected "
+                         f"{MAGIC!r}): it is corrupt or another program's file; delete it and "
+                         f"rerun `xlmr-fast preprocess` (it redoes missing languages)")
     if ver != VERSION:
         raise ShardError(f"shard {p} has format version {ver}, this xlmr_fast reads {VERSION}; "
                          f"re-run `xlmr-fast preprocess`")
@@ -175,7 +177,9 @@ def read_meta(out_dir) -> dict:
     except json.JSONDecodeError as e:
         raise ShardError(f"{p} is not valid JSON ({e}); re-run `xlmr-fast preprocess`") from e
     if meta.get("format") != FORMAT:
-        raise ShardError(f"{p} is not an xlmr_fast shard index (format {meta.get('format')!r})")
+        raise ShardError(f"{p} is not an xlmr_fast shard index (format {meta.get('format')!r}, "
+                         f"expected {FORMAT!r}); point at a directory written by `xlmr-fast "
+                         f"preprocess`")
     return meta
 
 

@@ -257,12 +257,16 @@ class XLMRForMaskedLM(_Pretrained):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, *, masked_positions: torch.Tensor | None = None,
-                return_logits: bool | None = None, output_hidden_states: bool = False
-                ) -> XLMROutput:
+                return_logits: bool | None = None, output_hidden_states: bool = False,
+                reduction: str = "mean") -> XLMROutput:
         """labels (B, T): target ids, -100 = not a target. The loss is the mean cross-entropy
         over the targets (0 when there are none; HF gives NaN there), computed on those rows only.
         masked_positions (N,): flat indices b*T + t of the target rows (ops.mlm_mask returns
-        them); without it the rows are found with nonzero(), one host sync per call.
+        them); without it the rows are found with nonzero(), one host sync per call. Entries of
+        -1 are unused slots (ops.mlm_mask_static pads its fixed-capacity buffer with them): they
+        count as ignored rows, so a static-shape training step needs no host sync.
+        reduction: "mean" (above), "sum" over the targets, or "none": (N,) loss per entry of
+        masked_positions, 0 at unused slots (the trainer sums these per language).
         Logits (B, T, V) are computed when labels is None or return_logits=True."""
         out = self.encoder(input_ids, attention_mask, output_hidden_states)
         h_BTH = out.last_hidden_state
@@ -277,15 +281,18 @@ class XLMRForMaskedLM(_Pretrained):
             if masked_positions is None:
                 masked_positions = torch.nonzero(flat_labels != IGNORE_INDEX).squeeze(1)
             # Gather first: the head and the vocabulary GEMM run on ~15% of the rows.
-            h_NH = h_BTH.reshape(-1, h_BTH.shape[-1]).index_select(0, masked_positions)
-            targets_N = flat_labels.index_select(0, masked_positions)
+            used_N = masked_positions >= 0
+            rows_N = masked_positions.clamp(min=0)
+            h_NH = h_BTH.reshape(-1, h_BTH.shape[-1]).index_select(0, rows_N)
+            targets_N = flat_labels.index_select(0, rows_N).masked_fill(~used_N, IGNORE_INDEX)
             z_NH = self.lm_head.transform(h_NH)
             if z_NH.is_cuda and torch.is_autocast_enabled("cuda"):
                 # Autocast runs LayerNorm in fp32; the fused CE would then do the 250k-wide GEMM in
                 # fp32 too. Cast to the autocast dtype, as the F.linear it replaces would.
                 z_NH = z_NH.to(torch.get_autocast_dtype("cuda"))
             loss = ops.linear_cross_entropy(z_NH, self.decoder_weight, self.lm_head.bias,
-                                            targets_N, ignore_index=IGNORE_INDEX)
+                                            targets_N, ignore_index=IGNORE_INDEX,
+                                            reduction=reduction)
         logits = None
         if return_logits:
             logits = F.linear(self.lm_head.transform(h_BTH), self.decoder_weight,

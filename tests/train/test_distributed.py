@@ -1,0 +1,64 @@
+"""Two CPU processes (gloo) under torchrun give the losses of one process with the same global
+batch: 2 ranks x micro-batch 4 x accumulation 1 == 1 rank x 4 x accumulation 2 (same rows,
+same masks: see xlmr_fast/train/pretrain.py), for DDP and FSDP2."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xlmr_fast.train.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(prepared, out, nproc, *over):
+    shards, tok = prepared
+    args = ["--data", str(shards), "--tokenizer", str(tok), "--out", str(out),
+            "data.seq_len=64", "data.micro_batch=4", "data.heldout_fraction=0.01",
+            "model.hidden_dropout=0.0", "model.attention_dropout=0.0", "optim.max_steps=4",
+            "optim.warmup_steps=1", "optim.lr=3e-3", "run.log_every=1", "run.eval_every=2",
+            "run.eval_batches=2", "run.save_every=0", "run.progress=false",
+            "run.tensorboard=false", *over]
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "xlmr_fast", "pretrain", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+               "-m", "xlmr_fast", "pretrain", *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    recs = read_metrics(out)
+    train = {x["step"]: x for x in recs if x["kind"] == "train"}
+    evals = {x["step"]: x for x in recs if x["kind"] == "eval"}
+    return train, evals
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_ranks_equal_one_rank(prepared, tmp_path, mode):
+    one_t, one_e = _run(prepared, tmp_path / "one", 1, "optim.grad_accum=2")
+    two_t, two_e = _run(prepared, tmp_path / "two", 2, "optim.grad_accum=1",
+                        f"run.distributed={mode}")
+    assert sorted(one_t) == sorted(two_t) == [1, 2, 3, 4]
+    for s in one_t:
+        a, b = one_t[s], two_t[s]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-5), s
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), s
+        assert b["loss_lang"] == pytest.approx(a["loss_lang"], rel=1e-5, abs=1e-5), s
+    assert sorted(one_e) == sorted(two_e) == [2, 4]
+    # evaluation rows are split over the ranks and the sums all-reduced: same targets
+    for s in one_e:
+        assert two_e[s]["targets"] == one_e[s]["targets"]
+    # the exported model is whole (FSDP gathers the shards)
+    assert (tmp_path / "two" / "final" / "model.safetensors").stat().st_size == \
+        (tmp_path / "one" / "final" / "model.safetensors").stat().st_size

@@ -1,0 +1,170 @@
+"""The pretraining loop on a real 4-language corpus (tests/train/conftest.py), on the CPU:
+run directory contents, resume == uninterrupted, SIGTERM, non-finite steps, run-dir guard."""
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from xlmr_fast.train.checkpoint import CheckpointManager
+from xlmr_fast.train.config import load_config
+from xlmr_fast.train.metrics import read_metrics
+from xlmr_fast.train.pretrain import Trainer, TrainingError, pretrain
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_cfg(prepared, out, *over):
+    shards, tok = prepared
+    return load_config(None, [
+        f"data.data_dir={shards}", f"data.tokenizer={tok}", f"run.out_dir={out}",
+        "data.seq_len=64", "data.micro_batch=4", "data.heldout_fraction=0.01",
+        "optim.max_steps=8", "optim.warmup_steps=2", "run.log_every=1", "run.eval_every=4",
+        "run.save_every=4", "run.eval_batches=2", "run.progress=false", "run.tensorboard=false",
+        *over])
+
+
+def train_losses(run_dir):
+    return {r["step"]: (r["loss"], r["loss_lang"], r["grad_norm"])
+            for r in read_metrics(run_dir) if r["kind"] == "train"}
+
+
+def test_run_writes_everything(prepared, tmp_path):
+    out = tmp_path / "run"
+    summary = pretrain(make_cfg(prepared, out, "optim.max_steps=12", "optim.lr=3e-3",
+                                "run.log_every=3", "optim.grad_accum=2"))
+    assert summary["step"] == 12 and summary["stopped"] is None
+    for name in ("config.yaml", "metrics.jsonl", "checkpoints", "final/config.json",
+                 "final/model.safetensors", "final/sentencepiece.bpe.model"):
+        assert (out / name).exists(), name
+    recs = read_metrics(out)
+    train = [r for r in recs if r["kind"] == "train"]
+    evals = [r for r in recs if r["kind"] == "eval"]
+    assert [r["step"] for r in train] == [3, 6, 9, 12]
+    assert train[-1]["loss"] < train[0]["loss"] - 0.2   # it learns (ln 502 = 6.2 at init)
+    assert set(train[-1]["loss_lang"]) == {"de", "en", "ru", "sw"}
+    assert all(math.isfinite(r["grad_norm"]) and r["tokens_per_s"] > 0 for r in train)
+    assert [r["step"] for r in evals] == [4, 8, 12]
+    assert set(evals[-1]["loss_lang"]) == {"de", "en", "ru", "sw"}
+    assert evals[-1]["ppl"] == pytest.approx(math.exp(evals[-1]["loss"]))
+    # the exported model and tokenizer load in transformers and give our logits
+    transformers = pytest.importorskip("transformers")
+    import xlmr_fast as xf
+    hf = transformers.XLMRobertaForMaskedLM.from_pretrained(out / "final").eval()
+    ours = xf.XLMRForMaskedLM.from_pretrained(out / "final").eval()
+    tok = transformers.XLMRobertaTokenizer.from_pretrained(out / "final")
+    ids = torch.tensor([tok("Hello world, habari ya dunia")["input_ids"]])
+    assert ids.shape[1] > 4 and (ids >= 4).sum() > 2
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, hf(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+class _SignalAt:
+    """Wraps Trainer._train_step to send this process a signal after step k."""
+
+    def __init__(self, monkeypatch, k, sig=signal.SIGTERM):
+        orig = Trainer._train_step
+
+        def step(trainer):
+            orig(trainer)
+            if trainer.step == k:
+                os.kill(os.getpid(), sig)
+        monkeypatch.setattr(Trainer, "_train_step", step)
+
+
+def test_resume_equals_uninterrupted(prepared, tmp_path, monkeypatch):
+    # dropout on, prefetching loader, accumulation: every source of state must be restored
+    over = ("optim.grad_accum=2", "model.hidden_dropout=0.1", "model.attention_dropout=0.1")
+    full = tmp_path / "full"
+    pretrain(make_cfg(prepared, full, *over))
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        _SignalAt(m, 3)
+        s = pretrain(make_cfg(prepared, cut, *over))
+    assert s["stopped"] == "SIGTERM" and s["step"] == 3
+    assert CheckpointManager(cut).latest().name == "step_00000003.pt"
+    assert not (cut / "final").exists()
+    s = pretrain(make_cfg(prepared, cut, *over), resume=True)
+    assert s["step"] == 8 and s["stopped"] is None
+    a, b = train_losses(full), train_losses(cut)
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    assert a == b   # bit-identical losses, per-language losses and gradient norms
+    evals = lambda d: [(r["step"], r["loss"]) for r in read_metrics(d) if r["kind"] == "eval"]  # noqa
+    assert evals(full) == evals(cut)
+
+
+def test_existing_run_needs_resume(prepared, tmp_path):
+    out = tmp_path / "run"
+    pretrain(make_cfg(prepared, out, "optim.max_steps=2", "optim.warmup_steps=1",
+                      "run.eval_every=0"))
+    with pytest.raises(FileExistsError, match="already holds checkpoints.*--resume"):
+        Trainer(make_cfg(prepared, out))
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(prepared, tmp_path, monkeypatch):
+    from xlmr_fast.model.xlmr import XLMRForMaskedLM
+    orig = XLMRForMaskedLM.forward
+    bad_calls = {3, 4, 5, 6, 7, 8}   # forward calls (1 micro-step per step): steps 3.. are NaN
+
+    calls = {"n": 0}
+
+    def forward(self, *a, **k):
+        out = orig(self, *a, **k)
+        calls["n"] += 1
+        if self.training and calls["n"] in bad_calls:
+            out.loss = out.loss * float("nan")
+        return out
+    monkeypatch.setattr(XLMRForMaskedLM, "forward", forward)
+    out = tmp_path / "run"
+    trainer = Trainer(make_cfg(prepared, out, "run.max_bad_steps=2", "run.eval_every=0",
+                               "run.save_every=0"))
+    trainer._train_step()
+    trainer._train_step()
+    good = {k: v.clone() for k, v in trainer.raw.state_dict().items()}
+    with pytest.warns(RuntimeWarning, match="step 3: non-finite loss or gradient"):
+        trainer._train_step()
+    assert trainer.step == 3 and trainer.bad_steps == 1
+    for k, v in trainer.raw.state_dict().items():   # the skipped step changed nothing
+        assert torch.equal(v, good[k]), k
+    with pytest.warns(RuntimeWarning), pytest.raises(TrainingError, match="3 non-finite steps "
+                                                     "in a row.*last good step"):
+        trainer._train_step()
+        trainer._train_step()
+    ck = CheckpointManager(out).load()
+    assert ck["step"] == 5
+    for k, v in ck["model"].items():
+        assert torch.equal(v, good[k]), k
+
+
+def test_sigterm_from_outside_saves_and_resumes(prepared, tmp_path):
+    """The real thing: `python -m xlmr_fast pretrain` killed with SIGTERM mid-run."""
+    shards, tok = prepared
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "xlmr_fast", "pretrain", "--data", str(shards),
+            "--tokenizer", str(tok), "--out", str(out), "data.seq_len=64", "data.micro_batch=4",
+            "optim.warmup_steps=2", "run.log_every=1", "run.eval_every=0", "run.save_every=0",
+            "run.progress=false", "run.tensorboard=false"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen(args + ["optim.max_steps=100000"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        if (out / "metrics.jsonl").exists() and len(read_metrics(out)) >= 3:
+            break
+        time.sleep(0.2)
+    assert p.poll() is None, p.stdout.read()
+    p.send_signal(signal.SIGTERM)
+    log = p.communicate(timeout=120)[0]
+    assert p.returncode == 143, log
+    assert "SIGTERM received" in log and "resume with" in log
+    step = CheckpointManager(out).load()["step"]
+    assert step >= 3
+    r = subprocess.run(args + ["optim.max_steps=" + str(step + 2), "--resume"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert CheckpointManager(out).load()["step"] == step + 2

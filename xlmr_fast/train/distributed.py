@@ -1,0 +1,123 @@
+"""Process-group setup and model wrapping for `torchrun` runs (DDP or FSDP2).
+
+    dist = setup("auto", device="auto")     # reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK
+    model = wrap(model, dist)               # DDP, or fully_shard per layer + root for FSDP2
+    ...
+    teardown(dist)
+
+One process per GPU (NCCL), or CPU processes with gloo (tests, and CPU clusters). Launch:
+
+    torchrun --nproc_per_node 8 -m xlmr_fast pretrain ...                       # one node
+    torchrun --nnodes 4 --node_rank $NODE --nproc_per_node 8 \\
+             --rdzv_backend c10d --rdzv_endpoint $MASTER:29500 -m xlmr_fast pretrain ...
+
+Both wrappers average gradients over ranks (DDP all-reduce, FSDP2 reduce-scatter); the trainer
+multiplies by world_size / (global number of masked targets) so the gradient is that of the
+fairseq-normalised loss (sum over the global batch / its target count) whatever the layout.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as td
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    mode: str            # none | ddp | fsdp
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "none"
+
+
+def _pick_device(device: str, local_rank: int) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"run.device={device!r} but torch sees no CUDA device "
+                               f"(torch {torch.__version__}); use run.device=cpu")
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def setup(mode: str = "auto", device: str = "auto") -> DistInfo:
+    """Join the process group torchrun describes (env RANK/WORLD_SIZE/MASTER_ADDR...), if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if mode == "auto":
+        mode = "ddp" if world > 1 else "none"
+    if mode != "none" and "MASTER_ADDR" not in os.environ and world > 1:
+        raise RuntimeError(f"run.distributed={mode!r} with WORLD_SIZE={world} but no MASTER_ADDR: "
+                           "launch with torchrun (see xlmr_fast/train/distributed.py)")
+    dev = _pick_device(device, local_rank)
+    if mode == "none":
+        if world > 1:
+            raise RuntimeError(f"WORLD_SIZE={world} but run.distributed=none: every process "
+                               "would train alone on the same data; use ddp or fsdp")
+        return DistInfo("none", 0, 1, 0, dev)
+    if not td.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        td.init_process_group(backend, timeout=datetime.timedelta(minutes=30),
+                              **({"device_id": dev} if dev.type == "cuda" else {}))
+    return DistInfo(mode, td.get_rank(), td.get_world_size(), local_rank, dev)
+
+
+def wrap(model: nn.Module, dist: DistInfo, layers=None) -> nn.Module:
+    """DDP, or FSDP2: each module of `layers` sharded on its own (its parameters gathered just
+    before it runs, freed after), then the root (embeddings, head)."""
+    if dist.mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+    if dist.mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+        for layer in layers or []:
+            fully_shard(layer)
+        fully_shard(model)
+        return model
+    return model
+
+
+def all_reduce_sum(t: torch.Tensor, dist: DistInfo) -> torch.Tensor:
+    if dist.active:
+        td.all_reduce(t, op=td.ReduceOp.SUM)
+    return t
+
+
+def gather_objects(obj, dist: DistInfo) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (pickled; for small state only)."""
+    if not dist.active:
+        return [obj]
+    out = [None] * dist.world_size
+    td.all_gather_object(out, obj)
+    return out
+
+
+def barrier(dist: DistInfo) -> None:
+    if dist.active:
+        td.barrier()
+
+
+def teardown(dist: DistInfo) -> None:
+    if dist.active and td.is_initialized():
+        td.destroy_process_group()

@@ -1,0 +1,68 @@
+"""Raw corpus -> tokenizer + token shards, once: what `xlmr-fast pretrain --corpus DIR` (and the
+demo default) runs before training.
+
+    shards_dir, tokenizer_dir = prepare_corpus(corpus, work_dir, vocab_size=8000)
+
+work_dir/prepare.json records the corpus and the tokenizer arguments; a second call with the same
+ones reuses the tokenizer and lets `preprocess` skip its finished languages (it is resumable), so
+an interrupted preparation continues where it stopped. Other arguments for the same work_dir are
+an error rather than a silent mix of two tokenizers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def default_work_dir(corpus, vocab_size: int, sentences: int) -> Path:
+    """A cache folder per (corpus path, tokenizer arguments): $XLMR_FAST_CACHE or
+    ~/.cache/xlmr_fast, then prepared/<corpus name>-<hash>."""
+    root = Path(os.environ.get("XLMR_FAST_CACHE") or Path.home() / ".cache" / "xlmr_fast")
+    corpus = Path(corpus).resolve()
+    h = hashlib.sha256(f"{corpus}|{vocab_size}|{sentences}".encode()).hexdigest()[:10]
+    return root / "prepared" / f"{corpus.name}-{h}"
+
+
+def prepare_corpus(corpus, work_dir=None, *, vocab_size: int = 8000, sentences: int = 2_000_000,
+                   alpha: float = 0.3, workers: int | None = None, seed: int = 0,
+                   progress: bool = True) -> tuple[Path, Path]:
+    """Train a tokenizer (unless done) and preprocess the corpus (resumable) into work_dir;
+    returns (shards dir, tokenizer dir). vocab_size counts sentencepiece pieces; on a small
+    corpus sentencepiece may return fewer (hard_vocab_limit off), the real size is in the meta."""
+    from ..data.corpus import list_languages
+    from ..data.preprocess import preprocess
+    from ..tokenizer import META_FILE, train_tokenizer
+
+    corpus = Path(corpus)
+    list_languages(corpus)  # a clear error for a missing or empty corpus, before any work
+    work = Path(work_dir) if work_dir is not None else default_work_dir(corpus, vocab_size,
+                                                                         sentences)
+    work.mkdir(parents=True, exist_ok=True)
+    args = {"corpus": str(corpus.resolve()), "vocab_size": vocab_size, "sentences": sentences,
+            "alpha": alpha, "seed": seed}
+    record = work / "prepare.json"
+    if record.exists():
+        old = json.loads(record.read_text())
+        if old != args:
+            diff = {k: (old.get(k), v) for k, v in args.items() if old.get(k) != v}
+            raise ValueError(f"{work} was prepared with other arguments {diff} (old, new); "
+                             f"delete it or choose another folder")
+    else:
+        tmp = record.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(args, indent=1))
+        os.replace(tmp, record)
+
+    tok_dir, shards = work / "tokenizer", work / "shards"
+    if not (tok_dir / META_FILE).exists():  # written last by train_tokenizer: complete
+        print(f"training a {vocab_size}-piece tokenizer on {corpus} ...", flush=True)
+        train_tokenizer(corpus, tok_dir, vocab_size=vocab_size, alpha=alpha, sentences=sentences,
+                        seed=seed, hard_vocab_limit=False, progress=progress)
+    else:
+        log.info("tokenizer %s exists: reused", tok_dir)
+    preprocess(corpus, tok_dir, shards, workers=workers, progress=progress)
+    return shards, tok_dir

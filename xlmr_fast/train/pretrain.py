@@ -1,0 +1,641 @@
+"""The pretraining loop: Trainer(cfg).run() reads top to bottom.
+
+One optimizer step = grad_accum micro-steps on every rank. A micro-step:
+    ids (B, T) int32 from the loader (pinned, prefetched)  -> device (non_blocking)
+    ops.mlm_mask_static on the device (no host sync; keyed by (seed, global micro-step index))
+    model forward under autocast: encoder on all rows, LM head + fused 250k CE on masked rows only
+    per-target losses summed (fairseq's criterion: sum over targets, divided by their count)
+    backward of the sum (DDP/FSDP sync only on the last micro-step)
+then the gradient is divided by the global target count (one small all-reduce), clipped, and
+AdamW steps. The only host syncs per optimizer step are that count and the gradient norm (to skip
+non-finite steps); per-language losses stay on the device until a log line needs them.
+
+Masking keys: micro-step m of optimizer step s on rank r uses step key (s * accum + m) * W + r,
+and the loader hands rank r rows r*B .. r*B+B-1 of each global batch, so a run on W ranks with
+accumulation A sees exactly the batches and masks of a run on 1 rank with accumulation A * W
+(tests/train/test_distributed.py checks the losses agree).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from .. import ops
+from ..config import XLMRConfig
+from ..data.loader import BlockLoader
+from ..data.shards import read_meta
+from ..model.xlmr import XLMRForMaskedLM
+from . import distributed as D
+from .checkpoint import CheckpointManager, rng_state, set_rng_state
+from .config import TrainConfig, save_config
+from .metrics import MetricsLogger, format_log_line, model_flops_per_token, peak_flops, \
+    plot_metrics
+from .optim import make_optimizer, make_scheduler
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. too many non-finite steps); a checkpoint was written."""
+
+
+def model_config(cfg: TrainConfig, vocab_size: int) -> XLMRConfig:
+    """The XLMRConfig of the preset, sized to the tokenizer's vocabulary."""
+    over = {"vocab_size": vocab_size, "unpad": cfg.model.unpad}
+    for name in ("hidden_dropout", "attention_dropout"):
+        if getattr(cfg.model, name) is not None:
+            over[name] = getattr(cfg.model, name)
+    return getattr(XLMRConfig, cfg.model.preset)(**over)
+
+
+def mask_capacity(rows: int, seq_len: int, prob: float, sigmas: float) -> int:
+    """Size of the static masked-positions buffer: mean + sigmas * std of the Binomial count
+    (an overflow drops the surplus targets of that batch and is counted in the logs)."""
+    n = rows * seq_len
+    mean, std = n * prob, math.sqrt(n * prob * (1 - prob))
+    return max(1, min(n, math.ceil(mean + sigmas * std)))
+
+
+def _checkpoint_layers(layers) -> None:
+    """Recompute each layer in the backward (torch.utils.checkpoint, non-reentrant; the CPU RNG
+    state is replayed, so dropout and the attention-dropout seed match the forward)."""
+    from torch.utils.checkpoint import checkpoint
+    for layer in layers:
+        fwd = layer.forward
+        layer.forward = lambda *a, _f=fwd, **k: checkpoint(_f, *a, use_reentrant=False, **k)
+
+
+def _rank_within(groups):
+    """k for the k-th occurrence of each value of groups (groups sorted ascending)."""
+    import numpy as np
+    idx = np.arange(len(groups))
+    starts = np.r_[0, np.flatnonzero(np.diff(groups)) + 1]
+    first = np.repeat(starts, np.diff(np.r_[starts, len(groups)]))
+    return idx - first
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False):
+        self.cfg = cfg
+        self.dist = D.setup(cfg.run.distributed, cfg.run.device)
+        self.device = self.dist.device
+        self.run_dir = Path(cfg.run.out_dir)
+        d = cfg.data
+        if d.data_dir is None:
+            raise ValueError("config: data.data_dir is not set (a directory made by "
+                             "`xlmr-fast preprocess`, or pass --corpus to `xlmr-fast pretrain`)")
+        meta = read_meta(d.data_dir)
+        self.vocab_size = int(meta["tokenizer"]["vocab_size"])
+        self.model_cfg = model_config(cfg, self.vocab_size)
+
+        bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto"
+                                               and self.device.type == "cuda")
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16
+                         else nullcontext())
+        self.precision = "bf16" if bf16 else "fp32"
+
+        # Same init on every rank: seed before building the model.
+        torch.manual_seed(cfg.run.seed)
+        self.raw = XLMRForMaskedLM(self.model_cfg).to(self.device)
+        layers = list(self.raw.encoder.layers)
+        if cfg.model.activation_checkpointing:
+            _checkpoint_layers(layers)
+        self.model = D.wrap(self.raw, self.dist, layers)
+        # Same weights everywhere (DDP/FSDP also broadcast them), then a dropout stream per rank.
+        torch.manual_seed(cfg.run.seed + 1_000_003 * self.dist.rank)
+        self.forward = torch.compile(self.model) if cfg.model.compile else self.model
+        self.opt = make_optimizer(self.raw, cfg.optim, self.device)
+        self.sched = make_scheduler(self.opt, cfg.optim)
+
+        W, r = self.dist.world_size, self.dist.rank
+        common = dict(batch_size=d.micro_batch, block_size=d.seq_len, alpha=d.alpha,
+                      seed=cfg.run.seed, rank=r, world_size=W,
+                      cross_documents=d.cross_documents, heldout_fraction=d.heldout_fraction,
+                      vocab_size=self.vocab_size, threads=d.threads)
+        self.loader = BlockLoader(d.data_dir, prefetch=d.prefetch,
+                                  pin_memory=self.device.type == "cuda", **common)
+        # Held-out rows are listed globally and dealt out by batch in _valid_batches.
+        self.valid = (BlockLoader(d.data_dir, split="valid", prefetch=0,
+                                  **{**common, "rank": 0, "world_size": 1})
+                      if d.heldout_fraction > 0 else None)
+        self.languages = self.loader.languages
+        self.capacity = mask_capacity(d.micro_batch, d.seq_len, cfg.mask.prob,
+                                      cfg.mask.capacity_sigmas)
+
+        self.ckpt = CheckpointManager(self.run_dir, cfg.run.keep_last, enabled=self.dist.is_main)
+        self.metrics = MetricsLogger(self.run_dir, enabled=self.dist.is_main,
+                                     tensorboard=cfg.run.tensorboard)
+        self.flops_per_token = model_flops_per_token(self.model_cfg, d.seq_len, cfg.mask.prob)
+        self.peak = peak_flops(self.device, cfg.run.peak_tflops * 1e12
+                               if cfg.run.peak_tflops else None)
+        self.step = 0            # optimizer steps taken or skipped (drives loader and mask keys)
+        self.bad_steps = 0       # consecutive non-finite steps
+        self._reset_acc()
+        self._stop: str | None = None
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        if resume:
+            self._resume()
+        elif self.ckpt.latest() is not None:
+            raise FileExistsError(f"{self.run_dir} already holds checkpoints "
+                                  f"({self.ckpt.latest().name}); pass --resume to continue that "
+                                  f"run, or choose another run.out_dir")
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        cfg, dist = self.cfg, self.dist
+        self._log_start()
+        old_handlers = self._install_signal_handlers()
+        t_start = time.monotonic()
+        bar = self._progress_bar()
+        try:
+            while self.step < cfg.optim.max_steps and self._stop is None:
+                self._train_step()
+                bar.update(1)
+                if self.step % cfg.run.log_every == 0:
+                    self._log_train(bar)
+                if cfg.run.eval_every and self.step % cfg.run.eval_every == 0:
+                    self.evaluate()
+                if cfg.run.save_every and self.step % cfg.run.save_every == 0:
+                    self.save()
+                if (cfg.run.max_time_minutes
+                        and time.monotonic() - t_start > 60 * cfg.run.max_time_minutes):
+                    self._stop = self._stop or "time limit"
+                self._agree_on_stop()
+            bar.close()
+            stopped_by_signal = self._stop not in (None, "time limit")
+            if self.step % cfg.run.log_every:
+                self._log_train(bar)
+            self.save()
+            if stopped_by_signal:
+                log.warning("stopped by %s at step %d; checkpoint saved in %s (resume with "
+                            "--resume)", self._stop, self.step, self.ckpt.dir)
+                return self._summary()
+            if not (cfg.run.eval_every and self.step % cfg.run.eval_every == 0):
+                self.evaluate()
+            if cfg.run.export:
+                self.export()
+            if dist.is_main:
+                self.metrics.close()
+                plot_metrics(self.run_dir)
+                self._print_language_table()
+            return self._summary()
+        finally:
+            bar.close()
+            self.metrics.close()
+            self._restore_signal_handlers(old_handlers)
+
+    def _train_step(self) -> None:
+        cfg, dist = self.cfg, self.dist
+        A, W, T = cfg.optim.grad_accum, dist.world_size, cfg.data.seq_len
+        it = self._iter()
+        n_targets = torch.zeros((), dtype=torch.float32, device=self.device)
+        for m in range(A):
+            ids, langs = next(it)
+            ids = ids.to(self.device, non_blocking=True)
+            langs = langs.to(self.device, non_blocking=True)
+            key = (self.step * A + m) * W + dist.rank
+            masked, labels, pos, count = ops.mlm_mask_static(
+                ids, vocab_size=self.vocab_size, mask_id=self.model_cfg.mask_token_id,
+                seed=cfg.run.seed, step=key, capacity=self.capacity, mask_prob=cfg.mask.prob,
+                pad_id=self.model_cfg.pad_token_id, mask_special=cfg.mask.mask_special)
+            sync = (self.model.no_sync() if dist.mode == "ddp" and m < A - 1 else nullcontext())
+            if dist.mode == "fsdp":
+                self.model.set_requires_gradient_sync(m == A - 1)
+            with sync:
+                with self.autocast:
+                    loss_N = self.forward(masked, labels=labels, masked_positions=pos,
+                                          reduction="none").loss
+                loss_sum = loss_N.float().sum()
+                loss_sum.backward()
+            used = pos >= 0
+            n_targets += used.sum()
+            lang_N = langs.index_select(0, pos.clamp(min=0) // T)
+            acc = self.acc
+            acc["loss"].index_add_(0, lang_N, loss_N.detach().float() * used)
+            acc["count"].index_add_(0, lang_N, used.float())
+            acc["overflow"] += (count - self.capacity).clamp(min=0).squeeze(0)
+            acc["tokens"] += (ids != self.model_cfg.pad_token_id).sum()
+
+        # fairseq normalisation: gradient of (sum of target losses) / (global target count).
+        # DDP/FSDP averaged over ranks, hence the factor W.
+        D.all_reduce_sum(n_targets, dist)
+        params = [p for p in self.raw.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))  # the norm, no clipping
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
+            norm = norm.full_tensor()
+        n, raw_norm = torch.stack([n_targets, norm.float()]).tolist()  # the one host sync
+        scale = W / max(n, 1.0)
+        grad_norm = raw_norm * scale
+        if not math.isfinite(grad_norm):
+            self._skip_step(grad_norm)
+            return
+        clip = cfg.optim.clip_norm
+        factor = scale * (min(1.0, clip / (grad_norm + 1e-6)) if clip > 0 else 1.0)
+        torch._foreach_mul_([p.grad for p in params], factor)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.bad_steps = 0
+        self.step += 1
+        self.acc["steps"] += 1
+        self.acc["grad_norm"] = grad_norm
+
+    def _skip_step(self, grad_norm: float) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.bad_steps += 1
+        self.step += 1
+        # the accumulators hold this step's non-finite losses: drop the interval's per-language
+        # sums rather than poison the next log line
+        self._reset_acc(keep_time=True)
+        warnings.warn(f"step {self.step}: non-finite loss or gradient (norm {grad_norm}); step "
+                      f"skipped ({self.bad_steps} in a row, limit {self.cfg.run.max_bad_steps})",
+                      RuntimeWarning, stacklevel=2)
+        if self.bad_steps > self.cfg.run.max_bad_steps:
+            path = self.save()
+            raise TrainingError(
+                f"{self.bad_steps} non-finite steps in a row (run.max_bad_steps = "
+                f"{self.cfg.run.max_bad_steps}): stopping. The parameters are those of the last "
+                f"good step, saved in {path or self.ckpt.dir}. Lower optim.lr, raise "
+                f"optim.warmup_steps or check the data, then resume with --resume.")
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict | None:
+        """Masked-LM loss (nats) and perplexity per language on the held-out split; the masks
+        are a fixed function of the batch index, so evaluations are comparable across steps."""
+        if self.valid is None:
+            return None
+        cfg = self.cfg
+        self.model.eval()
+        L = len(self.languages)
+        loss = torch.zeros(L, dtype=torch.float64, device=self.device)
+        count = torch.zeros(L, dtype=torch.float64, device=self.device)
+        T = cfg.data.seq_len
+        for j, ids, langs in self._valid_batches():
+            ids, langs = ids.to(self.device), langs.to(self.device)
+            masked, labels, pos, _ = ops.mlm_mask_static(
+                ids, vocab_size=self.vocab_size, mask_id=self.model_cfg.mask_token_id,
+                seed=cfg.run.seed + 1, step=j,
+                capacity=mask_capacity(ids.shape[0], T, cfg.mask.prob, cfg.mask.capacity_sigmas),
+                mask_prob=cfg.mask.prob, pad_id=self.model_cfg.pad_token_id,
+                mask_special=cfg.mask.mask_special)
+            with self.autocast:
+                loss_N = self.forward(masked, labels=labels, masked_positions=pos,
+                                      reduction="none").loss
+            used = pos >= 0
+            lang_N = langs.index_select(0, pos.clamp(min=0) // T)
+            loss.index_add_(0, lang_N, loss_N.double() * used)
+            count.index_add_(0, lang_N, used.double())
+        self.model.train()
+        D.all_reduce_sum(loss, self.dist)
+        D.all_reduce_sum(count, self.dist)
+        loss_l, count_l = loss.tolist(), count.tolist()
+        per = {x: s / c for x, s, c in zip(self.languages, loss_l, count_l) if c > 0}
+        total = sum(loss_l) / max(sum(count_l), 1.0)
+        out = {"loss": total, "ppl": math.exp(min(total, 50.0)), "loss_lang": per,
+               "ppl_lang": {x: math.exp(min(v, 50.0)) for x, v in per.items()},
+               "targets": int(sum(count_l))}
+        self.metrics.log(self.step, out, kind="eval")
+        if self.dist.is_main:
+            log.info("eval step %d: loss %.4f ppl %.2f over %d targets", self.step, total,
+                     out["ppl"], out["targets"])
+        return out
+
+    def _valid_batches(self):
+        """(j, ids, langs) of the held-out batches of this rank. The rows of all ranks are
+        interleaved by language (row k of every language, then row k + 1, ...) so that a
+        run.eval_batches cap covers every language evenly; batch j (micro_batch rows, masked
+        with key j) goes to rank j mod world_size: the evaluation does not depend on the
+        number of ranks."""
+        import numpy as np
+        rows = self.valid.valid_rows()                        # (n, 3): lang, start, length
+        lang = rows[:, 0]
+        order = np.lexsort((lang, _rank_within(lang)))
+        rows = rows[order]
+        B, cap = self.cfg.data.micro_batch, self.cfg.run.eval_batches
+        n = rows.shape[0] if not cap else min(rows.shape[0], cap * B)
+        W = self.dist.world_size
+        for j in range(self.dist.rank, (n + B - 1) // B, W):
+            r = np.ascontiguousarray(rows[j * B:min(j * B + B, n)])
+            yield j, self.valid._assemble(r), torch.from_numpy(r[:, 0].copy())
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+        model_sd, optim_sd = get_state_dict(
+            self.raw, self.opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {"model": model_sd, "optim": optim_sd, "sched": self.sched.state_dict(),
+                "loader": self.loader.state_dict(), "rng": D.gather_objects(rng_state(), self.dist),
+                "step": self.step,
+                "bad_steps": self.bad_steps, "config": self.cfg.to_dict(),
+                "acc": {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in self.acc.items()
+                        if k != "t0"}}
+
+    def save(self) -> Path | None:
+        if getattr(self, "_saved_step", None) == self.step:  # e.g. save_every hit the last step
+            return self.ckpt.latest() if self.dist.is_main else None
+        self._saved_step = self.step
+        state = self._state()  # on every rank: gathering FSDP shards is a collective
+        path = self.ckpt.save(self.step, state) if self.dist.is_main else None
+        D.barrier(self.dist)
+        if path is not None:
+            log.info("checkpoint %s", path)
+        return path
+
+    def _resume(self) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        path = CheckpointManager(self.run_dir).latest()
+        if path is None:
+            log.warning("--resume: no checkpoint in %s; starting from scratch", self.run_dir)
+            return
+        state = CheckpointManager(self.run_dir).load(path)
+        set_state_dict(self.raw, self.opt, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"],
+                       options=StateDictOptions(full_state_dict=True))
+        self.sched.load_state_dict(state["sched"])
+        self.loader.load_state_dict(state["loader"])
+        rngs = state["rng"]  # one per rank (each rank has its own dropout stream)
+        if len(rngs) != self.dist.world_size:
+            log.warning("the checkpoint was written by %d ranks, this run has %d: the random "
+                        "streams (dropout) restart from rank 0's; resumed losses will not equal "
+                        "an uninterrupted run's", len(rngs), self.dist.world_size)
+        set_rng_state(rngs[self.dist.rank % len(rngs)])
+        self.step, self.bad_steps = int(state["step"]), int(state["bad_steps"])
+        for k, v in state["acc"].items():
+            self.acc[k] = v.to(self.device) if torch.is_tensor(v) else v
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def export(self) -> Path | None:
+        """The final model in the HF layout (transformers loads it unchanged) with the
+        tokenizer files beside it, in run_dir/final."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        sd = get_model_state_dict(self.raw, options=StateDictOptions(full_state_dict=True,
+                                                                    cpu_offload=True))
+        out = None
+        if self.dist.is_main:
+            out = self.run_dir / "final"
+            model = XLMRForMaskedLM(dataclasses.replace(self.model_cfg, unpad=False))
+            model.load_state_dict(sd)
+            model.save_pretrained(out)
+            tok = self.cfg.data.tokenizer
+            if tok:  # the spm model and the HF tokenizer files, so from_pretrained(out) works
+                import shutil
+                from ..tokenizer import write_hf_files
+                for name in ("sentencepiece.bpe.model", "tokenizer_meta.json"):
+                    if (Path(tok) / name).exists():
+                        shutil.copyfile(Path(tok) / name, out / name)
+                write_hf_files(out)
+            log.info("exported %s", out)
+        D.barrier(self.dist)
+        return out
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _iter(self):
+        if not hasattr(self, "_it"):
+            self._it = iter(self.loader)
+        return self._it
+
+    def _reset_acc(self, keep_time: bool = False) -> None:
+        L = len(getattr(self, "languages", [])) or len(self._loader_langs())
+        z = lambda: torch.zeros(L, dtype=torch.float32, device=self.device)  # noqa: E731
+        t0 = self.acc["t0"] if keep_time and hasattr(self, "acc") else time.perf_counter()
+        self.acc = {"loss": z(), "count": z(), "steps": 0, "grad_norm": float("nan"),
+                    "overflow": torch.zeros((), dtype=torch.int64, device=self.device),
+                    "tokens": torch.zeros((), dtype=torch.int64, device=self.device), "t0": t0}
+
+    def _loader_langs(self):
+        return self.loader.languages
+
+    def _log_train(self, bar) -> None:
+        acc, dist = self.acc, self.dist
+        loss = acc["loss"].clone()
+        count = acc["count"].clone()
+        tokens = acc["tokens"].clone().double()
+        D.all_reduce_sum(loss, dist)
+        D.all_reduce_sum(count, dist)
+        D.all_reduce_sum(tokens, dist)
+        loss_l, count_l = loss.tolist(), count.tolist()   # host sync (once per log line)
+        dt = max(time.perf_counter() - acc["t0"], 1e-9)
+        tok_s = tokens.item() / dt
+        m = {"loss": sum(loss_l) / max(sum(count_l), 1.0),
+             "loss_lang": {x: s / c for x, s, c in zip(self.languages, loss_l, count_l) if c},
+             "lr": self.sched.get_last_lr()[0], "grad_norm": acc["grad_norm"],
+             "tokens_per_s": tok_s, "steps": acc["steps"],
+             "mask_overflow": int(acc["overflow"].item())}
+        if self.peak:
+            m["mfu"] = tok_s * self.flops_per_token / (self.peak * dist.world_size)
+        if self.device.type == "cuda":
+            m["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.metrics.log(self.step, m, kind="train")
+        if dist.is_main:
+            bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+            (bar.write if self.cfg.run.progress else print)(format_log_line(self.step, m))
+        self.last_train = m
+        self._reset_acc()
+
+    def _print_language_table(self) -> None:
+        """Per-language masked-LM loss: the first and last train log lines and the last
+        evaluation, so a user sees every language learn."""
+        from .metrics import read_metrics
+        recs = read_metrics(self.run_dir)
+        train = [r for r in recs if r.get("kind") == "train" and r.get("loss_lang")]
+        evals = [r for r in recs if r.get("kind") == "eval" and r.get("loss_lang")]
+        if not train:
+            return
+        first, last = train[0]["loss_lang"], train[-1]["loss_lang"]
+        ev = evals[-1]["loss_lang"] if evals else {}
+        print(f"\nper-language masked-LM loss (nats): train at step {train[0]['step']} -> "
+              f"{train[-1]['step']}" + (f", held-out at step {evals[-1]['step']}" if ev else ""))
+        print(f"  {'lang':<9}{'first':>8}{'last':>8}" + (f"{'eval':>8}{'ppl':>9}" if ev else ""))
+        for x in self.languages:
+            a, b = first.get(x), last.get(x)
+            line = f"  {x:<9}" + "".join(f"{v:8.3f}" if v is not None else f"{'-':>8}"
+                                        for v in (a, b))
+            if ev:
+                e = ev.get(x)
+                line += f"{e:8.3f}{math.exp(min(e, 50)):9.1f}" if e is not None else ""
+            print(line)
+
+    def _summary(self) -> dict:
+        return {"step": self.step, "run_dir": str(self.run_dir), "stopped": self._stop,
+                "train": getattr(self, "last_train", None)}
+
+    def _log_start(self) -> None:
+        if not self.dist.is_main:
+            return
+        from ..model.xlmr import num_parameters
+        c, d, o = self.cfg, self.cfg.data, self.cfg.optim
+        batch = d.micro_batch * o.grad_accum * self.dist.world_size
+        log.info("pretrain: %s model (%.1fM parameters, vocab %d) on %s x%d (%s, %s), batch %d "
+                 "x %d tokens (micro %d x accum %d x ranks %d), %d steps, run dir %s",
+                 c.model.preset, num_parameters(self.raw) / 1e6, self.vocab_size,
+                 self.device, self.dist.world_size, self.precision, self.dist.mode, batch,
+                 d.seq_len, d.micro_batch, o.grad_accum, self.dist.world_size, o.max_steps,
+                 self.run_dir)
+        for x in self.languages:
+            p, q = self.loader.probs[x]
+            log.info("  language %-8s p %.4f  q %.4f", x, p, q)
+
+    def _progress_bar(self):
+        from tqdm.auto import tqdm
+        return tqdm(total=self.cfg.optim.max_steps, initial=self.step, unit="step",
+                    desc="pretrain", dynamic_ncols=True,
+                    disable=not (self.dist.is_main and self.cfg.run.progress))
+
+    def _install_signal_handlers(self):
+        def handler(signum, frame):
+            name = signal.Signals(signum).name
+            if self._stop == name:  # a second signal: stop now, without the checkpoint
+                raise KeyboardInterrupt
+            self._stop = name
+            log.warning("%s received: finishing this step, then saving a checkpoint", name)
+        old = {}
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                old[s] = signal.signal(s, handler)
+            except ValueError:  # not the main thread (e.g. called from a worker thread)
+                pass
+        return old
+
+    @staticmethod
+    def _restore_signal_handlers(old) -> None:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+    def _agree_on_stop(self) -> None:
+        """Every rank must stop at the same step (a signal may reach them at different times)."""
+        if not self.dist.active:
+            return
+        flag = torch.tensor([1.0 if self._stop else 0.0], device=self.device)
+        D.all_reduce_sum(flag, self.dist)
+        if flag.item() > 0 and self._stop is None:
+            self._stop = "another rank"
+
+
+def pretrain(cfg: TrainConfig, *, resume: bool = False) -> dict:
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        return trainer.run()
+    finally:
+        D.teardown(trainer.dist)
+
+
+# ---------------------------------------------------------------- `xlmr-fast pretrain`
+def _cli_args(p) -> None:
+    p.add_argument("overrides", nargs="*", metavar="section.field=value",
+                   help="config overrides, e.g. optim.lr=3e-4 run.max_steps=2000 "
+                        "(sections: model, data, mask, optim, run)")
+    p.add_argument("--config", help="YAML or JSON config file (see xlmr_fast/train/config.py)")
+    p.add_argument("--preset", choices=("tiny", "small", "base", "large"),
+                   help="starting config (default: the file's, else tiny on CPU and small with "
+                        "a GPU)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--corpus", help="raw corpus dir (<lang>.txt[.xz|.gz], CC-100 format): "
+                                      "a tokenizer is trained and the text preprocessed first "
+                                      "(cached). Default: the embedded demo corpus")
+    src.add_argument("--data", help="preprocessed shards (from `xlmr-fast preprocess`); needs "
+                                    "--tokenizer")
+    p.add_argument("--tokenizer", help="tokenizer dir the --data shards were made with")
+    p.add_argument("--vocab-size", type=int, default=8000,
+                   help="pieces of the tokenizer trained for --corpus / the demo (default 8000; "
+                        "XLM-R has 250000)")
+    p.add_argument("--sentences", type=int, default=2_000_000,
+                   help="tokenizer training sample size for --corpus (default 2,000,000 lines)")
+    p.add_argument("--prepared", help="where the tokenizer and shards of --corpus go (default: "
+                                      "a cache folder, ~/.cache/xlmr_fast/prepared/...)")
+    p.add_argument("--workers", type=int, default=None, help="preprocess processes")
+    p.add_argument("--out", help="run directory (default runs/<preset>-<date>-<time>; with "
+                                 "--resume, the newest run in runs/)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in the run directory")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="stop after this many minutes (checkpoint, evaluation, export): "
+                        "run.max_time_minutes")
+
+
+def _newest_run(root: Path) -> Path | None:
+    runs = [d for d in root.glob("*") if (d / "checkpoints").is_dir()] if root.is_dir() else []
+    return max(runs, key=lambda d: d.stat().st_mtime) if runs else None
+
+
+def _cli_run(a) -> int:
+    from .config import TrainConfig, load_config
+    from .prepare import prepare_corpus
+
+    logging.getLogger("xlmr_fast").setLevel(logging.INFO)
+    gpu = torch.cuda.is_available()
+    base = None
+    if a.preset or not a.config:
+        base = TrainConfig.preset(a.preset or ("small" if gpu else "tiny"))
+        if not a.preset and gpu:  # the demo on a GPU: larger model, short blocks, more steps
+            base = load_config(None, ["data.seq_len=128", "data.micro_batch=64",
+                                      "optim.max_steps=2000", "optim.grad_accum=1",
+                                      "optim.warmup_steps=100", "run.eval_every=500",
+                                      "run.save_every=500"], base)
+    cfg = load_config(a.config, a.overrides, base)
+
+    if a.data:
+        if not a.tokenizer:
+            raise ValueError("--data needs --tokenizer (the tokenizer dir the shards were made "
+                             "with)")
+        data_dir, tok_dir = Path(a.data), Path(a.tokenizer)
+    elif cfg.data.data_dir and not a.corpus:
+        data_dir, tok_dir = Path(cfg.data.data_dir), cfg.data.tokenizer
+    else:
+        corpus = a.corpus
+        if corpus is None:
+            from ..data.demo import demo_corpus
+            corpus = demo_corpus()
+            print(f"no --corpus given: using the demo corpus {corpus} (chatterbot-corpus, "
+                  f"28 languages)", flush=True)
+        data_dir, tok_dir = prepare_corpus(corpus, a.prepared, vocab_size=a.vocab_size,
+                                           sentences=a.sentences, workers=a.workers,
+                                           seed=cfg.run.seed)
+    out = a.out
+    if out is None:
+        if a.resume:
+            newest = _newest_run(Path("runs"))
+            if newest is None:
+                raise FileNotFoundError("--resume without --out: no run with checkpoints in "
+                                        "runs/; pass --out RUN_DIR")
+            out = str(newest)
+        else:
+            out = f"runs/{cfg.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = {"out_dir": out}
+    if a.minutes is not None:
+        run["max_time_minutes"] = a.minutes
+    from .config import from_dict
+    cfg = from_dict({"data": {"data_dir": str(data_dir),
+                              "tokenizer": str(tok_dir) if tok_dir else None}, "run": run}, cfg)
+    summary = pretrain(cfg, resume=a.resume)
+    run_dir = Path(summary["run_dir"])
+    if summary["stopped"] not in (None, "time limit"):
+        print(f"stopped ({summary['stopped']}) at step {summary['step']}; resume with: "
+              f"xlmr-fast pretrain --resume --out {run_dir}")
+        return 130 if summary["stopped"] == "SIGINT" else 143
+    t = summary.get("train") or {}
+    print(f"done: {summary['step']} steps, last train loss {t.get('loss', float('nan')):.3f}, "
+          f"{t.get('tokens_per_s', 0):,.0f} tokens/s. Run directory {run_dir}: config.yaml, "
+          f"metrics.jsonl, loss.png, loss_per_language.png, checkpoints/, final/ (HF model + "
+          f"tokenizer)")
+    return 0
+
+
+def _register() -> None:
+    from .. import cli
+    if "pretrain" not in cli.COMMANDS:
+        cli.register("pretrain", "pretrain XLM-R with masked LM (no arguments: a tiny model on "
+                     "the embedded demo corpus)", _cli_args, _cli_run)
+
+
+_register()
