@@ -127,14 +127,15 @@ def test_crash_before_pointer_update(tmp_path, monkeypatch):
     the pointer still names the previous one (latest() trusts it)."""
     mgr = CheckpointManager(tmp_path, keep_last=2)
     first = mgr.save(1, {"w": torch.randn(4)})
-    real_replace = C.os.replace
+    from xlmr_fast import _io
+    real_replace = _io.os.replace
 
     def replace(src, dst):
         if str(dst).endswith("latest"):
             raise KeyboardInterrupt  # SIGINT arriving at the worst moment
         return real_replace(src, dst)
 
-    monkeypatch.setattr(C.os, "replace", replace)
+    monkeypatch.setattr(_io.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         mgr.save(2, {"w": torch.randn(4)})
     monkeypatch.undo()

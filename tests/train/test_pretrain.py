@@ -168,3 +168,27 @@ def test_sigterm_from_outside_saves_and_resumes(prepared, tmp_path):
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert CheckpointManager(out).load()["step"] == step + 2
+
+
+def test_main_job_with_no_data_uses_the_demo_corpus(tmp_path, monkeypatch, capsys):
+    """`xlmr-fast pretrain` with no data arguments: demo corpus -> tokenizer -> shards -> a
+    short tiny run (steps cut down here) with the per-language table at the end."""
+    pytest.importorskip("chatterbot_corpus")
+    from xlmr_fast import cli
+    monkeypatch.setenv("XLMR_FAST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    rc = cli.main(["pretrain", "optim.max_steps=40", "optim.warmup_steps=5", "run.log_every=10",
+                   "run.eval_every=20", "run.save_every=20", "run.progress=false"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    runs = list((tmp_path / "runs").glob("tiny-*"))
+    assert len(runs) == 1
+    run = runs[0]
+    assert "using the demo corpus" in out and "per-language masked-LM loss" in out
+    train = [r for r in read_metrics(run) if r["kind"] == "train"]
+    assert len(train[-1]["loss_lang"]) >= 20          # most of the 28 demo languages
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert (run / "final" / "model.safetensors").exists()
+    # --resume without --out finds the newest run (finished: nothing left to do)
+    assert cli.main(["pretrain", "--resume", "optim.max_steps=40", "optim.warmup_steps=5",
+                     "run.progress=false"]) == 0

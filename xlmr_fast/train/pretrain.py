@@ -73,6 +73,11 @@ def _checkpoint_layers(layers) -> None:
         layer.forward = lambda *a, _f=fwd, **k: checkpoint(_f, *a, use_reentrant=False, **k)
 
 
+def _range(name: str):
+    """A named range for the profiler (bench/bench_train.py's breakdown); ~1 us when idle."""
+    return torch.profiler.record_function(name)
+
+
 def _rank_within(groups):
     """k for the k-th occurrence of each value of groups (groups sorted ascending)."""
     import numpy as np
@@ -200,23 +205,27 @@ class Trainer:
         it = self._iter()
         n_targets = torch.zeros((), dtype=torch.float32, device=self.device)
         for m in range(A):
-            ids, langs = next(it)
-            ids = ids.to(self.device, non_blocking=True)
-            langs = langs.to(self.device, non_blocking=True)
+            with _range("train/data"):
+                ids, langs = next(it)
+                ids = ids.to(self.device, non_blocking=True)
+                langs = langs.to(self.device, non_blocking=True)
             key = (self.step * A + m) * W + dist.rank
-            masked, labels, pos, count = ops.mlm_mask_static(
-                ids, vocab_size=self.vocab_size, mask_id=self.model_cfg.mask_token_id,
-                seed=cfg.run.seed, step=key, capacity=self.capacity, mask_prob=cfg.mask.prob,
-                pad_id=self.model_cfg.pad_token_id, mask_special=cfg.mask.mask_special)
+            with _range("train/mask"):
+                masked, labels, pos, count = ops.mlm_mask_static(
+                    ids, vocab_size=self.vocab_size, mask_id=self.model_cfg.mask_token_id,
+                    seed=cfg.run.seed, step=key, capacity=self.capacity,
+                    mask_prob=cfg.mask.prob, pad_id=self.model_cfg.pad_token_id,
+                    mask_special=cfg.mask.mask_special)
             sync = (self.model.no_sync() if dist.mode == "ddp" and m < A - 1 else nullcontext())
             if dist.mode == "fsdp":
                 self.model.set_requires_gradient_sync(m == A - 1)
             with sync:
-                with self.autocast:
+                with _range("train/forward"), self.autocast:
                     loss_N = self.forward(masked, labels=labels, masked_positions=pos,
                                           reduction="none").loss
                 loss_sum = loss_N.float().sum()
-                loss_sum.backward()
+                with _range("train/backward"):
+                    loss_sum.backward()
             used = pos >= 0
             n_targets += used.sum()
             lang_N = langs.index_select(0, pos.clamp(min=0) // T)
@@ -241,10 +250,11 @@ class Trainer:
             return
         clip = cfg.optim.clip_norm
         factor = scale * (min(1.0, clip / (grad_norm + 1e-6)) if clip > 0 else 1.0)
-        torch._foreach_mul_([p.grad for p in params], factor)
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
+        with _range("train/optimizer"):
+            torch._foreach_mul_([p.grad for p in params], factor)
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
         self.bad_steps = 0
         self.step += 1
         self.acc["steps"] += 1
