@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(no_interp)
 
 
+@pytest.fixture(scope="session")
+def shared_data_dir():
+    """../shared/data as a Path, for module- and session-scoped fixtures (skips when absent)."""
+    if not os.path.isdir(SHARED_DATA):
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return Path(SHARED_DATA)
+
+
 @pytest.fixture
 def shared_data():
     if not os.path.isdir(SHARED_DATA):
@@ -33,3 +42,30 @@ def _seed_per_test(request):
 
     base = int(os.environ.get("XLMR_FAST_TEST_SEED", "0"))
     torch.manual_seed(base + zlib.crc32(request.node.nodeid.encode()))
+
+
+# A small real corpus prepared once per session (tests/train, tests/finetune): 4 languages of
+# ../shared/data/cc100-mini (Latin and Cyrillic scripts, different sizes), a 500-piece
+# tokenizer, token shards.
+PREPARED_LANGS = ("en", "de", "sw", "ru")
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    src = Path(SHARED_DATA) / "cc100-mini"
+    if not src.is_dir():
+        pytest.skip(f"shared data not found at {src}")
+    from xlmr_fast.train.prepare import prepare_corpus
+    root = tmp_path_factory.mktemp("prepared")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    n = 0
+    for lang in PREPARED_LANGS:
+        for f in src.glob(f"{lang}.txt*"):
+            os.symlink(f.resolve(), corpus / f.name)
+            n += 1
+    if n < 3:
+        pytest.skip(f"cc100-mini lacks the test languages {PREPARED_LANGS}")
+    shards, tok = prepare_corpus(corpus, root / "work", vocab_size=500, sentences=4000,
+                                 workers=1, progress=False)
+    return shards, tok

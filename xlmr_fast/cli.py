@@ -70,6 +70,7 @@ register("convert", "convert an HF or fairseq XLM-R checkpoint to the HF (or fai
 from .data import preprocess as _preprocess  # noqa: E402,F401  (registers `preprocess`)
 from . import tokenizer as _tokenizer  # noqa: E402,F401  (registers `train-tokenizer`)
 from .train import pretrain as _pretrain  # noqa: E402,F401  (registers `pretrain`)
+from .finetune import run as _finetune  # noqa: E402,F401  (registers `finetune`, `evaluate`)
 
 
 # ---------------------------------------------------------------- entry point

@@ -8,7 +8,6 @@ import glob
 import json
 import math
 import os
-from pathlib import Path
 
 import pytest
 
@@ -23,14 +22,8 @@ SMALL_LANGS = ("en", "ar", "hi", "sw", "yo")
 
 
 @pytest.fixture(scope="module")
-def data_dir():
-    # Module-scoped fixtures cannot use the function-scoped `shared_data` fixture of
-    # tests/conftest.py; this is the same path and the same skip rule.
-    root = Path(__file__).resolve().parents[2]
-    shared = Path(os.environ.get("XLMR_FAST_SHARED_DATA", root / ".." / "shared" / "data"))
-    if not shared.is_dir():
-        pytest.skip(f"shared data not found at {shared}")
-    return shared
+def data_dir(shared_data_dir):
+    return shared_data_dir
 
 
 @pytest.fixture(scope="module")

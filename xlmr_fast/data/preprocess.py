@@ -33,7 +33,6 @@ import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -71,9 +70,9 @@ def _threads() -> int:
     return max(1, _WORKER["cores"] // left)
 
 
-def _encode(tok, lines: list[str], threads: int) -> list[list[int]]:
-    tok.threads = threads  # Tokenizer.encode_ids runs sentencepiece with tok.threads threads
-    return tok.encode_ids(lines)
+def _encode(tok, lines: list[str], threads: int):
+    tok.threads = threads  # Tokenizer.encode_ids_flat runs sentencepiece with tok.threads threads
+    return tok.encode_ids_flat(lines)
 
 
 def _encode_language(lang: str, src: str, out_path: str, vocab_size: int, tok_sha: str,
@@ -92,11 +91,9 @@ def _encode_language(lang: str, src: str, out_path: str, vocab_size: int, tok_sh
         nonlocal docs, n_batch, reported
         if not docs:
             return
-        ids = _encode(tok, [ln for d in docs for ln in d], _threads())
-        # One flat array for the whole batch (C-level iteration), then </s> after every line:
-        # line i occupies out[ends[i] - lens[i] - 1 : ends[i] - 1], its </s> sits at ends[i] - 1.
-        lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter(chain.from_iterable(ids), dtype=np.uint32, count=int(lens.sum()))
+        flat, lens = _encode(tok, [ln for d in docs for ln in d], _threads())
+        # One flat array for the whole batch, then </s> after every line: line i occupies
+        # out[ends[i] - lens[i] - 1 : ends[i] - 1], its </s> sits at ends[i] - 1.
         ends = np.cumsum(lens + 1)
         out = np.empty(int(ends[-1]), dtype=np.uint32)
         is_eos = np.zeros(out.shape[0], dtype=bool)

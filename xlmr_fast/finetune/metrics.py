@@ -14,17 +14,17 @@ import re
 import string
 import unicodedata
 from collections import Counter
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = [
+    "MLQA_LANGS",
     "accuracy",
     "entity_spans",
-    "span_f1",
-    "normalize_answer",
-    "squad_f1",
     "exact_match",
+    "normalize_answer",
+    "span_f1",
+    "squad_f1",
     "squad_scores",
-    "MLQA_LANGS",
 ]
 
 
@@ -91,7 +91,9 @@ def span_f1(true_seqs: Sequence[Sequence[str]], pred_seqs: Sequence[Sequence[str
     for k, (gold, pred) in enumerate(zip(true_seqs, pred_seqs)):
         gold, pred = list(gold), list(pred)
         if len(gold) != len(pred):
-            raise ValueError(f"span_f1: sentence {k} has {len(gold)} gold tags but {len(pred)} predicted")
+            raise ValueError(
+                f"span_f1: sentence {k} has {len(gold)} gold tags but {len(pred)} predicted"
+            )
         g, p = entity_spans(gold), entity_spans(pred)
         n_true += len(g)
         n_pred += len(p)
@@ -121,13 +123,15 @@ def span_f1(true_seqs: Sequence[Sequence[str]], pred_seqs: Sequence[Sequence[str
 # the Arabic rule removes the substring "ال" everywhere, not only as a word-initial article, exactly as
 # the script's regex does (its first alternative `\sال^` can never match).
 
-_ASCII_PUNCT = frozenset(string.punctuation)  # includes $ + < = > ^ ` | ~, which are Unicode S*, not P*
+# string.punctuation includes $ + < = > ^ ` | ~, which are Unicode S*, not P*
+_ASCII_PUNCT = frozenset(string.punctuation)
 
 
 def _is_punct(ch: str) -> bool:
     # MLQA builds the set of every P* code point up front; testing the category per character is the
     # same set without a 1.1M-iteration import cost.
     return ch in _ASCII_PUNCT or unicodedata.category(ch).startswith("P")
+
 
 _ARTICLES = {
     "en": re.compile(r"\b(a|an|the)\b"),
@@ -218,7 +222,9 @@ def squad_scores(
     missing = 0
     for qid, golds in references.items():
         if isinstance(golds, str):
-            raise ValueError(f"squad_scores: references[{qid!r}] must be a list of answer strings, not a str")
+            raise TypeError(
+                f"squad_scores: references[{qid!r}] must be a list of answer strings, not a str"
+            )
         golds = list(golds)
         if not golds:
             raise ValueError(f"squad_scores: question {qid!r} has no gold answers")
@@ -229,4 +235,9 @@ def squad_scores(
         f1 += max(squad_f1(pred, g, lang) for g in golds)
         em += max(exact_match(pred, g, lang) for g in golds)
     total = len(references)
-    return {"f1": 100.0 * f1 / total, "exact_match": 100.0 * em / total, "total": total, "missing": missing}
+    return {
+        "f1": 100.0 * f1 / total,
+        "exact_match": 100.0 * em / total,
+        "total": total,
+        "missing": missing,
+    }

@@ -20,26 +20,26 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
 
 __all__ = [
+    "PAWSX_LABELS",
+    "XNLI_LABELS",
     "DataFormatError",
     "PairExample",
-    "TokenExample",
     "QAExample",
-    "XNLI_LABELS",
-    "PAWSX_LABELS",
-    "iter_xnli",
-    "read_xnli",
-    "xnli_premise_split",
-    "iter_panx",
-    "read_panx",
+    "TokenExample",
     "iter_conll2002",
-    "read_conll2002",
-    "read_squad",
-    "tag_set",
+    "iter_panx",
+    "iter_xnli",
     "lang_from_filename",
+    "read_conll2002",
+    "read_panx",
+    "read_squad",
+    "read_xnli",
+    "tag_set",
+    "xnli_premise_split",
 ]
 
 
@@ -137,11 +137,9 @@ def _detect_encoding(path) -> str:
 
 def _lines(path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its end-of-line) for every line; tolerates CRLF and a BOM."""
-    try:
-        f = open(path, encoding=encoding, newline="")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"data file not found: {os.fspath(path)}") from None
-    with f:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file not found: {os.fspath(path)}")
+    with open(path, encoding=encoding, newline="") as f:
         for n, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if n == 1 and line.startswith("\ufeff"):
@@ -155,7 +153,9 @@ _IOB_TAG = re.compile(r"O|[BI]-\S+")
 def _check_tag(path, n: int, tag: str) -> None:
     if not _IOB_TAG.fullmatch(tag):
         raise DataFormatError(
-            path, f"line {n}", f"tag {tag!r} is not an IOB2 tag (expected 'O', 'B-<type>' or 'I-<type>')"
+            path,
+            f"line {n}",
+            f"tag {tag!r} is not an IOB2 tag (expected 'O', 'B-<type>' or 'I-<type>')",
         )
 
 
@@ -181,7 +181,11 @@ def _header_columns(fields: list[str]) -> dict[str, int] | None:
                 return low.index(name)
         return None
 
-    cols = {"premise": find(_PREMISE_COLS), "hypothesis": find(_HYPOTHESIS_COLS), "label": find(_LABEL_COLS)}
+    cols = {
+        "premise": find(_PREMISE_COLS),
+        "hypothesis": find(_HYPOTHESIS_COLS),
+        "label": find(_LABEL_COLS),
+    }
     if cols["premise"] is None or cols["hypothesis"] is None:
         # a header naming a label column but not the texts: the default 3-column order applies
         cols["premise"], cols["hypothesis"] = 0, 1
@@ -189,7 +193,9 @@ def _header_columns(fields: list[str]) -> dict[str, int] | None:
     return cols
 
 
-def iter_xnli(path, lang: str | None = None, labels: Sequence[str] = XNLI_LABELS) -> Iterator[PairExample]:
+def iter_xnli(
+    path, lang: str | None = None, labels: Sequence[str] = XNLI_LABELS
+) -> Iterator[PairExample]:
     """Stream :class:`PairExample` from an XNLI / PAWS-X style TSV file. See :func:`read_xnli`."""
     labels = tuple(labels)
     index = {lab.lower(): i for i, lab in enumerate(labels)}
@@ -198,7 +204,9 @@ def iter_xnli(path, lang: str | None = None, labels: Sequence[str] = XNLI_LABELS
     cols = None  # set when the file has a header
     ncols = 3
     file_lang = None
-    counts: dict[str, int] = {}  # pair index per language (files with a language column mix languages)
+    counts: dict[
+        str, int
+    ] = {}  # pair index per language (files with a language column mix languages)
     for n, line in _lines(path):
         if not line.strip():
             continue  # blank lines (e.g. a trailing one) carry no pair
@@ -239,7 +247,9 @@ def iter_xnli(path, lang: str | None = None, labels: Sequence[str] = XNLI_LABELS
         yield PairExample(f"{row_lang}-{i}", premise, hypothesis, index[key], row_lang)
 
 
-def read_xnli(path, lang: str | None = None, labels: Sequence[str] = XNLI_LABELS) -> list[PairExample]:
+def read_xnli(
+    path, lang: str | None = None, labels: Sequence[str] = XNLI_LABELS
+) -> list[PairExample]:
     """Sentence pairs from a TSV file in the XTREME XNLI / PAWS-X layout: ``premise<TAB>hypothesis<TAB>label``.
 
     - ``labels``: the label strings in class-id order (``XNLI_LABELS``, or ``PAWSX_LABELS`` for PAWS-X).
@@ -276,7 +286,9 @@ def xnli_premise_split(
         raise ValueError("xnli_premise_split: no examples")
     langs = {ex.lang for ex in examples}
     if len(langs) != 1:
-        raise ValueError(f"xnli_premise_split: expected the pairs of one language, got {sorted(langs)}")
+        raise ValueError(
+            f"xnli_premise_split: expected the pairs of one language, got {sorted(langs)}"
+        )
     lang = examples[0].lang
     for i, ex in enumerate(examples):
         if ex.guid != f"{lang}-{i}":
@@ -311,14 +323,18 @@ def xnli_premise_split(
 # NER: PAN-X and CoNLL
 
 
-def iter_panx(path, lang: str | None = None, strip_lang_prefix: bool | None = None) -> Iterator[TokenExample]:
+def iter_panx(
+    path, lang: str | None = None, strip_lang_prefix: bool | None = None
+) -> Iterator[TokenExample]:
     """Stream :class:`TokenExample` from a PAN-X / WikiANN TSV file. See :func:`read_panx`."""
     lang = lang if lang is not None else lang_from_filename(path)
     prefix = None  # "xx:" when tokens carry a language prefix that is to be stripped
     decided = strip_lang_prefix is not None
     if strip_lang_prefix:
         if lang is None:
-            raise ValueError(f"strip_lang_prefix=True needs a language for {os.fspath(path)!r}; pass lang=")
+            raise ValueError(
+                f"strip_lang_prefix=True needs a language for {os.fspath(path)!r}; pass lang="
+            )
         prefix = f"{lang}:"
     words: list[str] = []
     tags: list[str] = []
@@ -333,7 +349,9 @@ def iter_panx(path, lang: str | None = None, strip_lang_prefix: bool | None = No
         fields = line.split("\t")
         if len(fields) != 2:
             raise DataFormatError(
-                path, f"line {n}", f"expected 'token<TAB>tag' (2 columns), found {len(fields)} column(s)"
+                path,
+                f"line {n}",
+                f"expected 'token<TAB>tag' (2 columns), found {len(fields)} column(s)",
             )
         word, tag = fields
         if not decided:
@@ -352,7 +370,9 @@ def iter_panx(path, lang: str | None = None, strip_lang_prefix: bool | None = No
         if prefix is not None:
             if not word.startswith(prefix) or len(word) == len(prefix):
                 raise DataFormatError(
-                    path, f"line {n}", f"token {word!r} lacks the {prefix!r} prefix the other tokens carry"
+                    path,
+                    f"line {n}",
+                    f"token {word!r} lacks the {prefix!r} prefix the other tokens carry",
                 )
             word = word[len(prefix) :]
         if not word:
@@ -364,7 +384,9 @@ def iter_panx(path, lang: str | None = None, strip_lang_prefix: bool | None = No
         yield TokenExample(f"{lang}-{i}", tuple(words), tuple(tags), lang)
 
 
-def read_panx(path, lang: str | None = None, strip_lang_prefix: bool | None = None) -> list[TokenExample]:
+def read_panx(
+    path, lang: str | None = None, strip_lang_prefix: bool | None = None
+) -> list[TokenExample]:
     """Sentences from a PAN-X / WikiANN file: ``token<TAB>tag`` per line, a blank line between sentences.
 
     - Tags must be IOB2 tag strings (``O``, ``B-X``, ``I-X``); anything else raises
@@ -402,13 +424,17 @@ def iter_conll2002(path, lang: str | None = None) -> Iterator[TokenExample]:
             continue
         if not 2 <= len(fields) <= 5:
             raise DataFormatError(
-                path, f"line {n}", f"expected 'word [POS ...] tag' (2 to 5 columns), found {len(fields)} column(s)"
+                path,
+                f"line {n}",
+                f"expected 'word [POS ...] tag' (2 to 5 columns), found {len(fields)} column(s)",
             )
         if ncols is None:
             ncols = len(fields)
         elif len(fields) != ncols:
             raise DataFormatError(
-                path, f"line {n}", f"found {len(fields)} columns where the file's earlier lines have {ncols}"
+                path,
+                f"line {n}",
+                f"found {len(fields)} columns where the file's earlier lines have {ncols}",
             )
         _check_tag(path, n, fields[-1])
         words.append(fields[0])
@@ -485,7 +511,9 @@ def read_squad(path, lang: str | None = None) -> list[QAExample]:
     except FileNotFoundError:
         raise FileNotFoundError(f"data file not found: {os.fspath(path)}") from None
     except json.JSONDecodeError as e:
-        raise DataFormatError(path, f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}") from None
+        raise DataFormatError(
+            path, f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}"
+        ) from None
     except UnicodeDecodeError as e:
         raise DataFormatError(path, f"byte {e.start}", "not UTF-8") from None
     data = _get(doc, "data", path, "top level", list)
@@ -508,7 +536,9 @@ def read_squad(path, lang: str | None = None) -> list[QAExample]:
                 answers_json = _get(qa, "answers", path, where, list)
                 if not answers_json:
                     raise DataFormatError(
-                        path, where, "question has no answers (SQuAD v2 unanswerable questions are not supported)"
+                        path,
+                        where,
+                        "question has no answers (SQuAD v2 unanswerable questions are not supported)",
                     )
                 answers = []
                 for k, ans in enumerate(answers_json):
@@ -516,14 +546,18 @@ def read_squad(path, lang: str | None = None) -> list[QAExample]:
                     text = _get(ans, "text", path, where_k, str)
                     start = _get(ans, "answer_start", path, where_k, int)
                     if isinstance(start, bool):
-                        raise DataFormatError(path, where_k, "'answer_start' should be int, is bool")
+                        raise DataFormatError(
+                            path, where_k, "'answer_start' should be int, is bool"
+                        )
                     if not text.strip():
                         raise DataFormatError(path, where_k, "empty answer text")
                     if start < 0 or context[start : start + len(text)] != text:
                         found = _nearest_occurrence(context, text, start)
                         if found is None:
                             raise DataFormatError(
-                                path, where_k, f"answer text {text[:80]!r} does not occur in the context"
+                                path,
+                                where_k,
+                                f"answer text {text[:80]!r} does not occur in the context",
                             )
                         start = found
                         moved += 1

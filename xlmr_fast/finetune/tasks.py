@@ -13,11 +13,13 @@ Three task shapes (xlmr-spec.md §1.3 heads, §2.3 encoding):
   tokens), character offsets of every context token, best span decoded back to the context.
 
 Offsets. sentencepiece reports, for every piece, the span of the *original* (unnormalised)
-input it came from, in UTF-8 bytes: `begin`/`end` of the proto pieces (0.1.99-0.2.1,
-out_type="immutable_proto"; 0.2.1+ return_type="proto") and `offsets` of
-return_type="offset_mapping" with return_bytes=True (0.2.1+). `_encode_with_offsets` uses
-whichever the installed version has and converts bytes to Python string (code point)
-indices itself. Two properties matter below:
+input it came from, but the units depend on version and API: return_type="offset_mapping"
+(0.2.1+) gives characters, or UTF-8 bytes with return_bytes=True (used here); parsed protos
+(return_type="proto", 0.2.1+) give bytes; the 0.1.99-0.2.0 binding converts
+out_type="immutable_proto" spans to characters for str input. `_offset_api` therefore probes
+the installed version once with a non-ASCII string, measures the unit, and
+`_encode_with_offsets` converts bytes to Python string (code point) indices itself. Two
+properties matter below:
   - a word-initial piece ("▁foo") spans the whitespace before the word; a lone "▁" piece
     spans only whitespace, or nothing at all at the start of the text (e.g. before Chinese);
   - where NFKC normalisation expands one character into several pieces ("ﬁ" -> "▁f" "i"),
@@ -34,7 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from typing import Iterable, Sequence
+from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -43,37 +45,55 @@ BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
 
 # ------------------------------------------------------------------------ sentencepiece offsets
-_OFFSET_API: dict[type, str] = {}
+_OFFSET_API: dict[type, tuple[str, bool]] = {}
+_PROBE = "aé 你b"  # 5 characters, 8 UTF-8 bytes
 
 
-def _raw_spans(sp, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """(spm ids, UTF-8 byte spans in `text`) from whichever API this sentencepiece has."""
-    api = _OFFSET_API.get(type(sp))
-    if api is None:
-        # Probe once per processor class; every API below is checked against plain ids.
-        for cand in ("offset_mapping", "immutable_proto", "proto"):
-            try:
-                ids, spans = _raw_spans_with(sp, "a b", cand)
-            except Exception:  # noqa: BLE001 - an API this version lacks, in any form
-                continue
-            if ids == list(sp.encode("a b")) and len(spans) == len(ids):
-                api = cand
+def _offset_api(sp) -> tuple[str, bool]:
+    """(API name, whether its spans count UTF-8 bytes) for this sentencepiece, probed once.
+
+    The units differ between versions and APIs: serialized protos count bytes, while the
+    0.1.99-0.2.0 binding converts immutable_proto spans to characters
+    (ConvertToUnicodeSpans) for str input. So the units are measured, not assumed: the last
+    piece of the probe ends at 8 in bytes and at 5 in characters."""
+    key = type(sp)
+    if key not in _OFFSET_API:
+        for api in ("offset_mapping", "immutable_proto", "proto"):
+            in_bytes = _probe_units(sp, api)
+            if in_bytes is not None:
+                _OFFSET_API[key] = (api, in_bytes)
                 break
-        if api is None:
-            raise RuntimeError("this sentencepiece version gives no piece offsets (tried "
+        else:
+            raise RuntimeError("this sentencepiece version gives no usable piece offsets (tried "
                                "return_type='offset_mapping', out_type='immutable_proto' and "
-                               "'proto'); install sentencepiece>=0.1.99")
-        _OFFSET_API[type(sp)] = api
-    return _raw_spans_with(sp, text, api)
+                               "return_type='proto'); install sentencepiece>=0.1.99")
+    return _OFFSET_API[key]
 
 
-def _raw_spans_with(sp, text: str, api: str):
-    if api == "offset_mapping":  # sentencepiece >= 0.2.1: no protobuf needed
+def _probe_units(sp, api: str) -> bool | None:
+    """True: `api` gives byte spans, False: character spans, None: unusable here."""
+    try:
+        ids, spans = _raw_spans_with(sp, _PROBE, api)
+    except Exception:  # noqa: BLE001 - an API this version lacks, in any form
+        return None
+    if ids != list(sp.encode(_PROBE)) or len(spans) != len(ids) or not spans:
+        return None
+    end = spans[-1][1]
+    if end == len(_PROBE):
+        return False
+    if end == len(_PROBE.encode("utf-8")):
+        return True
+    return None
+
+
+def _raw_spans_with(sp, text: str, api: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """(spm ids, spans as the API gives them: bytes or characters, see _offset_api)."""
+    if api == "offset_mapping":  # sentencepiece >= 0.2.1, no protobuf needed
         r = sp.encode(text, return_type="offset_mapping", return_bytes=True)
         return list(r["ids"]), [tuple(o) for o in r["offsets"]]
     if api == "immutable_proto":  # sentencepiece 0.1.99 - 0.2.0
         pieces = sp.encode(text, out_type="immutable_proto").pieces
-    else:  # "proto": parsed with protobuf
+    else:  # "proto": parsed with protobuf (sentencepiece >= 0.2.1)
         pieces = sp.encode(text, return_type="proto").pieces
     return [p.id for p in pieces], [(p.begin, p.end) for p in pieces]
 
@@ -114,23 +134,32 @@ class _Blank:
         return r
 
 
+def _char_spans(text: str, spans, in_bytes: bool) -> list[tuple[int, int]]:
+    """Spans in characters of `text`, from spans in UTF-8 bytes (in_bytes) or characters."""
+    b2c = _byte_to_char(text) if in_bytes else None
+    if b2c is None:
+        return [(b, e) for b, e in spans]
+    out = []
+    for b, e in spans:
+        # A span starts and ends on a character boundary unless byte fallback splits a
+        # character into byte pieces: then every such piece gets the whole character.
+        on_boundary = e == 0 or e == len(b2c) - 1 or b2c[e] != b2c[e - 1]
+        out.append((b2c[b], b2c[e] if on_boundary else b2c[e] + 1))
+    return out
+
+
 def _encode_with_offsets(sp, text: str, blank: _Blank | None = None
                          ) -> tuple[list[int], list[tuple[int, int]]]:
     """fairseq ids of `text` (no specials) and each piece's (start, end) character span in
     `text`, blank characters (see _Blank) at the span's ends removed; a span may be empty
     (start == end) for pieces that cover only blanks or nothing."""
     blank = blank or _Blank(sp)
-    spm_ids, bspans = _raw_spans(sp, text)
-    b2c = _byte_to_char(text)
+    api, in_bytes = _offset_api(sp)
+    spm_ids, raw = _raw_spans_with(sp, text, api)
     ids = [i + 1 if i else UNK_ID for i in spm_ids]  # fairseq: spm id + 1, spm <unk> 0 -> 3
     spans = []
     n = len(text)
-    for b, e in bspans:
-        if b2c is not None:
-            # A span always starts and ends on a character boundary unless byte fallback
-            # splits a character into byte pieces: then every such piece gets the character.
-            on_boundary = e == 0 or e == len(b2c) - 1 or b2c[e] != b2c[e - 1]
-            b, e = b2c[b], (b2c[e] if on_boundary else b2c[e] + 1)
+    for b, e in _char_spans(text, raw, in_bytes):
         b, e = min(b, n), min(e, n)
         while b < e and blank(text[b]):
             b += 1
@@ -188,7 +217,8 @@ def encode_pairs(tok, examples, max_length: int = 128) -> list[dict]:
 
 
 # ------------------------------------------------------------------------ token classification
-def word_pieces(tok, words: Sequence[str]) -> tuple[list[int], list[int | None]]:
+def word_pieces(tok, words: Sequence[str], blank: _Blank | None = None
+                ) -> tuple[list[int], list[int]]:
     """ids of " ".join(words) (no specials) and the word index of every piece.
 
     A piece belongs to the word whose characters it covers; a piece covering none (a lone
@@ -197,7 +227,7 @@ def word_pieces(tok, words: Sequence[str]) -> tuple[list[int], list[int | None]]
     before it. Words that normalise to nothing (e.g. only zero-width characters) get no
     piece."""
     text = " ".join(words)
-    ids, spans = _encode_with_offsets(tok.sp, text)
+    ids, spans = _encode_with_offsets(tok.sp, text, blank)
     char_word = [None] * len(text)
     pos = 0
     for w, word in enumerate(words):
@@ -246,6 +276,7 @@ def encode_tokens(tok, examples, label_list, max_length: int = 256) -> list[dict
         raise ValueError(f"max_length must be at least 3, got {max_length}")
     lab = _label_map(label_list)
     budget = max_length - 2
+    blank = _Blank(tok.sp)
     feats, n_split, n_cut = [], 0, 0
     for ei, ex in enumerate(examples):
         words, tags = tuple(ex.words), tuple(ex.tags)
@@ -256,7 +287,7 @@ def encode_tokens(tok, examples, label_list, max_length: int = 256) -> list[dict
         except KeyError as e:
             raise ValueError(f"example {ex.guid!r}: tag {e.args[0]!r} is not in label_list "
                              f"{list(lab)}") from None
-        ids, wid = word_pieces(tok, words)
+        ids, wid = word_pieces(tok, words, blank)
         # first piece index of every word and its piece count
         first: dict[int, int] = {}
         count = [0] * len(words)
@@ -323,9 +354,8 @@ def merge_token_predictions(features, logits_list, examples, label_list) -> list
         tags = out[f["example_index"]]
         prev = None
         for k, w in enumerate(wid):
-            if w is not None and w != prev:
-                if tags[w] is None:  # a word seen again (cut word) keeps its first piece
-                    tags[w] = labels[int(pred[k])]
+            if w is not None and w != prev and tags[w] is None:  # the word's first piece
+                tags[w] = labels[int(pred[k])]
             prev = w
     missing = 0
     for tags in out:
@@ -361,7 +391,8 @@ def encode_qa(tok, examples, max_length: int = 384, doc_stride: int = 128,
     overlap by window - doc_stride pieces), the last window ending at the context's end.
 
     Per feature: "input_ids"; "offsets" (per token: (char_start, char_end) in the context for
-    context tokens, None otherwise; whitespace-trimmed, possibly empty); "example_index";
+    context tokens, None otherwise; blank characters at both ends left out, so a lone "▁"
+    piece has an empty span at the start of the text that follows it); "example_index";
     "qid"; "start_position"/"end_position" (token indices of the first answer's first and
     last piece when the whole answer lies in this window, else 0/0, the <s> token: the
     training target); "lang". The gold span starts at the first piece with visible characters

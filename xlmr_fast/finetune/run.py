@@ -1,0 +1,443 @@
+"""Cross-lingual fine-tuning and evaluation: `xlmr-fast finetune {xnli,ner,qa}` and `evaluate`.
+
+    finetune(FinetuneArgs(task="xnli", model="runs/.../final", train=[...], eval=[...]))
+
+One loop for the three tasks (the pretraining trainer's optimizer, schedule and precision):
+  read examples (finetune/readers.py) -> features (finetune/tasks.py) -> length-bucketed batches
+  padded to a multiple of 8 -> bf16 autocast on CUDA, fused AdamW, linear warmup/decay, clipping
+  -> after every epoch: evaluation on the joint dev set (all dev languages pooled, as the paper
+  selects one model, #M = 1) keeps the best weights -> per-language scores on every eval file
+  -> several seeds: mean and standard deviation per language -> a table shaped like the paper's
+  (Markdown + JSON in the output directory).
+Protocols: "transfer" trains on one language and evaluates zero-shot on all eval languages;
+"translate-train-all" trains one model on the training files of all languages.
+Without --dev, no selection is made (the last epoch's weights are evaluated) rather than
+selecting on the test languages.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..model.xlmr import XLMRForQuestionAnswering, XLMRForSequenceClassification, \
+    XLMRForTokenClassification
+from ..tokenizer import Tokenizer
+from ..train.config import OptimSection
+from ..train.optim import make_optimizer, make_scheduler
+from . import metrics as M
+from . import readers as R
+from . import tasks as K
+
+log = logging.getLogger(__name__)
+
+TASKS = ("xnli", "ner", "qa")
+
+
+@dataclass
+class FinetuneArgs:
+    task: str
+    model: str                             # HF dir / fairseq model.pt (pretrained or fine-tuned)
+    train: list[str] = field(default_factory=list)
+    eval: list[str] = field(default_factory=list)
+    dev: list[str] = field(default_factory=list)
+    out: str = "runs/finetune"
+    tokenizer: str | None = None           # default: the model directory
+    protocol: str = "transfer"             # transfer | translate-train-all
+    xnli_premise_split: bool = False       # shared data: premises 0-599 train, 600-829 eval
+    seeds: tuple[int, ...] = (0,)
+    epochs: int = 3
+    max_steps: int = 0                     # > 0: stop after this many updates (smoke runs)
+    batch_size: int = 32
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_length: int = 0                    # 0 = task default (128 pair, 256 token, 384 qa)
+    doc_stride: int = 128
+    device: str = "auto"
+    eval_batch_size: int = 64
+    save_model: bool = True
+    max_train_examples: int = 0            # > 0: first N examples of each training file
+    max_eval_examples: int = 0             # > 0: first N examples of each eval / dev file
+
+
+# ------------------------------------------------------------------ data per task
+def read_files(task: str, paths, split: str, premise_split: bool = False, limit: int = 0
+               ) -> list:
+    """Examples of every file (the first `limit` of each when > 0: smoke runs); the reader finds
+    each file's language from its name."""
+    out = []
+    for p in paths:
+        name = Path(p).name
+        if task == "xnli":
+            ex = R.read_xnli(p)
+            if premise_split:
+                tr, ev = R.xnli_premise_split(ex)
+                ex = tr if split == "train" else ev
+        elif task == "ner":
+            ex = (R.read_conll2002(p) if name.split(".")[0] in ("esp", "ned")
+                  else R.read_panx(p))
+        else:
+            ex = R.read_squad(p)
+        if not ex:
+            raise ValueError(f"{p}: no examples")
+        out.extend(ex[:limit] if limit > 0 else ex)
+    return out
+
+
+def _langs(examples) -> list[str]:
+    return sorted({e.lang for e in examples})
+
+
+class Task:
+    """What differs between the three tasks: model class, features, batch keys, scoring."""
+
+    def __init__(self, name: str, tok: Tokenizer, args: FinetuneArgs, train_examples):
+        self.name, self.tok, self.args = name, tok, args
+        if name == "xnli":
+            self.model_cls, self.num_labels = XLMRForSequenceClassification, len(R.XNLI_LABELS)
+            self.max_length = args.max_length or 128
+        elif name == "ner":
+            self.labels = R.tag_set(train_examples)
+            self.model_cls, self.num_labels = XLMRForTokenClassification, len(self.labels)
+            self.max_length = args.max_length or 256
+        else:
+            self.model_cls, self.num_labels = XLMRForQuestionAnswering, 2
+            self.max_length = args.max_length or 384
+
+    def features(self, examples) -> list[dict]:
+        if self.name == "xnli":
+            return K.encode_pairs(self.tok, examples, max_length=self.max_length)
+        if self.name == "ner":
+            return K.encode_tokens(self.tok, examples, self.labels, max_length=self.max_length)
+        return K.encode_qa(self.tok, examples, max_length=self.max_length,
+                           doc_stride=self.args.doc_stride)
+
+    def batch(self, feats) -> dict:
+        keys = ["input_ids"] + {"xnli": ["label"], "ner": ["labels"],
+                "qa": ["start_position", "end_position"]}[self.name]
+        return K.collate(feats, keys)
+
+    def loss(self, model, b) -> torch.Tensor:
+        if self.name == "xnli":
+            return model(b["input_ids"], b["attention_mask"], labels=b["label"]).loss
+        if self.name == "ner":
+            return model(b["input_ids"], b["attention_mask"], labels=b["labels"]).loss
+        return model(b["input_ids"], b["attention_mask"], start_positions=b["start_position"],
+                     end_positions=b["end_position"]).loss
+
+    def outputs(self, model, b):
+        out = model(b["input_ids"], b["attention_mask"])
+        if self.name == "qa":
+            return list(zip(out.start_logits.float().cpu(), out.end_logits.float().cpu()))
+        return list(out.logits.float().cpu())
+
+    def score(self, examples, feats, outs) -> float:
+        """The task metric in percent: accuracy, entity F1, SQuAD F1 (EM in score_all)."""
+        return self.score_all(examples, feats, outs)[0]
+
+    def score_all(self, examples, feats, outs) -> tuple[float, dict]:
+        if self.name == "xnli":
+            preds = [int(o.argmax()) for o in outs]
+            acc = 100 * M.accuracy(preds, [f["label"] for f in feats])
+            return acc, {"accuracy": acc}
+        if self.name == "ner":
+            logits = [o[:len(f["input_ids"])] for o, f in zip(outs, feats)]
+            pred = K.merge_token_predictions(feats, logits, examples, self.labels)
+            r = M.span_f1([list(e.tags) for e in examples], pred)
+            return 100 * r["f1"], {k: 100 * v for k, v in r.items()}
+        starts = [o[0][:len(f["input_ids"])] for o, f in zip(outs, feats)]
+        ends = [o[1][:len(f["input_ids"])] for o, f in zip(outs, feats)]
+        pred = K.decode_qa(feats, starts, ends, examples)
+        lang = examples[0].lang if examples else "en"
+        refs = {e.qid: [a[0] for a in e.answers] for e in examples}
+        r = M.squad_scores(pred, refs, lang=lang)
+        return r["f1"], r
+
+
+# ------------------------------------------------------------------ the loop
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _to(b: dict, dev) -> dict:
+    return {k: v.to(dev, non_blocking=True) for k, v in b.items()}
+
+
+@torch.no_grad()
+def predict(task: Task, model, feats, dev, amp, batch_size: int) -> list:
+    """Model outputs per feature, in feature order (batches sorted by length for speed)."""
+    model.eval()
+    outs = [None] * len(feats)
+    for idx in K.length_batches([len(f["input_ids"]) for f in feats], batch_size,
+                                shuffle=False):
+        b = _to(task.batch([feats[i] for i in idx]), dev)
+        with amp():
+            for i, o in zip(idx, task.outputs(model, b)):
+                outs[i] = o
+    model.train()
+    return outs
+
+
+def evaluate_sets(task: Task, model, sets: dict, dev, amp, batch_size: int) -> dict:
+    """{lang: (score, details)} for {lang: (examples, features)}."""
+    res = {}
+    for lang, (ex, feats) in sets.items():
+        t = time.perf_counter()
+        outs = predict(task, model, feats, dev, amp, batch_size)
+        res[lang] = task.score_all(ex, feats, outs)
+        log.info("eval %s: %.2f (%d examples, %.0f examples/s)", lang, res[lang][0], len(ex),
+                 len(ex) / max(time.perf_counter() - t, 1e-9))
+    return res
+
+
+def _by_lang(task, examples) -> dict:
+    sets = {}
+    for lang in _langs(examples):
+        ex = [e for e in examples if e.lang == lang]
+        sets[lang] = (ex, task.features(ex))
+    return sets
+
+
+def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_sets, dev):
+    torch.manual_seed(seed)
+    model = task.model_cls.from_pretrained(args.model, num_labels=task.num_labels).to(dev)
+    if dev.type == "cuda":   # packed tokens: padded fine-tuning batches waste no FLOPs
+        model.config = dataclasses.replace(model.config, unpad=True)
+        model.encoder.config = model.config
+    model.train()
+    batches_per_epoch = math.ceil(len(train_feats) / args.batch_size)
+    total = batches_per_epoch * args.epochs
+    if args.max_steps:
+        total = min(total, args.max_steps)
+    optim_cfg = OptimSection(lr=args.lr, weight_decay=args.weight_decay, max_steps=max(total, 1),
+                             warmup_steps=int(args.warmup_ratio * total), fused=None)
+    opt = make_optimizer(model, optim_cfg, dev)
+    sched = make_scheduler(opt, optim_cfg)
+    amp = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda"
+           else (lambda: torch.autocast("cpu", enabled=False)))
+    best, best_state, history, step = -math.inf, None, [], 0
+    lengths = [len(f["input_ids"]) for f in train_feats]
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, desc=f"{args.task} seed {seed}", unit="step", dynamic_ncols=True)
+    t0, tokens = time.perf_counter(), 0
+    for epoch in range(args.epochs):
+        for idx in K.length_batches(lengths, args.batch_size, shuffle=True,
+                                    seed=seed * 1000 + epoch):
+            b = _to(task.batch([train_feats[i] for i in idx]), dev)
+            tokens += int(b["attention_mask"].sum())
+            with amp():
+                loss = task.loss(model, b)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}",
+                                tok_s=f"{tokens / (time.perf_counter() - t0):,.0f}")
+            if step >= total:
+                break
+        if dev_sets:
+            res = evaluate_sets(task, model, dev_sets, dev, amp, args.eval_batch_size)
+            joint = statistics.fmean(v[0] for v in res.values())
+            history.append({"epoch": epoch + 1, "step": step, "dev": joint})
+            if joint > best:
+                best = joint
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if step >= total:
+            break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    speed = tokens / max(time.perf_counter() - t0, 1e-9)
+    return model, amp, {"history": history, "best_dev": best if dev_sets else None,
+                        "train_tokens_per_s": speed, "steps": step}
+
+
+def finetune(args: FinetuneArgs) -> dict:
+    if args.task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {args.task!r}")
+    if not args.train:
+        raise ValueError("finetune: --train needs at least one file")
+    if not args.eval:
+        raise ValueError("finetune: --eval needs at least one file")
+    if args.protocol not in ("transfer", "translate-train-all"):
+        raise ValueError(f"--protocol must be transfer or translate-train-all, got "
+                         f"{args.protocol!r}")
+    dev = _device(args.device)
+    tok = Tokenizer.from_pretrained(args.tokenizer or args.model)
+    train_ex = read_files(args.task, args.train, "train", args.xnli_premise_split,
+                          args.max_train_examples)
+    train_langs = _langs(train_ex)
+    if args.protocol == "transfer" and len(train_langs) != 1:
+        raise ValueError(f"--protocol transfer trains on one language, the --train files hold "
+                         f"{train_langs}; use --protocol translate-train-all")
+    task = Task(args.task, tok, args, train_ex)
+    train_feats = task.features(train_ex)
+    lim = args.max_eval_examples
+    eval_sets = _by_lang(task, read_files(args.task, args.eval, "eval", args.xnli_premise_split,
+                                          lim))
+    dev_sets = (_by_lang(task, read_files(args.task, args.dev, "eval", args.xnli_premise_split,
+                                          lim)) if args.dev else {})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("%s: %d training examples (%s) -> %d features; eval languages %s",
+             args.task, len(train_ex), ",".join(train_langs), len(train_feats),
+             ",".join(eval_sets))
+    per_seed = []
+    for seed in args.seeds:
+        model, amp, info = train_one_seed(task, args, seed, train_feats, dev_sets, dev)
+        res = evaluate_sets(task, model, eval_sets, dev, amp, args.eval_batch_size)
+        per_seed.append({"seed": seed, **info,
+                         "scores": {k: v[0] for k, v in res.items()},
+                         "details": {k: v[1] for k, v in res.items()}})
+        if args.save_model:
+            model.save_pretrained(out / f"seed{seed}")
+            if task.name == "ner":  # the tag order of the classifier rows, for `evaluate`
+                (out / f"seed{seed}" / "labels.json").write_text(json.dumps(task.labels))
+        del model
+    table = summarize(args, train_langs, per_seed)
+    (out / "results.json").write_text(json.dumps(table, indent=1))
+    (out / "results.md").write_text(table["markdown"] + "\n")
+    print(table["markdown"])
+    return table
+
+
+def summarize(args, train_langs, per_seed) -> dict:
+    langs = list(per_seed[0]["scores"])
+    mean = {x: statistics.fmean(s["scores"][x] for s in per_seed) for x in langs}
+    std = {x: (statistics.stdev([s["scores"][x] for s in per_seed]) if len(per_seed) > 1
+               else 0.0) for x in langs}
+    avg = [statistics.fmean(s["scores"].values()) for s in per_seed]
+    metric = {"xnli": "accuracy", "ner": "entity F1", "qa": "F1"}[args.task]
+    head = "| model | train | #seeds | " + " | ".join(langs) + " | Avg |"
+    sep = "|" + "---|" * (len(langs) + 4)
+    cell = (lambda m, s: f"{m:.1f} ± {s:.1f}") if len(per_seed) > 1 else \
+        (lambda m, s: f"{m:.1f}")
+    row = (f"| {Path(args.model).name} | {','.join(train_langs)} ({args.protocol}) | "
+           f"{len(per_seed)} | " + " | ".join(cell(mean[x], std[x]) for x in langs)
+           + f" | {cell(statistics.fmean(avg), statistics.stdev(avg) if len(avg) > 1 else 0)} |")
+    title = (f"{args.task} {metric} per language ({args.protocol}; model selection: "
+             + ("joint dev set" if args.dev else "none, last epoch") + ")")
+    md = f"{title}\n\n{head}\n{sep}\n{row}"
+    if args.task == "qa":
+        em = {x: statistics.fmean(s["details"][x]["exact_match"] for s in per_seed)
+              for x in langs}
+        md += ("\n| (exact match) | | | " + " | ".join(f"{em[x]:.1f}" for x in langs)
+               + f" | {statistics.fmean(em.values()):.1f} |")
+    return {"task": args.task, "metric": metric, "protocol": args.protocol,
+            "train_languages": train_langs, "languages": langs, "mean": mean, "std": std,
+            "average": statistics.fmean(avg), "seeds": per_seed, "markdown": md,
+            "args": {k: (list(v) if isinstance(v, tuple) else v)
+                     for k, v in dataclasses.asdict(args).items()}}
+
+
+def evaluate(task_name: str, model_path: str, eval_files, tokenizer=None, device="auto",
+             batch_size: int = 64, xnli_premise_split: bool = False, labels=None) -> dict:
+    """Scores of a saved fine-tuned model per language."""
+    args = FinetuneArgs(task=task_name, model=model_path, tokenizer=tokenizer, device=device)
+    dev = _device(device)
+    tok = Tokenizer.from_pretrained(tokenizer or model_path)
+    ex = read_files(task_name, eval_files, "eval", xnli_premise_split)
+    task = Task(task_name, tok, args, ex)
+    if task_name == "ner":  # the tag order the model was trained with
+        saved = Path(model_path) / "labels.json"
+        if labels is None and saved.exists():
+            labels = json.loads(saved.read_text())
+        if labels is None:
+            raise ValueError(f"{model_path} has no labels.json (written by `xlmr-fast finetune "
+                             f"ner`): pass the tag list in training order")
+        task.labels = list(labels)
+    model = task.model_cls.from_pretrained(model_path).to(dev)
+    amp = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda"
+           else (lambda: torch.autocast("cpu", enabled=False)))
+    res = evaluate_sets(task, model, _by_lang(task, ex), dev, amp, batch_size)
+    return {k: v[1] for k, v in res.items()}
+
+
+# ------------------------------------------------------------------ CLI
+def _args(p) -> None:
+    p.add_argument("task", choices=TASKS, help="xnli (pair classification), ner (token "
+                   "classification), qa (extractive QA)")
+    p.add_argument("--model", required=True, help="pretrained model: HF dir (e.g. a "
+                   "pretraining run's final/) or fairseq model.pt")
+    p.add_argument("--tokenizer", help="tokenizer dir (default: the model dir)")
+    p.add_argument("--train", nargs="+", required=True, help="training files (XNLI TSV, PAN-X "
+                   "token<TAB>tag, CoNLL-2002 esp.*/ned.*, SQuAD JSON)")
+    p.add_argument("--eval", nargs="+", required=True, help="evaluation files, one language "
+                   "each (the language comes from the file name)")
+    p.add_argument("--dev", nargs="*", default=[], help="dev files for model selection (joint "
+                   "over their languages); default: no selection")
+    p.add_argument("--protocol", choices=("transfer", "translate-train-all"),
+                   default="transfer")
+    p.add_argument("--xnli-premise-split", action="store_true", help="XNLI dev files as "
+                   "../shared/data/README.md: premises 0-599 for --train, 600-829 for --eval")
+    p.add_argument("--out", default="runs/finetune")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--max-steps", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--max-length", type=int, default=0,
+                   help="tokens per input (default 128 xnli, 256 ner, 384 qa)")
+    p.add_argument("--doc-stride", type=int, default=128, help="qa: window stride in tokens")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-train-examples", type=int, default=0,
+                   help="first N examples of each training file (quick runs)")
+    p.add_argument("--max-eval-examples", type=int, default=0,
+                   help="first N examples of each eval/dev file (quick runs)")
+
+
+def _run(a) -> int:
+    logging.getLogger("xlmr_fast").setLevel(logging.INFO)
+    finetune(FinetuneArgs(task=a.task, model=a.model, tokenizer=a.tokenizer, train=a.train,
+                          eval=a.eval, dev=a.dev, out=a.out, protocol=a.protocol,
+                          xnli_premise_split=a.xnli_premise_split, seeds=tuple(a.seeds),
+                          epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size,
+                          lr=a.lr, max_length=a.max_length, doc_stride=a.doc_stride,
+                          device=a.device,
+                          max_train_examples=a.max_train_examples,
+                          max_eval_examples=a.max_eval_examples))
+    return 0
+
+
+def _eval_args(p) -> None:
+    p.add_argument("task", choices=TASKS)
+    p.add_argument("--model", required=True, help="a fine-tuned model dir (finetune's seedN/)")
+    p.add_argument("--tokenizer", help="tokenizer dir (default: the model dir)")
+    p.add_argument("--eval", nargs="+", required=True)
+    p.add_argument("--xnli-premise-split", action="store_true")
+    p.add_argument("--device", default="auto")
+
+
+def _eval_run(a) -> int:
+    res = evaluate(a.task, a.model, a.eval, tokenizer=a.tokenizer, device=a.device,
+                   xnli_premise_split=a.xnli_premise_split)
+    for lang, r in res.items():
+        print(f"{lang:<8}" + "  ".join(f"{k} {v:.2f}" for k, v in r.items()))
+    print(json.dumps(res))
+    return 0
+
+
+def _register() -> None:
+    from .. import cli
+    if "finetune" not in cli.COMMANDS:
+        cli.register("finetune", "fine-tune on XNLI / NER / QA and print per-language tables",
+                     _args, _run)
+        cli.register("evaluate", "evaluate a fine-tuned model per language", _eval_args,
+                     _eval_run)
+
+
+_register()
