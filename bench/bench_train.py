@@ -118,7 +118,7 @@ def _hf_mask(ids, vocab, mask_id, g):
 def bench_hf(preset, micro, seq, steps, dev, compile_model):
     import transformers
     import xlmr_fast as xf
-    cfg = getattr(xf.XLMRConfig, preset)()
+    cfg = getattr(xf.XLMRConfig, preset)(vocab_size=250002)  # the shards' (and XLM-R's) size
     hf_cfg = transformers.XLMRobertaConfig(**cfg.to_hf_dict())
     hf_cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
@@ -232,7 +232,8 @@ def main(argv=None):
                 if fpt is None:
                     from xlmr_fast.train.metrics import model_flops_per_token
                     import xlmr_fast as xf
-                    fpt = model_flops_per_token(getattr(xf.XLMRConfig, preset)(), a.seq)
+                    fpt = model_flops_per_token(
+                        getattr(xf.XLMRConfig, preset)(vocab_size=250002), a.seq)
                 mfu = tok_s * fpt / peak if peak else float("nan")
                 rows.append(H.row("train_step", prov, "micro-step", shape, ms, peak=mem,
                                   flops=fpt * tok,

@@ -204,3 +204,31 @@ def test_activation_checkpointing_changes_nothing_but_memory(prepared, tmp_path)
     for s in a:   # recomputation replays the dropout RNG: the same numbers up to summation order
         assert b[s][0] == pytest.approx(a[s][0], rel=1e-6)
         assert b[s][2] == pytest.approx(a[s][2], rel=1e-5)
+
+
+def test_eval_text_files_give_per_language_loss(prepared, tmp_path, shared_data):
+    """data.eval_text: ud-pud-text style files (id TAB text) scored per language."""
+    from xlmr_fast.tokenizer import Tokenizer
+    from xlmr_fast.train.pretrain import load_eval_text
+    src = Path(shared_data) / "ud-pud-text"
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for lang in ("de", "en", "ru"):
+        lines = (src / f"{lang}.pud.tsv").read_text(encoding="utf-8").splitlines()[:40]
+        (texts / f"{lang}.pud.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ids, langs, names = load_eval_text(texts, prepared[1], 64, 502)
+    assert names == ["de", "en", "ru"] and ids.shape[1] == 64 and ids.dtype == torch.int32
+    assert torch.all(ids[:, 0] == 0) and set(langs.tolist()) == {0, 1, 2}
+    # the stream of each language is its lines' ids, each followed by </s>
+    tok = Tokenizer.from_pretrained(prepared[1])
+    first = (src / "de.pud.tsv").read_text(encoding="utf-8").splitlines()[0].split("\t", 1)[1]
+    want = (tok.encode_ids([first])[0] + [2])[:63]
+    assert ids[0, 1:1 + len(want)].tolist() == want
+    out = tmp_path / "run"
+    pretrain(make_cfg(prepared, out, "optim.max_steps=2", "optim.warmup_steps=1",
+                      "run.eval_every=2", f"data.eval_text={texts}"))
+    ev = [r for r in read_metrics(out) if r["kind"] == "eval_text"]
+    assert ev and set(ev[-1]["loss_lang"]) == {"de", "en", "ru"}
+    assert ev[-1]["targets"] > 0.1 * int((ids != 1).sum())
+    with pytest.raises(FileNotFoundError, match="no <lang>.txt"):
+        load_eval_text(tmp_path / "missing", prepared[1], 64, 502)

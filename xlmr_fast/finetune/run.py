@@ -299,6 +299,9 @@ def finetune(args: FinetuneArgs) -> dict:
     per_seed = []
     for seed in args.seeds:
         model, amp, info = train_one_seed(task, args, seed, train_feats, dev_sets, dev)
+        print(f"seed {seed}: {info['steps']} steps, {info['train_tokens_per_s']:,.0f} training "
+              f"tokens/s on {dev}" + (f", best joint dev {info['best_dev']:.2f}"
+                                      if info["best_dev"] is not None else ""), flush=True)
         res = evaluate_sets(task, model, eval_sets, dev, amp, args.eval_batch_size)
         per_seed.append({"seed": seed, **info,
                          "scores": {k: v[0] for k, v in res.items()},

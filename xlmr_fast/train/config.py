@@ -53,6 +53,8 @@ class DataSection:
     alpha: float = 0.3                 # language sampling q_i ∝ p_i^alpha
     cross_documents: bool = True       # RoBERTa's stream of text; False pads at document ends
     heldout_fraction: float = 0.005    # per-language held-out tail for evaluation
+    eval_text: str | None = None       # dir of <lang>.txt / <lang>.*.tsv (id TAB text) files:
+                                       # per-language MLM loss on outside text (e.g. ud-pud-text)
     threads: int = 1                   # C++ gather threads
     prefetch: int = 2                  # batches prepared ahead by a background thread
 

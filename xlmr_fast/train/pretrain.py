@@ -73,6 +73,48 @@ def _checkpoint_layers(layers) -> None:
         layer.forward = lambda *a, _f=fwd, **k: checkpoint(_f, *a, use_reentrant=False, **k)
 
 
+def load_eval_text(path, tokenizer_dir, seq_len: int, vocab_size: int):
+    """Held-out raw text for per-language MLM loss: a directory of <lang>.txt (a line per
+    sentence or paragraph) or <lang>.<name>.tsv (id TAB text, e.g. ../shared/data/ud-pud-text)
+    files. Each language's lines are encoded, joined with </s> as the binarizer does, and cut
+    into rows of <s> + seq_len - 1 tokens (the last row right-padded). Returns
+    (ids (n, seq_len) int32, langs (n,) int64, language names)."""
+    import numpy as np
+    from ..tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+    if not tokenizer_dir:
+        raise ValueError("data.eval_text needs data.tokenizer (the tokenizer of the shards)")
+    root = Path(path)
+    files = sorted(p for p in root.glob("*") if p.suffix in (".txt", ".tsv")) \
+        if root.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"data.eval_text={path}: no <lang>.txt or <lang>.*.tsv files")
+    tok = Tokenizer.from_pretrained(tokenizer_dir)
+    if tok.vocab_size != vocab_size:
+        raise ValueError(f"data.tokenizer {tokenizer_dir} has {tok.vocab_size} ids, the shards "
+                         f"{vocab_size}: pass the tokenizer the shards were made with")
+    L = seq_len - 1
+    rows, langs, names = [], [], []
+    for f in files:
+        lines = [ln.split("\t", 1)[-1] if f.suffix == ".tsv" else ln
+                 for ln in f.read_text(encoding="utf-8", errors="replace").splitlines()]
+        lines = [ln.strip() for ln in lines if ln.strip()]
+        if not lines:
+            continue
+        flat, lens = tok.encode_ids_flat(lines)
+        stream = np.insert(flat, np.cumsum(lens), EOS_ID).astype(np.int32)
+        n = -(-stream.size // L)
+        body = np.full(n * L, PAD_ID, dtype=np.int32)
+        body[:stream.size] = stream
+        block = np.empty((n, seq_len), dtype=np.int32)
+        block[:, 0] = BOS_ID
+        block[:, 1:] = body.reshape(n, L)
+        rows.append(block)
+        langs.append(np.full(n, len(names), dtype=np.int64))
+        names.append(f.name.split(".")[0])
+    return (torch.from_numpy(np.concatenate(rows)), torch.from_numpy(np.concatenate(langs)),
+            names)
+
+
 def _range(name: str):
     """A named range for the profiler (bench/bench_train.py's breakdown); ~1 us when idle."""
     return torch.profiler.record_function(name)
@@ -132,6 +174,8 @@ class Trainer:
                                   **{**common, "rank": 0, "world_size": 1})
                       if d.heldout_fraction > 0 else None)
         self.languages = self.loader.languages
+        self.eval_text = (load_eval_text(d.eval_text, d.tokenizer, d.seq_len, self.vocab_size)
+                          if d.eval_text else None)
         self.capacity = mask_capacity(d.micro_batch, d.seq_len, cfg.mask.prob,
                                       cfg.mask.capacity_sigmas)
 
@@ -281,17 +325,26 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict | None:
-        """Masked-LM loss (nats) and perplexity per language on the held-out split; the masks
-        are a fixed function of the batch index, so evaluations are comparable across steps."""
-        if self.valid is None:
-            return None
+        """Masked-LM loss (nats) and perplexity per language on the held-out split (kind
+        "eval") and on the data.eval_text files (kind "eval_text"); the masks are a fixed
+        function of the batch index, so evaluations are comparable across steps."""
+        out = None
+        if self.valid is not None:
+            out = self._evaluate("eval", self._valid_batches(), self.languages)
+        if self.eval_text is not None:
+            ids, langs, names = self.eval_text
+            self._evaluate("eval_text", self._split_batches(ids, langs), names)
+        return out
+
+    @torch.no_grad()
+    def _evaluate(self, kind: str, batches, languages) -> dict:
         cfg = self.cfg
         self.model.eval()
-        L = len(self.languages)
+        L = len(languages)
         loss = torch.zeros(L, dtype=torch.float64, device=self.device)
         count = torch.zeros(L, dtype=torch.float64, device=self.device)
         T = cfg.data.seq_len
-        for j, ids, langs in self._valid_batches():
+        for j, ids, langs in batches:
             ids, langs = ids.to(self.device), langs.to(self.device)
             masked, labels, pos, _ = ops.mlm_mask_static(
                 ids, vocab_size=self.vocab_size, mask_id=self.model_cfg.mask_token_id,
@@ -310,16 +363,22 @@ class Trainer:
         D.all_reduce_sum(loss, self.dist)
         D.all_reduce_sum(count, self.dist)
         loss_l, count_l = loss.tolist(), count.tolist()
-        per = {x: s / c for x, s, c in zip(self.languages, loss_l, count_l) if c > 0}
+        per = {x: s / c for x, s, c in zip(languages, loss_l, count_l) if c > 0}
         total = sum(loss_l) / max(sum(count_l), 1.0)
         out = {"loss": total, "ppl": math.exp(min(total, 50.0)), "loss_lang": per,
                "ppl_lang": {x: math.exp(min(v, 50.0)) for x, v in per.items()},
                "targets": int(sum(count_l))}
-        self.metrics.log(self.step, out, kind="eval")
+        self.metrics.log(self.step, out, kind=kind)
         if self.dist.is_main:
-            log.info("eval step %d: loss %.4f ppl %.2f over %d targets", self.step, total,
+            log.info("%s step %d: loss %.4f ppl %.2f over %d targets", kind, self.step, total,
                      out["ppl"], out["targets"])
         return out
+
+    def _split_batches(self, ids, langs):
+        """(j, ids, langs): batch j of micro_batch rows goes to rank j mod world_size."""
+        B, W = self.cfg.data.micro_batch, self.dist.world_size
+        for j in range(self.dist.rank, (ids.shape[0] + B - 1) // B, W):
+            yield j, ids[j * B:(j + 1) * B], langs[j * B:(j + 1) * B]
 
     def _valid_batches(self):
         """(j, ids, langs) of the held-out batches of this rank. The rows of all ranks are
@@ -416,15 +475,14 @@ class Trainer:
         return self._it
 
     def _reset_acc(self, keep_time: bool = False) -> None:
-        L = len(getattr(self, "languages", [])) or len(self._loader_langs())
-        z = lambda: torch.zeros(L, dtype=torch.float32, device=self.device)  # noqa: E731
+        L = len(self.languages)
+
+        def z():
+            return torch.zeros(L, dtype=torch.float32, device=self.device)
         t0 = self.acc["t0"] if keep_time and hasattr(self, "acc") else time.perf_counter()
         self.acc = {"loss": z(), "count": z(), "steps": 0, "grad_norm": float("nan"),
                     "overflow": torch.zeros((), dtype=torch.int64, device=self.device),
                     "tokens": torch.zeros((), dtype=torch.int64, device=self.device), "t0": t0}
-
-    def _loader_langs(self):
-        return self.loader.languages
 
     def _log_train(self, bar) -> None:
         acc, dist = self.acc, self.dist
