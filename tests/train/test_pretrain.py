@@ -232,3 +232,15 @@ def test_eval_text_files_give_per_language_loss(prepared, tmp_path, shared_data)
     assert ev[-1]["targets"] > 0.1 * int((ids != 1).sum())
     with pytest.raises(FileNotFoundError, match="no <lang>.txt"):
         load_eval_text(tmp_path / "missing", prepared[1], 64, 502)
+
+
+def test_torch_compile_matches_eager(prepared, tmp_path):
+    """model.compile=true (inductor on the CPU here) trains to the same losses as eager."""
+    over = ("optim.max_steps=3", "optim.warmup_steps=1", "run.eval_every=0", "run.export=false",
+            "model.hidden_dropout=0.0", "model.attention_dropout=0.0")
+    pretrain(make_cfg(prepared, tmp_path / "eager", *over))
+    pretrain(make_cfg(prepared, tmp_path / "compiled", *over, "model.compile=true"))
+    a, b = train_losses(tmp_path / "eager"), train_losses(tmp_path / "compiled")
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for s in a:
+        assert b[s][0] == pytest.approx(a[s][0], rel=1e-5)
