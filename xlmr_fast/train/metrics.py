@@ -398,8 +398,8 @@ def plot_metrics(run_dir) -> list[Path]:
         log.info("plot_metrics: no records in %s, no plots written", run_dir / METRICS_FILE)
         return []
 
-    def new_fig(nrows=1, width=7.0):
-        fig = Figure(figsize=(width, 3.6 * nrows))
+    def new_fig(nrows=1, width=7.0, panel_height=3.6):
+        fig = Figure(figsize=(width, panel_height * nrows))
         FigureCanvasAgg(fig)
         return fig
 
@@ -423,7 +423,10 @@ def plot_metrics(run_dir) -> list[Path]:
     if train_lang or eval_lang:
         panels = [p for p in (("train", train_lang), ("eval", eval_lang)) if p[1]]
         styles = _lang_styles(set(train_lang) | set(eval_lang))
-        fig = new_fig(nrows=len(panels), width=8.5)
+        # a panel as tall as its legend (up to 25 rows of 7-point text per column)
+        n = max(len(p[1]) for p in panels)
+        rows = math.ceil(n / max(1, math.ceil(n / 25)))
+        fig = new_fig(nrows=len(panels), width=8.5, panel_height=max(3.6, 0.16 * rows + 0.8))
         for row, (kind, series) in enumerate(panels, 1):
             ax = fig.add_subplot(len(panels), 1, row)
             if kind == "eval":
