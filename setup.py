@@ -72,6 +72,8 @@ setup(
         "xlmr_fast.ops",
         "xlmr_fast.model",
         "xlmr_fast.data",
+        "xlmr_fast.train",
+        "xlmr_fast.finetune",
         "xlmr_fast.kernels",
         "xlmr_fast.kernels.triton",
     ],
