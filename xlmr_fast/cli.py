@@ -67,6 +67,49 @@ def _convert_run(a: argparse.Namespace) -> int:
 register("convert", "convert an HF or fairseq XLM-R checkpoint to the HF (or fairseq) layout",
          _convert_args, _convert_run)
 
+
+# ---------------------------------------------------------------- bench
+def _bench_dir():
+    """The repository's bench/ folder (benchmarks are not installed with the package: they
+    need the source tree, its results CSVs and optional baseline libraries)."""
+    import os
+    from pathlib import Path
+    root = Path(os.environ.get("XLMR_FAST_REPO") or Path(__file__).resolve().parents[1])
+    return root / "bench" if (root / "bench" / "harness.py").exists() else None
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", help="benchmarks to run, e.g. attention train "
+                   "(bench/bench_<name>.py); none: list them")
+    p.add_argument("--args", default="", help="extra arguments for every benchmark, quoted")
+
+
+def _bench_run(a: argparse.Namespace) -> int:
+    import shlex
+    import subprocess
+    d = _bench_dir()
+    if d is None:
+        raise FileNotFoundError("the benchmarks live in the repository's bench/ folder, which a "
+                                "pip install does not ship: run from a clone, or set "
+                                "XLMR_FAST_REPO to one")
+    names = sorted(p.stem[6:] for p in d.glob("bench_*.py"))
+    if not a.names:
+        print("benchmarks:", " ".join(names))
+        return 0
+    unknown = [n for n in a.names if n not in names]
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; available: {', '.join(names)}")
+    rc = 0
+    for n in a.names:
+        cmd = [sys.executable, "-m", f"bench.bench_{n}", *shlex.split(a.args)]
+        print("$", " ".join(cmd), flush=True)
+        rc = max(rc, subprocess.call(cmd, cwd=d.parent))
+    return rc
+
+
+register("bench", "run the kernel and end-to-end benchmarks of a repository checkout",
+         _bench_args, _bench_run)
+
 from .data import preprocess as _preprocess  # noqa: E402,F401  (registers `preprocess`)
 from . import tokenizer as _tokenizer  # noqa: E402,F401  (registers `train-tokenizer`)
 from .train import pretrain as _pretrain  # noqa: E402,F401  (registers `pretrain`)
