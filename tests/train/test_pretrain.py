@@ -244,3 +244,32 @@ def test_torch_compile_matches_eager(prepared, tmp_path):
     assert sorted(a) == sorted(b) == [1, 2, 3]
     for s in a:
         assert b[s][0] == pytest.approx(a[s][0], rel=1e-5)
+
+
+@pytest.mark.gpu
+def test_gpu_pretrain_bf16_with_kernels(prepared, tmp_path):
+    """On CUDA: bf16 autocast, Triton/CUDA masking, attention and fused CE in the real loop;
+    finite falling loss, MFU and memory logged, the export loads."""
+    out = tmp_path / "run"
+    s = pretrain(make_cfg(prepared, out, "run.device=cuda", "optim.max_steps=12",
+                          "optim.lr=3e-3", "run.log_every=4", "model.unpad=false"))
+    assert s["step"] == 12
+    train = [r for r in read_metrics(out) if r["kind"] == "train"]
+    assert all(math.isfinite(r["loss"]) for r in train)
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert train[-1]["peak_mem_gb"] > 0 and "mask_overflow" in train[-1]
+    assert (train[-1].get("mfu") or 0) >= 0
+    import xlmr_fast as xf
+    m = xf.XLMRForMaskedLM.from_pretrained(out / "final")
+    assert m.config.vocab_size == 502
+
+
+def test_shards_from_another_tokenizer_are_refused(prepared, tmp_path):
+    """data.tokenizer must be the tokenizer the shards were made with (sha256 in meta.json)."""
+    from xlmr_fast.tokenizer import train_tokenizer
+    other = tmp_path / "other_tok"
+    train_tokenizer(Path(prepared[0]).parent / ".." / "corpus", other, vocab_size=300,
+                    sentences=500, hard_vocab_limit=False, progress=False)
+    from xlmr_fast.data.shards import ShardError
+    with pytest.raises(ShardError, match="preprocessed with another tokenizer"):
+        Trainer(make_cfg(prepared, tmp_path / "run", f"data.tokenizer={other}"))

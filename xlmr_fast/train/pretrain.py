@@ -176,7 +176,8 @@ class Trainer:
         common = dict(batch_size=d.micro_batch, block_size=d.seq_len, alpha=d.alpha,
                       seed=cfg.run.seed, rank=r, world_size=W,
                       cross_documents=d.cross_documents, heldout_fraction=d.heldout_fraction,
-                      vocab_size=self.vocab_size, threads=d.threads)
+                      vocab_size=self.vocab_size, threads=d.threads,
+                      tokenizer_sha256=self._tokenizer_sha(d.tokenizer))
         self.loader = BlockLoader(d.data_dir, prefetch=d.prefetch,
                                   pin_memory=self.device.type == "cuda", **common)
         # Held-out rows are listed globally and dealt out by batch in _valid_batches.
@@ -208,6 +209,14 @@ class Trainer:
             raise FileExistsError(f"{self.run_dir} already holds checkpoints "
                                   f"({self.ckpt.latest().name}); pass --resume to continue that "
                                   f"run, or choose another run.out_dir")
+
+    @staticmethod
+    def _tokenizer_sha(tokenizer_dir) -> str | None:
+        """The sha256 of data.tokenizer's model: the loader refuses shards made with another."""
+        if not tokenizer_dir:
+            return None
+        from ..tokenizer import Tokenizer
+        return Tokenizer.from_pretrained(tokenizer_dir).model_sha256
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
