@@ -98,3 +98,18 @@ def test_errors(pretrained, shared_data, tmp_path, capsys):
     assert rc == 1
     err = capsys.readouterr().err
     assert f"{bad}:line 2" in err
+
+
+def test_translate_train_all(pretrained, shared_data, tmp_path):
+    """One model on the training files of several languages, evaluated on each."""
+    x = Path(shared_data) / "xnli"
+    out = tmp_path / "tta"
+    rc = cli.main(["finetune", "xnli", "--model", str(pretrained), "--protocol",
+                   "translate-train-all", "--train", str(x / "dev-en.tsv"), str(x / "dev-de.tsv"),
+                   "--eval", str(x / "dev-en.tsv"), str(x / "dev-de.tsv"), "--xnli-premise-split",
+                   "--out", str(out), "--max-steps", "3", "--batch-size", "8",
+                   "--max-train-examples", "24", "--max-eval-examples", "12"])
+    assert rc == 0
+    res = _table(out)
+    assert res["train_languages"] == ["de", "en"] and res["protocol"] == "translate-train-all"
+    assert "de,en (translate-train-all)" in (out / "results.md").read_text()
