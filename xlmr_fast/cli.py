@@ -112,7 +112,7 @@ register("bench", "run the kernel and end-to-end benchmarks of a repository chec
 
 from .data import preprocess as _preprocess  # noqa: E402,F401  (registers `preprocess`)
 from . import tokenizer as _tokenizer  # noqa: E402,F401  (registers `train-tokenizer`)
-from .train import pretrain as _pretrain  # noqa: E402,F401  (registers `pretrain`)
+from .train import cli as _train_cli  # noqa: E402,F401  (registers `pretrain`)
 from .finetune import run as _finetune  # noqa: E402,F401  (registers `finetune`, `evaluate`)
 
 

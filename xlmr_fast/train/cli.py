@@ -1,0 +1,121 @@
+"""`xlmr-fast pretrain`: arguments, data preparation (demo corpus or --corpus), run directory,
+then pretrain.pretrain(cfg)."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from .pretrain import pretrain
+
+
+def _cli_args(p) -> None:
+    p.add_argument("overrides", nargs="*", metavar="section.field=value",
+                   help="config overrides, e.g. optim.lr=3e-4 optim.max_steps=2000 "
+                        "(sections: model, data, mask, optim, run)")
+    p.add_argument("--config", help="YAML or JSON config file (see xlmr_fast/train/config.py)")
+    p.add_argument("--preset", choices=("tiny", "small", "base", "large"),
+                   help="starting config (default: the file's, else tiny on CPU and small with "
+                        "a GPU)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--corpus", help="raw corpus dir (<lang>.txt[.xz|.gz], CC-100 format): "
+                                      "a tokenizer is trained and the text preprocessed first "
+                                      "(cached). Default: the embedded demo corpus")
+    src.add_argument("--data", help="preprocessed shards (from `xlmr-fast preprocess`); needs "
+                                    "--tokenizer")
+    p.add_argument("--tokenizer", help="tokenizer dir the --data shards were made with")
+    p.add_argument("--vocab-size", type=int, default=8000,
+                   help="pieces of the tokenizer trained for --corpus / the demo (default 8000; "
+                        "XLM-R has 250000)")
+    p.add_argument("--sentences", type=int, default=2_000_000,
+                   help="tokenizer training sample size for --corpus (default 2,000,000 lines)")
+    p.add_argument("--prepared", help="where the tokenizer and shards of --corpus go (default: "
+                                      "a cache folder, ~/.cache/xlmr_fast/prepared/...)")
+    p.add_argument("--workers", type=int, default=None, help="preprocess processes")
+    p.add_argument("--out", help="run directory (default runs/<preset>-<date>-<time>; with "
+                                 "--resume, the newest run in runs/)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in the run directory")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="stop after this many minutes (checkpoint, evaluation, export): "
+                        "run.max_time_minutes")
+
+
+def _newest_run(root: Path) -> Path | None:
+    runs = [d for d in root.glob("*") if (d / "checkpoints").is_dir()] if root.is_dir() else []
+    return max(runs, key=lambda d: d.stat().st_mtime) if runs else None
+
+
+def _cli_run(a) -> int:
+    from .config import TrainConfig, load_config
+    from .prepare import prepare_corpus
+
+    logging.getLogger("xlmr_fast").setLevel(logging.INFO)
+    gpu = torch.cuda.is_available()
+    base = None
+    if a.preset or not a.config:
+        base = TrainConfig.preset(a.preset or ("small" if gpu else "tiny"))
+        if not a.preset and gpu:  # the demo on a GPU: larger model, short blocks, more steps
+            base = load_config(None, ["data.seq_len=128", "data.micro_batch=64",
+                                      "optim.max_steps=2000", "optim.grad_accum=1",
+                                      "optim.warmup_steps=100", "run.eval_every=500",
+                                      "run.save_every=500"], base)
+    cfg = load_config(a.config, a.overrides, base)
+
+    if a.data:
+        if not a.tokenizer:
+            raise ValueError("--data needs --tokenizer (the tokenizer dir the shards were made "
+                             "with)")
+        data_dir, tok_dir = Path(a.data), Path(a.tokenizer)
+    elif cfg.data.data_dir and not a.corpus:
+        data_dir, tok_dir = Path(cfg.data.data_dir), cfg.data.tokenizer
+    else:
+        corpus = a.corpus
+        if corpus is None:
+            from ..data.demo import demo_corpus
+            corpus = demo_corpus()
+            print(f"no --corpus given: using the demo corpus {corpus} (chatterbot-corpus, "
+                  f"28 languages)", flush=True)
+        data_dir, tok_dir = prepare_corpus(corpus, a.prepared, vocab_size=a.vocab_size,
+                                           sentences=a.sentences, workers=a.workers,
+                                           seed=cfg.run.seed)
+    out = a.out
+    if out is None:
+        if a.resume:
+            newest = _newest_run(Path("runs"))
+            if newest is None:
+                raise FileNotFoundError("--resume without --out: no run with checkpoints in "
+                                        "runs/; pass --out RUN_DIR")
+            out = str(newest)
+        else:
+            out = f"runs/{cfg.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = {"out_dir": out}
+    if a.minutes is not None:
+        run["max_time_minutes"] = a.minutes
+    from .config import from_dict
+    cfg = from_dict({"data": {"data_dir": str(data_dir),
+                              "tokenizer": str(tok_dir) if tok_dir else None}, "run": run}, cfg)
+    summary = pretrain(cfg, resume=a.resume)
+    run_dir = Path(summary["run_dir"])
+    if summary["stopped"] not in (None, "time limit"):
+        print(f"stopped ({summary['stopped']}) at step {summary['step']}; resume with: "
+              f"xlmr-fast pretrain --resume --out {run_dir}")
+        return 130 if summary["stopped"] == "SIGINT" else 143
+    t = summary.get("train") or {}
+    print(f"done: {summary['step']} steps, last train loss {t.get('loss', float('nan')):.3f}, "
+          f"{t.get('tokens_per_s', 0):,.0f} tokens/s. Run directory {run_dir}: config.yaml, "
+          f"metrics.jsonl, loss.png, loss_per_language.png, checkpoints/, final/ (HF model + "
+          f"tokenizer)")
+    return 0
+
+
+def _register() -> None:
+    from .. import cli
+    if "pretrain" not in cli.COMMANDS:
+        cli.register("pretrain", "pretrain XLM-R with masked LM (no arguments: a tiny model on "
+                     "the embedded demo corpus)", _cli_args, _cli_run)
+
+
+_register()
