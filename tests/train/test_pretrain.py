@@ -102,8 +102,11 @@ def test_existing_run_needs_resume(prepared, tmp_path):
     out = tmp_path / "run"
     pretrain(make_cfg(prepared, out, "optim.max_steps=2", "optim.warmup_steps=1",
                       "run.eval_every=0"))
+    before = {p: p.read_bytes() for p in out.iterdir() if p.is_file()}
     with pytest.raises(FileExistsError, match="already holds checkpoints.*--resume"):
-        Trainer(make_cfg(prepared, out))
+        Trainer(make_cfg(prepared, out, "optim.lr=1e-3"))
+    # the refused run wrote nothing over the existing one (config.yaml, metrics.jsonl)
+    assert {p: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(prepared, tmp_path, monkeypatch):

@@ -191,6 +191,10 @@ class Trainer:
                                       cfg.mask.capacity_sigmas)
 
         self.ckpt = CheckpointManager(self.run_dir, cfg.run.keep_last, enabled=self.dist.is_main)
+        if not resume and self.ckpt.latest() is not None:  # before writing anything there
+            raise FileExistsError(f"{self.run_dir} already holds checkpoints "
+                                  f"({self.ckpt.latest().name}); pass --resume to continue that "
+                                  f"run, or choose another run.out_dir")
         self.metrics = MetricsLogger(self.run_dir, enabled=self.dist.is_main,
                                      tensorboard=cfg.run.tensorboard)
         self.flops_per_token = model_flops_per_token(self.model_cfg, d.seq_len, cfg.mask.prob)
@@ -205,10 +209,6 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
         if resume:
             self._resume()
-        elif self.ckpt.latest() is not None:
-            raise FileExistsError(f"{self.run_dir} already holds checkpoints "
-                                  f"({self.ckpt.latest().name}); pass --resume to continue that "
-                                  f"run, or choose another run.out_dir")
 
     @staticmethod
     def _tokenizer_sha(tokenizer_dir) -> str | None:
