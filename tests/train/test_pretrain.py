@@ -98,6 +98,19 @@ def test_resume_equals_uninterrupted(prepared, tmp_path, monkeypatch):
     assert evals(full) == evals(cut)
 
 
+def test_resume_mid_log_interval(prepared, tmp_path, monkeypatch):
+    """A stop between two log lines: the resumed run's next line averages the same steps."""
+    over = ("run.log_every=3", "optim.max_steps=6", "run.save_every=0", "run.eval_every=0")
+    pretrain(make_cfg(prepared, tmp_path / "full", *over))
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        _SignalAt(m, 4)
+        assert pretrain(make_cfg(prepared, cut, *over))["step"] == 4
+    pretrain(make_cfg(prepared, cut, *over), resume=True)
+    assert train_losses(tmp_path / "full") == train_losses(cut)
+    assert sorted(train_losses(cut)) == [3, 6]
+
+
 def test_existing_run_needs_resume(prepared, tmp_path):
     out = tmp_path / "run"
     pretrain(make_cfg(prepared, out, "optim.max_steps=2", "optim.warmup_steps=1",

@@ -241,9 +241,11 @@ class Trainer:
                 self._agree_on_stop()
             bar.close()
             stopped_by_signal = self._stop not in (None, "time limit")
-            if self.step % cfg.run.log_every:
-                self._log_train(bar)
+            # Save before logging a partial interval: the checkpoint keeps the interval's sums,
+            # so a resumed run logs exactly the lines the uninterrupted run would have.
             self.save()
+            if not stopped_by_signal and self.acc["steps"] and self.step % cfg.run.log_every:
+                self._log_train(bar)
             if stopped_by_signal:
                 log.warning("stopped by %s at step %d; checkpoint saved in %s (resume with "
                             "--resume)", self._stop, self.step, self.ckpt.dir)
@@ -460,7 +462,8 @@ class Trainer:
         set_rng_state(rngs[self.dist.rank % len(rngs)])
         self.step, self.bad_steps = int(state["step"]), int(state["bad_steps"])
         for k, v in state["acc"].items():
-            self.acc[k] = v.to(self.device) if torch.is_tensor(v) else v
+            if k != "tokens":  # tokens/s of the first interval counts this process's time only
+                self.acc[k] = v.to(self.device) if torch.is_tensor(v) else v
         log.info("resumed from %s at step %d", path, self.step)
 
     def export(self) -> Path | None:
