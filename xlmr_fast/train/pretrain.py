@@ -23,7 +23,7 @@ import math
 import signal
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -125,9 +125,24 @@ def _grad_norm(params) -> torch.Tensor:
     return torch.nn.utils.clip_grad_norm_(params, float("inf"))
 
 
+# bench/bench_train.py sets this to a dict to collect CUDA events around each phase of the step
+# ({name: [(start, end), ...]}): the GPU time between them, read after one sync at the end.
+EVENT_TIMING: dict | None = None
+
+
+@contextmanager
 def _range(name: str):
-    """A named range for the profiler (bench/bench_train.py's breakdown); ~1 us when idle."""
-    return torch.profiler.record_function(name)
+    """A named phase of the step: a profiler range (~1 us when idle) and, when EVENT_TIMING is
+    set, a pair of CUDA events."""
+    with torch.profiler.record_function(name):
+        if EVENT_TIMING is None or not torch.cuda.is_available():
+            yield
+            return
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        yield
+        end.record()
+        EVENT_TIMING.setdefault(name, []).append((start, end))
 
 
 def _rank_within(groups):
