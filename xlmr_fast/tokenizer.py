@@ -210,6 +210,7 @@ def train_tokenizer(corpus_dir, out_dir, *, vocab_size: int = 250000, alpha: flo
     threads = int(threads or os.cpu_count() or 1)
     out = Path(out_dir)
     list_languages(corpus_dir)  # fail on a bad corpus before creating out_dir
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
@@ -251,6 +252,11 @@ def train_tokenizer(corpus_dir, out_dir, *, vocab_size: int = 250000, alpha: flo
         model_bytes = model_buf.getvalue()
         if keep_sample:
             os.replace(sample_file, out / "tokenizer_sample.txt")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        if created and not any(out.iterdir()):  # leave no empty output folder behind
+            out.rmdir()
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

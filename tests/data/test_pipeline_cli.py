@@ -266,3 +266,4 @@ def test_train_tokenizer_cli_error_is_clear(tmp_path):
     assert re.search(rf"error: sentencepiece training on \d+ sampled lines of {re.escape(str(d))} "
                      r"with vocab_size=50.*raise --vocab-size or lower --character-coverage",
                      err), err
+    assert not (tmp_path / "t").exists()  # the failed run left no empty output folder
