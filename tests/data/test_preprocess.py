@@ -124,7 +124,7 @@ def test_invalid_utf8_counted_and_all_formats(corpus, out1):
 def test_rerun_skips_everything(corpus, tok_dir, out1, tmp_path, caplog, capsys):
     out = _copy(out1, tmp_path)
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.bin")}
-    caplog.set_level(logging.INFO, logger="xlmr_fast.data.preprocess")
+    caplog.set_level(logging.DEBUG, logger="xlmr_fast.data.preprocess")
     t = time.perf_counter()
     pp.preprocess(corpus, tok_dir, out, workers=2)
     assert time.perf_counter() - t < 5

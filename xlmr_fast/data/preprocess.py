@@ -199,11 +199,11 @@ def _resume_state(out: Path, langs: dict, tok_info: dict, clean: dict | None) ->
                 log.warning("%s: %s; redoing it", lang, e)
                 ok = False
             if ok:
-                log.info("%s: already done (%d tokens), skipping", lang, entry["tokens"])
+                log.debug("%s: already done (%d tokens), skipping", lang, entry["tokens"])
                 side.unlink(missing_ok=True)
                 continue
         if lang in meta["empty_languages"] and not bin_.exists():
-            log.info("%s: already done (no tokens after cleaning), skipping", lang)
+            log.debug("%s: already done (no tokens after cleaning), skipping", lang)
             continue
         if entry is None and bin_.is_file():
             # killed between the shard's rename and the meta write: rebuild from the sidecar
