@@ -263,21 +263,34 @@ def test_torch_compile_matches_eager(prepared, tmp_path):
 
 
 @pytest.mark.gpu
-def test_gpu_pretrain_bf16_with_kernels(prepared, tmp_path):
-    """On CUDA: bf16 autocast, Triton/CUDA masking, attention and fused CE in the real loop;
-    finite falling loss, MFU and memory logged, the export loads."""
-    out = tmp_path / "run"
-    s = pretrain(make_cfg(prepared, out, "run.device=cuda", "optim.max_steps=12",
-                          "optim.lr=3e-3", "run.log_every=4", "model.unpad=false"))
-    assert s["step"] == 12
-    train = [r for r in read_metrics(out) if r["kind"] == "train"]
-    assert all(math.isfinite(r["loss"]) for r in train)
-    assert train[-1]["loss"] < train[0]["loss"]
-    assert train[-1]["peak_mem_gb"] > 0 and "mask_overflow" in train[-1]
-    assert (train[-1].get("mfu") or 0) >= 0
+def test_gpu_pretrain_bf16_matches_cpu_fp32(tmp_path):
+    """The real loop on CUDA (bf16 autocast; Triton/CUDA masking, attention, fused CE) against
+    the same run on the CPU in fp32: same init, rows and masks, so the logged losses agree to
+    bf16 precision; MFU and memory are logged and the export loads. Synthetic 250k-vocabulary
+    shards: the device machine has no shared data."""
+    from bench.bench_data import make_synthetic
+    (tmp_path / "shards").mkdir()
+    data = make_synthetic(tmp_path / "shards", 2_000_000)
+    runs = {}
+    for dev in ("cpu", "cuda"):
+        out = tmp_path / dev
+        pretrain(load_config(None, [
+            f"data.data_dir={data}", f"run.out_dir={out}", f"run.device={dev}",
+            "data.seq_len=128", "data.micro_batch=16", "data.heldout_fraction=0.01",
+            "model.hidden_dropout=0.0", "model.attention_dropout=0.0", "optim.max_steps=8",
+            "optim.warmup_steps=2", "optim.lr=1e-3", "run.log_every=4", "run.eval_every=8",
+            "run.eval_batches=2", "run.progress=false", "run.tensorboard=false"]))
+        runs[dev] = [r for r in read_metrics(out) if r["kind"] == "train"]
+    cpu, gpu = runs["cpu"], runs["cuda"]
+    assert [r["step"] for r in gpu] == [4, 8]
+    for a, b in zip(cpu, gpu):
+        assert math.isfinite(b["loss"])
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-2)
+    assert gpu[-1]["peak_mem_gb"] > 0 and gpu[-1]["mask_overflow"] == 0
+    assert "mfu" in gpu[-1] or "H100" not in torch.cuda.get_device_name()
     import xlmr_fast as xf
-    m = xf.XLMRForMaskedLM.from_pretrained(out / "final")
-    assert m.config.vocab_size == 502
+    m = xf.XLMRForMaskedLM.from_pretrained(tmp_path / "cuda" / "final")
+    assert m.config.vocab_size == 250002
 
 
 def test_shards_from_another_tokenizer_are_refused(prepared, tmp_path):
