@@ -302,3 +302,18 @@ def test_shards_from_another_tokenizer_are_refused(prepared, tmp_path):
     from xlmr_fast.data.shards import ShardError
     with pytest.raises(ShardError, match="preprocessed with another tokenizer"):
         Trainer(make_cfg(prepared, tmp_path / "run", f"data.tokenizer={other}"))
+
+
+def test_verify_checksums_catches_flipped_bytes(prepared, tmp_path):
+    """data.verify_checksums: a shard whose bytes changed (same size) is refused at start."""
+    import shutil
+    from xlmr_fast.data.shards import ShardError
+    shards = tmp_path / "shards"
+    shutil.copytree(prepared[0], shards)
+    f = shards / "sw.bin"
+    raw = bytearray(f.read_bytes())
+    raw[-8] ^= 0xFF   # inside the token or index payload, size unchanged
+    f.write_bytes(bytes(raw))
+    cfg = make_cfg((shards, prepared[1]), tmp_path / "run", "data.verify_checksums=true")
+    with pytest.raises(ShardError, match="sw"):
+        Trainer(cfg)

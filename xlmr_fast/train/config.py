@@ -55,6 +55,8 @@ class DataSection:
     heldout_fraction: float = 0.005    # per-language held-out tail for evaluation
     eval_text: str | None = None       # dir of <lang>.txt / <lang>.*.tsv (id TAB text) files:
                                        # per-language MLM loss on outside text (e.g. ud-pud-text)
+    verify_checksums: bool = False     # sha256 of every shard against meta.json at start (reads
+                                       # all shards: minutes per 100 GB; catches corrupt bytes)
     threads: int = 1                   # C++ gather threads
     prefetch: int = 2                  # batches prepared ahead by a background thread
 

@@ -194,7 +194,8 @@ class Trainer:
                       vocab_size=self.vocab_size, threads=d.threads,
                       tokenizer_sha256=self._tokenizer_sha(d.tokenizer))
         self.loader = BlockLoader(d.data_dir, prefetch=d.prefetch,
-                                  pin_memory=self.device.type == "cuda", **common)
+                                  pin_memory=self.device.type == "cuda",
+                                  verify_checksums=d.verify_checksums, **common)
         # Held-out rows are listed globally and dealt out by batch in _valid_batches.
         self.valid = (BlockLoader(d.data_dir, split="valid", prefetch=0,
                                   **{**common, "rank": 0, "world_size": 1})
