@@ -55,7 +55,7 @@ def test_xnli_transfer_with_selection_and_seeds(pretrained, shared_data, tmp_pat
         next(s for s in res["seeds"] if s["seed"] == 1)["scores"]["de"], abs=1e-6)
 
 
-def test_ner_panx(pretrained, shared_data, tmp_path):
+def test_ner_panx(pretrained, shared_data, tmp_path, capsys):
     p = Path(shared_data) / "panx"
     out = tmp_path / "ner"
     rc = cli.main(["finetune", "ner", "--model", str(pretrained), "--train",
@@ -67,6 +67,15 @@ def test_ner_panx(pretrained, shared_data, tmp_path):
     res = _table(out)
     assert res["languages"] == ["de", "en", "sw"] and res["metric"] == "entity F1"
     assert json.loads((out / "seed0" / "labels.json").read_text())[0] == "O"
+    # `evaluate` reads the tag order from labels.json; --max-eval-examples was 40, so compare
+    # on a file of the same 40 sentences
+    blocks = (p / "dev-de.tsv").read_text(encoding="utf-8").split("\n\n")[:40]
+    sub = tmp_path / "dev-de.tsv"
+    sub.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+    assert cli.main(["evaluate", "ner", "--model", str(out / "seed0"), "--tokenizer",
+                     str(pretrained), "--eval", str(sub)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["de"]["f1"] == pytest.approx(res["mean"]["de"], abs=1e-6)
 
 
 def test_qa_mlqa(pretrained, shared_data, tmp_path):
