@@ -310,6 +310,19 @@ def write_hf_files(out_dir) -> None:
     _atomic_write_json(out / "tokenizer_config.json", config)
 
 
+def copy_tokenizer_files(tokenizer_dir, out_dir) -> None:
+    """Put the tokenizer beside a saved model: sentencepiece.bpe.model (+ tokenizer_meta.json)
+    and the HF files, so that both Tokenizer.from_pretrained(out_dir) and transformers'
+    XLMRobertaTokenizer.from_pretrained(out_dir) work on the model directory alone."""
+    src, out = Path(tokenizer_dir), Path(out_dir)
+    if not (src / MODEL_FILE).is_file():
+        raise TokenizerError(f"tokenizer directory {src} has no {MODEL_FILE}")
+    for name in (MODEL_FILE, META_FILE):
+        if (src / name).exists():
+            _atomic_write_bytes(out / name, (src / name).read_bytes())
+    write_hf_files(out)
+
+
 # ---------------------------------------------------------------------------- encoding
 class Tokenizer:
     """fairseq-id XLM-R tokenizer over a SentencePiece model (ours or the released one)."""

@@ -47,8 +47,8 @@ def test_xnli_transfer_with_selection_and_seeds(pretrained, shared_data, tmp_pat
     assert "joint dev set" in capsys.readouterr().out
     assert (out / "seed1" / "model.safetensors").exists()
     # `evaluate` on the saved fine-tuned model reproduces that seed's scores
-    rc = cli.main(["evaluate", "xnli", "--model", str(out / "seed1"), "--tokenizer",
-                   str(pretrained), "--eval", str(x / "dev-de.tsv"), "--xnli-premise-split"])
+    rc = cli.main(["evaluate", "xnli", "--model", str(out / "seed1"), "--eval",
+                   str(x / "dev-de.tsv"), "--xnli-premise-split"])   # tokenizer saved beside it
     assert rc == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["de"]["accuracy"] == pytest.approx(

@@ -29,7 +29,7 @@ import torch
 
 from ..model.xlmr import XLMRForQuestionAnswering, XLMRForSequenceClassification, \
     XLMRForTokenClassification
-from ..tokenizer import Tokenizer
+from ..tokenizer import Tokenizer, copy_tokenizer_files
 from ..train.config import OptimSection
 from ..train.optim import make_optimizer, make_scheduler
 from . import metrics as M
@@ -306,8 +306,9 @@ def finetune(args: FinetuneArgs) -> dict:
         per_seed.append({"seed": seed, **info,
                          "scores": {k: v[0] for k, v in res.items()},
                          "details": {k: v[1] for k, v in res.items()}})
-        if args.save_model:
+        if args.save_model:  # the model with its tokenizer: `evaluate` needs only this dir
             model.save_pretrained(out / f"seed{seed}")
+            copy_tokenizer_files(args.tokenizer or args.model, out / f"seed{seed}")
             if task.name == "ner":  # the tag order of the classifier rows, for `evaluate`
                 (out / f"seed{seed}" / "labels.json").write_text(json.dumps(task.labels))
         del model

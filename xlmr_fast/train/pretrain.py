@@ -496,12 +496,8 @@ class Trainer:
             model.save_pretrained(out)
             tok = self.cfg.data.tokenizer
             if tok:  # the spm model and the HF tokenizer files, so from_pretrained(out) works
-                import shutil
-                from ..tokenizer import write_hf_files
-                for name in ("sentencepiece.bpe.model", "tokenizer_meta.json"):
-                    if (Path(tok) / name).exists():
-                        shutil.copyfile(Path(tok) / name, out / name)
-                write_hf_files(out)
+                from ..tokenizer import copy_tokenizer_files
+                copy_tokenizer_files(tok, out)
             log.info("exported %s", out)
         D.barrier(self.dist)
         return out
