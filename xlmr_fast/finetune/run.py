@@ -139,11 +139,8 @@ class Task:
             return list(zip(out.start_logits.float().cpu(), out.end_logits.float().cpu()))
         return list(out.logits.float().cpu())
 
-    def score(self, examples, feats, outs) -> float:
-        """The task metric in percent: accuracy, entity F1, SQuAD F1 (EM in score_all)."""
-        return self.score_all(examples, feats, outs)[0]
-
     def score_all(self, examples, feats, outs) -> tuple[float, dict]:
+        """(the task metric in percent: accuracy, entity F1 or SQuAD F1, all details)."""
         if self.name == "xnli":
             preds = [int(o.argmax()) for o in outs]
             acc = 100 * M.accuracy(preds, [f["label"] for f in feats])
@@ -152,7 +149,9 @@ class Task:
             logits = [o[:len(f["input_ids"])] for o, f in zip(outs, feats)]
             pred = K.merge_token_predictions(feats, logits, examples, self.labels)
             r = M.span_f1([list(e.tags) for e in examples], pred)
-            return 100 * r["f1"], {k: 100 * v for k, v in r.items()}
+            # precision/recall/F1 in percent; n_true/n_pred/n_correct stay counts
+            return 100 * r["f1"], {k: 100 * v if k in ("precision", "recall", "f1") else v
+                                   for k, v in r.items()}
         starts = [o[0][:len(f["input_ids"])] for o, f in zip(outs, feats)]
         ends = [o[1][:len(f["input_ids"])] for o, f in zip(outs, feats)]
         pred = K.decode_qa(feats, starts, ends, examples)
@@ -167,6 +166,13 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def _amp(dev: torch.device):
+    """A context factory: bf16 autocast on CUDA, plain fp32 on the CPU."""
+    if dev.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return lambda: torch.autocast("cpu", enabled=False)
 
 
 def _to(b: dict, dev) -> dict:
@@ -223,8 +229,7 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
                              warmup_steps=int(args.warmup_ratio * total), fused=None)
     opt = make_optimizer(model, optim_cfg, dev)
     sched = make_scheduler(opt, optim_cfg)
-    amp = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda"
-           else (lambda: torch.autocast("cpu", enabled=False)))
+    amp = _amp(dev)
     best, best_state, history, step = -math.inf, None, [], 0
     lengths = [len(f["input_ids"]) for f in train_feats]
     from tqdm.auto import tqdm
@@ -365,8 +370,7 @@ def evaluate(task_name: str, model_path: str, eval_files, tokenizer=None, device
                              f"ner`): pass the tag list in training order")
         task.labels = list(labels)
     model = task.model_cls.from_pretrained(model_path).to(dev)
-    amp = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda"
-           else (lambda: torch.autocast("cpu", enabled=False)))
+    amp = _amp(dev)
     res = evaluate_sets(task, model, _by_lang(task, ex), dev, amp, batch_size)
     return {k: v[1] for k, v in res.items()}
 
