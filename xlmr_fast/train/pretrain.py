@@ -73,24 +73,25 @@ def _checkpoint_layers(layers) -> None:
         layer.forward = lambda *a, _f=fwd, **k: checkpoint(_f, *a, use_reentrant=False, **k)
 
 
-def load_eval_text(path, tokenizer_dir, seq_len: int, vocab_size: int):
+def load_eval_text(path, tokenizer, seq_len: int, vocab_size: int):
     """Held-out raw text for per-language MLM loss: a directory of <lang>.txt (a line per
     sentence or paragraph) or <lang>.<name>.tsv (id TAB text, e.g. ../shared/data/ud-pud-text)
     files. Each language's lines are encoded, joined with </s> as the binarizer does, and cut
     into rows of <s> + seq_len - 1 tokens (the last row right-padded). Returns
-    (ids (n, seq_len) int32, langs (n,) int64, language names)."""
+    (ids (n, seq_len) int32, langs (n,) int64, language names). tokenizer: a Tokenizer or its
+    directory."""
     import numpy as np
     from ..tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
-    if not tokenizer_dir:
+    if not tokenizer:
         raise ValueError("data.eval_text needs data.tokenizer (the tokenizer of the shards)")
     root = Path(path)
     files = sorted(p for p in root.glob("*") if p.suffix in (".txt", ".tsv")) \
         if root.is_dir() else []
     if not files:
         raise FileNotFoundError(f"data.eval_text={path}: no <lang>.txt or <lang>.*.tsv files")
-    tok = Tokenizer.from_pretrained(tokenizer_dir)
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.from_pretrained(tokenizer)
     if tok.vocab_size != vocab_size:
-        raise ValueError(f"data.tokenizer {tokenizer_dir} has {tok.vocab_size} ids, the shards "
+        raise ValueError(f"data.tokenizer {tok.model_file} has {tok.vocab_size} ids, the shards "
                          f"{vocab_size}: pass the tokenizer the shards were made with")
     L = seq_len - 1
     rows, langs, names = [], [], []
@@ -113,6 +114,17 @@ def load_eval_text(path, tokenizer_dir, seq_len: int, vocab_size: int):
         names.append(f.name.split(".")[0])
     return (torch.from_numpy(np.concatenate(rows)), torch.from_numpy(np.concatenate(langs)),
             names)
+
+
+def _add_per_language(loss_acc, count_acc, loss_N, pos, langs, seq_len: int) -> torch.Tensor:
+    """Add per-target losses into per-language sums: target slot i (flat position pos[i] of a
+    (B, seq_len) batch, -1 = unused slot) belongs to row pos[i] // seq_len, whose language is
+    langs[row]. Returns the number of used slots (a device tensor: no sync)."""
+    used = pos >= 0
+    lang_N = langs.index_select(0, pos.clamp(min=0) // seq_len)
+    loss_acc.index_add_(0, lang_N, loss_N.to(loss_acc.dtype) * used)
+    count_acc.index_add_(0, lang_N, used.to(count_acc.dtype))
+    return used.sum()
 
 
 def _grad_norm(params) -> torch.Tensor:
@@ -187,12 +199,18 @@ class Trainer:
         self.opt = make_optimizer(self.raw, cfg.optim, self.device)
         self.sched = make_scheduler(self.opt, cfg.optim)
 
+        # The shards' tokenizer (when given): the loader checks its sha256 against meta.json,
+        # eval_text encodes with it.
+        tok = None
+        if d.tokenizer:
+            from ..tokenizer import Tokenizer
+            tok = Tokenizer.from_pretrained(d.tokenizer)
         W, r = self.dist.world_size, self.dist.rank
         common = dict(batch_size=d.micro_batch, block_size=d.seq_len, alpha=d.alpha,
                       seed=cfg.run.seed, rank=r, world_size=W,
                       cross_documents=d.cross_documents, heldout_fraction=d.heldout_fraction,
                       vocab_size=self.vocab_size, threads=d.threads,
-                      tokenizer_sha256=self._tokenizer_sha(d.tokenizer))
+                      tokenizer_sha256=tok.model_sha256 if tok else None)
         self.loader = BlockLoader(d.data_dir, prefetch=d.prefetch,
                                   pin_memory=self.device.type == "cuda",
                                   verify_checksums=d.verify_checksums, **common)
@@ -201,7 +219,7 @@ class Trainer:
                                   **{**common, "rank": 0, "world_size": 1})
                       if d.heldout_fraction > 0 else None)
         self.languages = self.loader.languages
-        self.eval_text = (load_eval_text(d.eval_text, d.tokenizer, d.seq_len, self.vocab_size)
+        self.eval_text = (load_eval_text(d.eval_text, tok, d.seq_len, self.vocab_size)
                           if d.eval_text else None)
         self.capacity = mask_capacity(d.micro_batch, d.seq_len, cfg.mask.prob,
                                       cfg.mask.capacity_sigmas)
@@ -225,14 +243,6 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
         if resume:
             self._resume()
-
-    @staticmethod
-    def _tokenizer_sha(tokenizer_dir) -> str | None:
-        """The sha256 of data.tokenizer's model: the loader refuses shards made with another."""
-        if not tokenizer_dir:
-            return None
-        from ..tokenizer import Tokenizer
-        return Tokenizer.from_pretrained(tokenizer_dir).model_sha256
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
@@ -292,11 +302,7 @@ class Trainer:
                 langs = langs.to(self.device, non_blocking=True)
             key = (self.step * A + m) * W + dist.rank
             with _range("train/mask"):
-                masked, labels, pos, count = ops.mlm_mask_static(
-                    ids, vocab_size=self.vocab_size, mask_id=self.model_cfg.mask_token_id,
-                    seed=cfg.run.seed, step=key, capacity=self.capacity,
-                    mask_prob=cfg.mask.prob, pad_id=self.model_cfg.pad_token_id,
-                    mask_special=cfg.mask.mask_special)
+                masked, labels, pos, count = self._mask(ids, cfg.run.seed, key, self.capacity)
             sync = (self.model.no_sync() if dist.mode == "ddp" and m < A - 1 else nullcontext())
             if dist.mode == "fsdp":
                 self.model.set_requires_gradient_sync(m == A - 1)
@@ -307,12 +313,9 @@ class Trainer:
                 loss_sum = loss_N.float().sum()
                 with _range("train/backward"):
                     loss_sum.backward()
-            used = pos >= 0
-            n_targets += used.sum()
-            lang_N = langs.index_select(0, pos.clamp(min=0) // T)
             acc = self.acc
-            acc["loss"].index_add_(0, lang_N, loss_N.detach().float() * used)
-            acc["count"].index_add_(0, lang_N, used.float())
+            n_targets += _add_per_language(acc["loss"], acc["count"], loss_N.detach(), pos,
+                                           langs, T)
             acc["overflow"] += (count - self.capacity).clamp(min=0).squeeze(0)
             acc["tokens"] += (ids != self.model_cfg.pad_token_id).sum()
 
@@ -383,39 +386,55 @@ class Trainer:
         T = cfg.data.seq_len
         for j, ids, langs in batches:
             ids, langs = ids.to(self.device), langs.to(self.device)
-            masked, labels, pos, _ = ops.mlm_mask_static(
-                ids, vocab_size=self.vocab_size, mask_id=self.model_cfg.mask_token_id,
-                seed=cfg.run.seed + 1, step=j,
-                capacity=mask_capacity(ids.shape[0], T, cfg.mask.prob, cfg.mask.capacity_sigmas),
-                mask_prob=cfg.mask.prob, pad_id=self.model_cfg.pad_token_id,
-                mask_special=cfg.mask.mask_special)
+            capacity = mask_capacity(ids.shape[0], T, cfg.mask.prob, cfg.mask.capacity_sigmas)
+            masked, labels, pos, _ = self._mask(ids, cfg.run.seed + 1, j, capacity)
             with self.autocast:
                 loss_N = self.forward(masked, labels=labels, masked_positions=pos,
                                       reduction="none").loss
-            used = pos >= 0
-            lang_N = langs.index_select(0, pos.clamp(min=0) // T)
-            loss.index_add_(0, lang_N, loss_N.double() * used)
-            count.index_add_(0, lang_N, used.double())
+            _add_per_language(loss, count, loss_N, pos, langs, T)
         self.model.train()
-        D.all_reduce_sum(loss, self.dist)
-        D.all_reduce_sum(count, self.dist)
-        loss_l, count_l = loss.tolist(), count.tolist()
-        per = {x: s / c for x, s, c in zip(languages, loss_l, count_l) if c > 0}
-        total = sum(loss_l) / max(sum(count_l), 1.0)
+        total, per, n = self._reduce_per_language(loss, count, languages)
         out = {"loss": total, "ppl": math.exp(min(total, 50.0)), "loss_lang": per,
                "ppl_lang": {x: math.exp(min(v, 50.0)) for x, v in per.items()},
-               "targets": int(sum(count_l))}
+               "targets": int(n)}
         self.metrics.log(self.step, out, kind=kind)
         if self.dist.is_main:
             log.info("%s step %d: loss %.4f ppl %.2f over %d targets", kind, self.step, total,
                      out["ppl"], out["targets"])
         return out
 
-    def _split_batches(self, ids, langs):
-        """(j, ids, langs): batch j of micro_batch rows goes to rank j mod world_size."""
+    def _mask(self, ids, seed: int, step: int, capacity: int):
+        """ops.mlm_mask_static with this run's vocabulary, ids and masking options."""
+        c = self.cfg.mask
+        return ops.mlm_mask_static(ids, vocab_size=self.vocab_size,
+                                   mask_id=self.model_cfg.mask_token_id, seed=seed, step=step,
+                                   capacity=capacity, mask_prob=c.prob,
+                                   pad_id=self.model_cfg.pad_token_id,
+                                   mask_special=c.mask_special)
+
+    def _reduce_per_language(self, loss, count, languages):
+        """Sum per-language (loss, target count) over ranks (on copies) -> (mean loss over all
+        targets, {language: mean loss} for languages with targets, number of targets). One host
+        sync."""
+        loss, count = loss.clone(), count.clone()
+        D.all_reduce_sum(loss, self.dist)
+        D.all_reduce_sum(count, self.dist)
+        loss_l, count_l = loss.tolist(), count.tolist()
+        per = {x: s / c for x, s, c in zip(languages, loss_l, count_l) if c > 0}
+        n = sum(count_l)
+        return sum(loss_l) / max(n, 1.0), per, n
+
+    def _my_batches(self, n_rows: int):
+        """(j, lo, hi) of the batches of micro_batch rows (of n_rows) this rank evaluates: batch
+        j goes to rank j mod world_size, so the result does not depend on the number of ranks."""
         B, W = self.cfg.data.micro_batch, self.dist.world_size
-        for j in range(self.dist.rank, (ids.shape[0] + B - 1) // B, W):
-            yield j, ids[j * B:(j + 1) * B], langs[j * B:(j + 1) * B]
+        for j in range(self.dist.rank, (n_rows + B - 1) // B, W):
+            yield j, j * B, min(j * B + B, n_rows)
+
+    def _split_batches(self, ids, langs):
+        """(j, ids, langs) of this rank's batches of in-memory rows (see _my_batches)."""
+        for j, lo, hi in self._my_batches(ids.shape[0]):
+            yield j, ids[lo:hi], langs[lo:hi]
 
     def _valid_batches(self):
         """(j, ids, langs) of the held-out batches of this rank. The rows of all ranks are
@@ -430,9 +449,8 @@ class Trainer:
         rows = rows[order]
         B, cap = self.cfg.data.micro_batch, self.cfg.run.eval_batches
         n = rows.shape[0] if not cap else min(rows.shape[0], cap * B)
-        W = self.dist.world_size
-        for j in range(self.dist.rank, (n + B - 1) // B, W):
-            r = np.ascontiguousarray(rows[j * B:min(j * B + B, n)])
+        for j, lo, hi in self._my_batches(n):
+            r = np.ascontiguousarray(rows[lo:hi])
             yield j, self.valid._assemble(r), torch.from_numpy(r[:, 0].copy())
 
     # ------------------------------------------------------------------ checkpoints
@@ -460,11 +478,11 @@ class Trainer:
 
     def _resume(self) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-        path = CheckpointManager(self.run_dir).latest()
+        path = self.ckpt.latest()
         if path is None:
             log.warning("--resume: no checkpoint in %s; starting from scratch", self.run_dir)
             return
-        state = CheckpointManager(self.run_dir).load(path)
+        state = self.ckpt.load(path)
         set_state_dict(self.raw, self.opt, model_state_dict=state["model"],
                        optim_state_dict=state["optim"],
                        options=StateDictOptions(full_state_dict=True))
@@ -520,17 +538,12 @@ class Trainer:
 
     def _log_train(self, bar) -> None:
         acc, dist = self.acc, self.dist
-        loss = acc["loss"].clone()
-        count = acc["count"].clone()
         tokens = acc["tokens"].clone().double()
-        D.all_reduce_sum(loss, dist)
-        D.all_reduce_sum(count, dist)
         D.all_reduce_sum(tokens, dist)
-        loss_l, count_l = loss.tolist(), count.tolist()   # host sync (once per log line)
+        total, per, _ = self._reduce_per_language(acc["loss"], acc["count"], self.languages)
         dt = max(time.perf_counter() - acc["t0"], 1e-9)
         tok_s = tokens.item() / dt
-        m = {"loss": sum(loss_l) / max(sum(count_l), 1.0),
-             "loss_lang": {x: s / c for x, s, c in zip(self.languages, loss_l, count_l) if c},
+        m = {"loss": total, "loss_lang": per,
              "lr": self.sched.get_last_lr()[0], "grad_norm": acc["grad_norm"],
              "tokens_per_s": tok_s, "steps": acc["steps"],
              "mask_overflow": int(acc["overflow"].item())}
