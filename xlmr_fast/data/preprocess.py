@@ -70,6 +70,19 @@ def _threads() -> int:
     return max(1, _WORKER["cores"] // left)
 
 
+def join_lines(flat: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded lines (flat ids, per-line lengths) as fairseq binarizes them: every line followed
+    by </s>, in one uint32 array. Line i occupies out[ends[i] - lens[i] - 1 : ends[i] - 1] and its
+    </s> sits at ends[i] - 1."""
+    ends = np.cumsum(lens + 1)
+    out = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.uint32)
+    is_eos = np.zeros(out.shape[0], dtype=bool)
+    is_eos[ends - 1] = True
+    out[is_eos] = EOS
+    out[~is_eos] = flat
+    return out, ends
+
+
 def _encode(tok, lines: list[str], threads: int):
     tok.threads = threads  # Tokenizer.encode_ids_flat runs sentencepiece with tok.threads threads
     return tok.encode_ids_flat(lines)
@@ -91,15 +104,7 @@ def _encode_language(lang: str, src: str, out_path: str, vocab_size: int, tok_sh
         nonlocal docs, n_batch, reported
         if not docs:
             return
-        flat, lens = _encode(tok, [ln for d in docs for ln in d], _threads())
-        # One flat array for the whole batch, then </s> after every line: line i occupies
-        # out[ends[i] - lens[i] - 1 : ends[i] - 1], its </s> sits at ends[i] - 1.
-        ends = np.cumsum(lens + 1)
-        out = np.empty(int(ends[-1]), dtype=np.uint32)
-        is_eos = np.zeros(out.shape[0], dtype=bool)
-        is_eos[ends - 1] = True
-        out[is_eos] = EOS
-        out[~is_eos] = flat
+        out, ends = join_lines(*_encode(tok, [ln for d in docs for ln in d], _threads()))
         i = 0
         for d in docs:  # documents as units: slice at their first/last line boundaries
             start = int(ends[i - 1]) if i else 0

@@ -81,7 +81,8 @@ def load_eval_text(path, tokenizer, seq_len: int, vocab_size: int):
     (ids (n, seq_len) int32, langs (n,) int64, language names). tokenizer: a Tokenizer or its
     directory."""
     import numpy as np
-    from ..tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+    from ..data.preprocess import join_lines
+    from ..tokenizer import BOS_ID, PAD_ID, Tokenizer
     if not tokenizer:
         raise ValueError("data.eval_text needs data.tokenizer (the tokenizer of the shards)")
     root = Path(path)
@@ -101,8 +102,7 @@ def load_eval_text(path, tokenizer, seq_len: int, vocab_size: int):
         lines = [ln.strip() for ln in lines if ln.strip()]
         if not lines:
             continue
-        flat, lens = tok.encode_ids_flat(lines)
-        stream = np.insert(flat, np.cumsum(lens), EOS_ID).astype(np.int32)
+        stream = join_lines(*tok.encode_ids_flat(lines))[0].astype(np.int32)
         n = -(-stream.size // L)
         body = np.full(n * L, PAD_ID, dtype=np.int32)
         body[:stream.size] = stream
