@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -362,9 +361,9 @@ def load_config(path=None, overrides=(), base: TrainConfig | None = None) -> Tra
 def save_config(cfg: TrainConfig, path) -> Path:
     """Write the resolved config as YAML, atomically (tmp + rename)."""
     import yaml
+
+    from .._io import atomic_write
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return atomic_write(path, lambda f: f.write(text), binary=False)

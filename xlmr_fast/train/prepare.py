@@ -13,16 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
+
+from .._io import atomic_write
+from ..data.demo import default_cache_dir
 
 log = logging.getLogger(__name__)
 
 
 def default_work_dir(corpus, vocab_size: int, sentences: int) -> Path:
-    """A cache folder per (corpus path, tokenizer arguments): $XLMR_FAST_CACHE or
-    ~/.cache/xlmr_fast, then prepared/<corpus name>-<hash>."""
-    root = Path(os.environ.get("XLMR_FAST_CACHE") or Path.home() / ".cache" / "xlmr_fast")
+    """A cache folder per (corpus path, tokenizer arguments): prepared/<corpus name>-<hash> in
+    the cache the demo corpus uses (data.demo.default_cache_dir)."""
+    root = default_cache_dir()
     corpus = Path(corpus).resolve()
     h = hashlib.sha256(f"{corpus}|{vocab_size}|{sentences}".encode()).hexdigest()[:10]
     return root / "prepared" / f"{corpus.name}-{h}"
@@ -53,9 +55,7 @@ def prepare_corpus(corpus, work_dir=None, *, vocab_size: int = 8000, sentences: 
             raise ValueError(f"{work} was prepared with other arguments {diff} (old, new); "
                              f"delete it or choose another folder")
     else:
-        tmp = record.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(args, indent=1))
-        os.replace(tmp, record)
+        atomic_write(record, lambda f: f.write(json.dumps(args, indent=1)), binary=False)
 
     tok_dir, shards = work / "tokenizer", work / "shards"
     if not (tok_dir / META_FILE).exists():  # written last by train_tokenizer: complete
