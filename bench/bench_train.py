@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from bench import harness as H
+from bench.bench_data import make_synthetic
 
 
 def _sync(dev):
@@ -45,14 +46,7 @@ def _peak_mb(dev):
     return torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else float("nan")
 
 
-def make_shards(root: Path, vocab: int, n_tokens: int) -> Path:
-    from bench.bench_data import make_synthetic
-    if vocab != 250002:
-        raise ValueError("synthetic shards use the real 250,002-id vocabulary")
-    return make_synthetic(root, n_tokens)
-
-
-def bench_ours(preset, micro, seq, accum, steps, data_dir, dev, compile_model, peak):
+def bench_ours(preset, micro, seq, accum, steps, data_dir, dev, compile_model):
     from xlmr_fast.train.config import load_config
     from xlmr_fast.train.pretrain import Trainer
     with tempfile.TemporaryDirectory(prefix="xlmr_bench_train_") as out:
@@ -206,7 +200,7 @@ def main(argv=None):
     rows, notes = [], []
     with tempfile.TemporaryDirectory(prefix="xlmr_bench_shards_") as d:
         t = time.perf_counter()
-        data = make_shards(Path(d), 250002, a.tokens)
+        data = make_synthetic(Path(d), a.tokens)  # the real 250,002-id vocabulary
         print(f"synthetic shards ({a.tokens / 1e6:.0f}M tokens): {time.perf_counter() - t:.1f} s",
               flush=True)
         for preset, micro in zip(presets, micros):
@@ -217,8 +211,7 @@ def main(argv=None):
                 try:
                     if prov.startswith("ours"):
                         ms, mem, fpt, brk = bench_ours(preset, micro, a.seq, a.accum, a.steps,
-                                                       data, a.device, prov.endswith("compile"),
-                                                       peak)
+                                                       data, a.device, prov.endswith("compile"))
                         if brk:
                             notes.append((shape, prov, brk))
                     else:
