@@ -1,4 +1,4 @@
-"""Benchmark xf.ops.add_dropout_layernorm at XLM-R shapes: T = 64 x 512 = 32768 rows, H = 768 / 1024.
+"""Benchmark xf.ops.add_dropout_layernorm at XLM-R shapes: 64 x 512 = 32768 rows, H = 768, 1024.
 
 Providers (same inputs, one process):
   eager    the plain composition F.layer_norm(residual + F.dropout(x, p)) in torch eager

@@ -1,23 +1,34 @@
-"""Benchmark xf.ops.attention at XLM-R base shapes (12 heads of 64, bf16) against SDPA.
+"""Benchmark xf.ops.attention at XLM-R shapes (12 and 16 heads of 64, bf16) against SDPA.
 
     python -m bench.bench_attention            # table + rows appended to bench/results/
     python -m bench.bench_attention --tune     # also sweep the Triton block configs
     python -m bench.bench_attention --quick    # one shape
 
-Shapes: B*T = 32k tokens: (64, 512) full-length pretraining blocks, and fine-tuning batches
-(128, 256), (256, 128) with ~30% random right padding (lengths uniform in [0.4T, T]).
+Shapes (B*T = 32k tokens): (64, 512) pretraining blocks with 12 heads (base) and 16 (large),
+each with 0%, 30% and 50% random right padding (lengths uniform with that mean; the
+fine-tuning case where varlen should win), and short fine-tuning batches (128, 256) and
+(256, 128) with 30% padding.
 Providers (same inputs, one process):
     sdpa_flash_nomask   SDPA flash backend ignoring the padding (a mask disqualifies it):
                         an upper bound on speed, not the same math when there is padding
     sdpa_efficient      SDPA mem-efficient backend, additive float mask
     sdpa_cudnn          SDPA cuDNN backend, additive float mask
-    compile_reference   torch.compile(attention_reference) (fp32 softmax, materialised P)
+    sdpa_math           SDPA math backend (materialised scores), additive float mask
+    triton_tutorial     bench/baselines/triton_tutorial_attention.py: the textbook FA2 Triton
+                        kernel (no mask, no dropout), like sdpa_flash_nomask an upper bound
+    compile_reference   torch.compile(attention_reference) (fp32 softmax, materialised P);
+                        unpadded shapes only (one compile per shape)
     ours_mask           xf.ops.attention(key_padding_mask=...) (Triton)
     ours_varlen         xf.ops.attention on packed tokens (cu_seqlens)
-    ours_mask_drop0.1   ours with attention dropout 0.1 (XLM-R pretraining recipe)
-    sdpa_eff_drop0.1    SDPA mem-efficient with dropout 0.1
+    ours_*_drop0.1      ours with attention dropout 0.1 (XLM-R pretraining recipe)
+    sdpa_eff_drop0.1    SDPA mem-efficient with dropout 0.1 (the only SDPA backend that takes
+                        a mask and dropout)
+Modes: fwd, bwd, fwd+bwd (eager: calls enqueued back to back, the host may be the limit at
+short T) and graph (fwd+bwd, 10 calls replayed from one CUDA graph: device time alone) for
+ours and the SDPA backends, so a host-bound provider shows as graph << fwd+bwd.
 FLOPs are nominal for the padded shape: 4*B*T^2*H*D forward, x2.5 backward, x3.5 both
-(padding is not subtracted, so varlen's real work is lower than its TFLOP/s suggests).
+(padding is not subtracted, so varlen's real work is lower than its TFLOP/s suggests; the
+note of each varlen row gives the real fraction sum(L^2) / (B T^2)).
 """
 from __future__ import annotations
 
@@ -29,19 +40,35 @@ import torch
 
 from bench import harness
 
-H, D = 12, 64
-SHAPES = [(64, 512, 0.0), (128, 256, 0.3), (256, 128, 0.3)]
+D = 64
+SHAPES = [  # (B, T, heads, mean padding fraction)
+    (64, 512, 12, 0.0), (64, 512, 12, 0.3), (64, 512, 12, 0.5),
+    (64, 512, 16, 0.0), (64, 512, 16, 0.3), (64, 512, 16, 0.5),
+    (128, 256, 12, 0.3), (256, 128, 12, 0.3),
+]
+GRAPH_PROVIDERS = ("sdpa_flash_nomask", "sdpa_cudnn", "ours_mask", "ours_varlen",
+                   "ours_mask_drop0.1", "ours_varlen_drop0.1")
+GRAPH_CALLS = 10
 
 
 def _lengths(B, T, pad_frac, gen):
     if pad_frac == 0:
         return torch.full((B,), T, dtype=torch.int64)
-    # uniform in [lo, T] with mean T*(1 - pad_frac): lo = T*(1 - 2*pad_frac)
+    # uniform in [lo, T] with mean T*(1 - pad_frac): lo = T*(1 - 2*pad_frac), at least 1
     lo = max(1, int(T * (1 - 2 * pad_frac)))
     return torch.randint(lo, T + 1, (B,), generator=gen)
 
 
-def _providers(q, k, v, kpm, lengths, T):
+def _tutorial():
+    try:
+        from bench.baselines.triton_tutorial_attention import tutorial_attention
+        return tutorial_attention
+    except Exception as e:  # a missing baseline is reported, not fatal
+        print(f"  triton_tutorial: unavailable ({type(e).__name__}: {e})")
+        return None
+
+
+def _providers(q, k, v, kpm, lengths, T, compile_ref):
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -68,19 +95,33 @@ def _providers(q, k, v, kpm, lengths, T):
                 return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return f, (q, k, v)
 
-    ref_c = torch.compile(attention_reference)
+    def ours_mask(p):
+        return (lambda: xf.ops.attention(q, k, v, key_padding_mask=kpm, dropout_p=p),
+                (q, k, v))
+
+    def ours_varlen(p):
+        return (lambda: xf.ops.attention(qp, kp, vp, cu_seqlens=cu, max_seqlen=T, dropout_p=p),
+                (qp, kp, vp))
+
     provs = {
         "sdpa_flash_nomask": sdpa(SDPBackend.FLASH_ATTENTION, None),
         "sdpa_efficient": sdpa(SDPBackend.EFFICIENT_ATTENTION, add_mask),
         "sdpa_cudnn": sdpa(SDPBackend.CUDNN_ATTENTION, add_mask),
-        "compile_reference": (lambda: ref_c(q, k, v, key_padding_mask=kpm), (q, k, v)),
-        "ours_mask": (lambda: xf.ops.attention(q, k, v, key_padding_mask=kpm), (q, k, v)),
-        "ours_varlen": (lambda: xf.ops.attention(qp, kp, vp, cu_seqlens=cu, max_seqlen=T),
-                        (qp, kp, vp)),
-        "ours_mask_drop0.1": (lambda: xf.ops.attention(q, k, v, key_padding_mask=kpm,
-                                                       dropout_p=0.1), (q, k, v)),
-        "sdpa_eff_drop0.1": sdpa(SDPBackend.EFFICIENT_ATTENTION, add_mask, 0.1),
+        "sdpa_math": sdpa(SDPBackend.MATH, add_mask),
     }
+    tut = _tutorial()
+    if tut is not None:
+        provs["triton_tutorial"] = (lambda: tut(q, k, v), (q, k, v))
+    if compile_ref:
+        ref_c = torch.compile(attention_reference)
+        provs["compile_reference"] = (lambda: ref_c(q, k, v, key_padding_mask=kpm), (q, k, v))
+    provs.update({
+        "ours_mask": ours_mask(0.0),
+        "ours_varlen": ours_varlen(0.0),
+        "ours_mask_drop0.1": ours_mask(0.1),
+        "ours_varlen_drop0.1": ours_varlen(0.1),
+        "sdpa_eff_drop0.1": sdpa(SDPBackend.EFFICIENT_ATTENTION, add_mask, 0.1),
+    })
     return provs
 
 
@@ -103,20 +144,36 @@ def _time_modes(fn, inputs):
             harness.peak_mb(both))
 
 
-def run(shapes, tune=False):
+def _graph_ms(fn, inputs):
+    """fwd+bwd device time per call from a CUDA graph of GRAPH_CALLS calls."""
+    out = fn()
+    dout = torch.randn_like(out)
+    del out
+    replay = harness.graph_replay(lambda: torch.autograd.grad(fn(), inputs, dout), GRAPH_CALLS)
+    return harness.time_ms(replay, warmup=2, rep=10) / GRAPH_CALLS
+
+
+def run(shapes, tune=False, device="cuda"):
+    """Rows for every shape and provider. device="cpu" (with TRITON_INTERPRET=1, tiny
+    shapes) is the smoke test of this file: no CUDA graphs, no compile, SDPA backends that
+    need CUDA report themselves unavailable."""
     from xlmr_fast.ops.attention import attention_backend
+    cuda = device == "cuda"
     rows = []
     gen = torch.Generator().manual_seed(0)
-    for B, T, pad_frac in shapes:
+    for B, T, H, pad_frac in shapes:
         lengths = _lengths(B, T, pad_frac, gen)
-        kpm = (torch.arange(T)[None, :] >= lengths[:, None]).cuda()
-        q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16)
+        kpm = (torch.arange(T)[None, :] >= lengths[:, None]).to(device)
+        q, k, v = (torch.randn(B, T, H, D, device=device, dtype=torch.bfloat16)
                    .transpose(1, 2).requires_grad_() for _ in range(3))
+        work = (lengths.double() ** 2).sum().item() / (B * T * T)
         print(f"# B={B} T={T} H={H} D={D} padding={1 - lengths.float().mean().item() / T:.2f} "
-              f"backend={attention_backend(q)}", flush=True)
+              f"varlen work={work:.2f} of padded, backend={attention_backend(q)}", flush=True)
         shape = f"B{B}xT{T}xH{H}xD{D}" + (f" pad{pad_frac:.1f}" if pad_frac else "")
         flops = 4 * B * T * T * H * D
-        for name, (fn, inputs) in _providers(q, k, v, kpm, lengths, T).items():
+        provs = _providers(q, k, v, kpm, lengths, T, compile_ref=cuda and pad_frac == 0)
+        for name, (fn, inputs) in provs.items():
+            note = f"real work {work:.2f} of padded" if "varlen" in name else ""
             try:
                 f_ms, b_ms, fb_ms, peak = _time_modes(fn, inputs)
             except Exception as e:  # a backend refusing the input is a result, not a crash
@@ -125,55 +182,73 @@ def run(shapes, tune=False):
             for mode, ms, fl in (("fwd", f_ms, flops), ("bwd", b_ms, 2.5 * flops),
                                  ("fwd+bwd", fb_ms, 3.5 * flops)):
                 rows.append(harness.row("attention", name, mode, shape, ms, flops=fl,
-                                        peak=peak if mode == "fwd+bwd" else float("nan")))
-        if tune:
-            rows += _tune(q, k, v, kpm, shape, flops)
-        del q, k, v
-        torch.cuda.empty_cache()
+                                        peak=peak if mode == "fwd+bwd" else float("nan"),
+                                        note=note))
+            if cuda and name in GRAPH_PROVIDERS:
+                try:
+                    rows.append(harness.row("attention", name, "graph", shape,
+                                            _graph_ms(fn, inputs), flops=3.5 * flops,
+                                            note=("fwd+bwd device time; " + note).strip("; ")))
+                except Exception as e:
+                    print(f"  {name} graph: failed ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120]})")
+        if tune and cuda:
+            rows += _tune(provs, shape, flops)
+        del q, k, v, provs
+        if cuda:
+            torch.cuda.empty_cache()
     return rows
 
 
-def _tune(q, k, v, kpm, shape, flops):
-    """Time every FWD_CONFIGS / BWD_CONFIGS entry on the masked layout (the lead picks)."""
-    import xlmr_fast as xf
+def _tune(provs, shape, flops):
+    """Device time (CUDA graph) of every FWD_CONFIGS / BWD_CONFIGS entry on this shape's
+    layout (varlen when it is padded, the mask path when not), forward alone and fwd+bwd
+    with the default forward; prints the best pair for kernels/triton/attention.py's TUNED."""
     from xlmr_fast.kernels.triton import attention as kern
-    rows = []
-    for i, cfg in enumerate(kern.FWD_CONFIGS):
-        kern.set_configs(fwd=i)
-        try:
-            with torch.no_grad():
-                ms = harness.time_ms(lambda: xf.ops.attention(q, k, v, key_padding_mask=kpm))
-            rows.append(harness.row("attention", f"ours_fwd_cfg{i}", "fwd", shape, ms, flops=flops,
-                                    note=str(cfg)))
-        except Exception as e:
-            print(f"  fwd cfg{i} {cfg}: failed ({type(e).__name__})")
-    kern.set_configs()
-    out = xf.ops.attention(q, k, v, key_padding_mask=kpm)
-    dout = torch.randn_like(out)
-    for i, cfg in enumerate(kern.BWD_CONFIGS):
-        kern.set_configs(bwd=i)
-        try:
-            ms = harness.time_ms(lambda: torch.autograd.grad(out, (q, k, v), dout,
-                                                             retain_graph=True))
-            rows.append(harness.row("attention", f"ours_bwd_cfg{i}", "bwd", shape, ms,
-                                    flops=2.5 * flops, note=str(cfg)))
-        except Exception as e:
-            print(f"  bwd cfg{i} {cfg}: failed ({type(e).__name__})")
-    kern.set_configs()
+    name = "ours_varlen" if "pad" in shape else "ours_mask"
+    fn, inputs = provs[name]
+    rows, best = [], {}
+
+    def fwd_only():
+        with torch.no_grad():
+            fn()
+
+    for kind, configs in (("fwd", kern.FWD_CONFIGS), ("bwd", kern.BWD_CONFIGS)):
+        for i, cfg in enumerate(configs):
+            kern.set_configs(**{kind: i})
+            try:
+                if kind == "fwd":
+                    ms = harness.time_ms(harness.graph_replay(fwd_only, GRAPH_CALLS),
+                                         warmup=2, rep=10) / GRAPH_CALLS
+                else:
+                    ms = _graph_ms(fn, inputs)
+                fl = flops if kind == "fwd" else 3.5 * flops
+                rows.append(harness.row("attention", f"{name}_{kind}_cfg{i}",
+                                        "graph" if kind == "bwd" else "fwd(graph)", shape, ms,
+                                        flops=fl, note=str(cfg)))
+                if ms < best.get(kind, (float("inf"), None))[0]:
+                    best[kind] = (ms, i)
+            except Exception as e:
+                print(f"  {kind} cfg{i} {cfg}: failed ({type(e).__name__})")
+            finally:
+                kern.set_configs()
+    if len(best) == 2:
+        print(f"  best on {shape} ({name}): fwd cfg{best['fwd'][1]} {best['fwd'][0]:.4f} ms, "
+              f"fwd+bwd with bwd cfg{best['bwd'][1]} {best['bwd'][0]:.4f} ms")
     return rows
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tune", action="store_true", help="also sweep the Triton block configs")
-    ap.add_argument("--quick", action="store_true", help="only the (64, 512) shape")
+    ap.add_argument("--quick", action="store_true", help="only the (64, 512) shapes with 12 heads")
     ap.add_argument("--no-save", action="store_true", help="do not append to bench/results")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_attention: needs CUDA; skipping")
         return 0
     os.environ.pop("XLMR_FAST_BACKEND", None)
-    rows = run(SHAPES[:1] if args.quick else SHAPES, tune=args.tune)
+    rows = run(SHAPES[:3] if args.quick else SHAPES, tune=args.tune)
     harness.print_table(rows, baseline_provider=("sdpa_efficient", "sdpa_cudnn"))
     if not args.no_save:
         print("appended to", harness.append_rows(rows))

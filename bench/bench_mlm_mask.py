@@ -136,20 +136,6 @@ def bench_cpu(rows):
         add("hf_collator_stm", lambda: coll.torch_mask_tokens(x64.clone(), special_tokens_mask=stm))
 
 
-def _graph_of(fn, calls):
-    """A callable replaying `calls` captured calls of fn (outputs reused, inputs fixed)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up outside capture (allocations, lazy init)
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    return g.replay
-
-
 def bench_gpu(rows, device="cuda", shapes=((64, 512), (256, 512))):
     from xlmr_fast import _ext
 
@@ -183,7 +169,7 @@ def bench_gpu(rows, device="cuda", shapes=((64, 512), (256, 512))):
             # Device time without the host: 20 calls captured in one CUDA graph (the static
             # op is capturable), replay time / 20. This is the figure the < 20 us goal means.
             try:
-                replay = _graph_of(fn, 20)
+                replay = H.graph_replay(fn, 20)
                 add(f"ours_{b}", "graph", replay, capacity, per_call=20)
             except Exception as e:
                 print(f"ours_{b} graph {shape}: failed: {type(e).__name__}: {e}")

@@ -50,15 +50,15 @@ def main(argv=None):
     ours = xf.XLMRForMaskedLM(cfg).cuda().train()
     ours_unpad = xf.XLMRForMaskedLM(dataclasses.replace(cfg, unpad=True)).cuda().train()
     ours_unpad.load_state_dict(ours.state_dict())
-    provs = {"ours_padded": lambda i, l: ours(i, labels=l).loss,
-             "ours_unpad": lambda i, l: ours_unpad(i, labels=l).loss}
+    provs = {"ours_padded": lambda i, lab: ours(i, labels=lab).loss,
+             "ours_unpad": lambda i, lab: ours_unpad(i, labels=lab).loss}
     try:
         from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
         hf = XLMRobertaForMaskedLM(XLMRobertaConfig(**cfg.to_hf_dict()),
                                    ).cuda().train()
         hf.config._attn_implementation = "sdpa"
-        provs["hf_sdpa"] = lambda i, l: hf(input_ids=i, attention_mask=(i != 1).long(),
-                                           labels=l).loss
+        provs["hf_sdpa"] = lambda i, lab: hf(input_ids=i, attention_mask=(i != 1).long(),
+                                             labels=lab).loss
     except Exception as e:
         print(f"[skip] transformers: {type(e).__name__}: {e}", file=sys.stderr)
 

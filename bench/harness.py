@@ -81,6 +81,22 @@ def time_ms(fn, *, warmup: int = 5, rep: int = 30) -> float:
     return statistics.median(times)
 
 
+def graph_replay(fn, calls: int):
+    """A callable replaying `calls` calls of fn captured in one CUDA graph (outputs reused,
+    inputs fixed). time_ms(graph_replay(fn, n)) / n is fn's device time without the host:
+    comparing it with time_ms(fn) shows whether a provider is host-bound at a shape."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside capture (allocations, lazy init)
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    return g.replay
+
+
 def peak_mb(fn) -> float:
     """Peak CUDA memory allocated during fn() beyond what was allocated before, in MB."""
     if not torch.cuda.is_available():

@@ -123,7 +123,7 @@ def main():
             print(f"{shape} chunk {chunk}: loss {loss.item():.5f} vs fp32 {ref.item():.5f}",
                   flush=True)
 
-            def call():
+            def call(t=t):
                 hh.grad = ww.grad = bb.grad = None
                 fn(hh, ww, bb, t).backward()
             ms = harness.time_ms(call, warmup=2, rep=10)

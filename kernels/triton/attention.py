@@ -52,6 +52,9 @@ FWD_CONFIGS = [
     dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
     dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2),
+    # short-sequence candidates (T <= 256: fewer keys per row, smaller tiles per program)
+    dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3),
+    dict(BLOCK_M=32, BLOCK_N=64, num_warps=2, num_stages=2),
 ]
 BWD_CONFIGS = [
     dict(BLOCK_M1=32, BLOCK_N1=128, BLOCK_M2=128, BLOCK_N2=32, num_warps=4, num_stages=3),
@@ -59,7 +62,16 @@ BWD_CONFIGS = [
     dict(BLOCK_M1=64, BLOCK_N1=64, BLOCK_M2=64, BLOCK_N2=64, num_warps=4, num_stages=2),
     dict(BLOCK_M1=32, BLOCK_N1=64, BLOCK_M2=64, BLOCK_N2=32, num_warps=4, num_stages=3),
     dict(BLOCK_M1=64, BLOCK_N1=128, BLOCK_M2=128, BLOCK_N2=64, num_warps=4, num_stages=2),
+    # short-sequence candidates
+    dict(BLOCK_M1=32, BLOCK_N1=32, BLOCK_M2=32, BLOCK_N2=32, num_warps=2, num_stages=2),
+    dict(BLOCK_M1=64, BLOCK_N1=64, BLOCK_M2=64, BLOCK_N2=64, num_warps=4, num_stages=3),
 ]
+# Choices by sequence length for 16-bit inputs with head dim <= 64, filled from
+# `python -m bench.bench_attention --tune` (device time from CUDA graphs, per shape):
+# (largest max_seqlen the row covers, FWD_CONFIGS index, BWD_CONFIGS index); the first row
+# whose bound covers max_seqlen wins, no row -> DEFAULT_FWD / DEFAULT_BWD. Empty until the
+# short-sequence candidates above have been measured on a device.
+TUNED_BY_SEQLEN: list[tuple[int, int, int]] = []
 # The interpreter runs blocks as numpy arrays: small blocks make the CPU tests exercise
 # several key and query blocks (and their tails) at T ~ 40.
 _INTERP_FWD = dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1)
@@ -95,7 +107,7 @@ def fwd_config(head_dim: int, max_seqlen: int, dtype: torch.dtype) -> dict:
     if head_dim >= 128 or dtype == torch.float32:
         # Halve the tile so q, acc and the K/V pipeline stages fit in shared memory/registers.
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
-    return FWD_CONFIGS[DEFAULT_FWD]
+    return FWD_CONFIGS[_tuned(max_seqlen)[0]]
 
 
 def bwd_config(head_dim: int, max_seqlen: int, dtype: torch.dtype) -> dict:
@@ -108,7 +120,14 @@ def bwd_config(head_dim: int, max_seqlen: int, dtype: torch.dtype) -> dict:
         return BWD_CONFIGS[i]
     if head_dim >= 128 or dtype == torch.float32:
         return dict(BLOCK_M1=32, BLOCK_N1=64, BLOCK_M2=64, BLOCK_N2=32, num_warps=4, num_stages=2)
-    return BWD_CONFIGS[DEFAULT_BWD]
+    return BWD_CONFIGS[_tuned(max_seqlen)[1]]
+
+
+def _tuned(max_seqlen: int) -> tuple[int, int]:
+    for bound, fwd, bwd in TUNED_BY_SEQLEN:
+        if max_seqlen <= bound:
+            return fwd, bwd
+    return DEFAULT_FWD, DEFAULT_BWD
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -274,6 +274,82 @@ def test_triton_interp_dropout(dtype, force_triton):
 
 
 @pytest.mark.interpret
+@pytest.mark.parametrize("layout", ["padded", "varlen"])
+def test_triton_interp_backward_is_the_forwards_derivative(layout, force_triton):
+    # gradcheck's question, asked of the kernels themselves: along a random direction u of
+    # each input, <dout, (f(x + eps u) - f(x - eps u)) / 2 eps> from the forward must equal
+    # <grad_x, u> from the backward, dropout included (same seed, same mask). The kernels keep
+    # fp32 statistics, so fp64 inputs would not make them exact: fp32 inputs (exact-fp32
+    # dots), where the central difference agrees to ~3e-4; a gradient 2% off fails.
+    # (torch.autograd.gradcheck's fast mode normalises u and its tolerances then miss a 2%
+    # error in dK; its slow mode needs thousands of forwards under the interpreter.)
+    B, H, T, D, eps = 3, 2, 13, 32, 1e-3
+    g = torch.Generator().manual_seed(11)
+    if layout == "padded":
+        q, k, v = (torch.randn(B, H, T, D, generator=g).requires_grad_() for _ in range(3))
+        kw = dict(key_padding_mask=make_mask(B, T, "cpu", seed=11))
+    else:
+        lengths = [13, 1, 6]
+        q, k, v = (torch.randn(sum(lengths), H, D, generator=g).requires_grad_()
+                   for _ in range(3))
+        kw = dict(cu_seqlens=cu_from(lengths, "cpu"), max_seqlen=T)
+    assert attention_backend(q, key_padding_mask=kw.get("key_padding_mask"),
+                             cu_seqlens=kw.get("cu_seqlens"))[0] == "triton"
+    for p, seed in ((0.0, None), (0.2, 77)):
+        def f(*x):
+            return xf.ops.attention(*x, dropout_p=p, seed=seed, **kw)
+        qkv = (q, k, v)
+        out = f(*qkv)
+        dout = torch.randn(out.shape, generator=g)
+        grad = grads(out, qkv, dout)
+        for i, name in enumerate("qkv"):
+            u = torch.randn(qkv[i].shape, generator=g)
+            with torch.no_grad():
+                plus = [x.detach() + eps * u if j == i else x.detach() for j, x in enumerate(qkv)]
+                minus = [x.detach() - eps * u if j == i else x.detach()
+                         for j, x in enumerate(qkv)]
+                numeric = ((f(*plus) - f(*minus)) * dout).sum().item() / (2 * eps)
+            analytic = (grad[i] * u).sum().item()
+            assert abs(numeric - analytic) <= 2e-3 * abs(analytic) + 1e-3, (
+                f"p={p} d{name}: backward gives {analytic:.6g}, the forward's central "
+                f"difference {numeric:.6g}")
+
+
+@pytest.mark.interpret
+def test_triton_interp_every_block_config(force_triton):
+    # Every entry the tuning sweep (and TUNED_BY_SEQLEN) may pick computes the same thing:
+    # mask with padding, dropout and tails shorter than every tile, forward and gradients.
+    # fp16: the interpreter (triton 3.9) casts fp32 to bf16 by truncation, not to nearest, so
+    # a bf16 gradient summed over many rows (a one-key row's dV) can miss the 2x-of-torch rule
+    # by up to one bf16 ulp there; fp16 casts round to nearest. GPU casts round to nearest.
+    from xlmr_fast.kernels.triton import attention as kern
+    q, k, v = make_qkv(3, 1, 40, 32, torch.float16, "cpu", seed=21)
+    kpm = make_mask(3, 40, "cpu", seed=21)
+    try:
+        for kind, configs in (("fwd", kern.FWD_CONFIGS), ("bwd", kern.BWD_CONFIGS)):
+            for i in range(len(configs)):
+                kern.set_configs(**{kind: i})
+                check_against_reference(q, k, v, kpm, dropout_p=0.1, seed=5)
+    finally:
+        kern.set_configs()
+
+
+def test_block_config_by_seqlen(monkeypatch):
+    from xlmr_fast.kernels.triton import attention as kern
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(kern, "TUNED_BY_SEQLEN", [(128, 5, 6), (256, 4, 3)])
+    bf = torch.bfloat16
+    assert kern.fwd_config(64, 100, bf) == kern.FWD_CONFIGS[5]
+    assert kern.bwd_config(64, 128, bf) == kern.BWD_CONFIGS[6]
+    assert kern.fwd_config(64, 129, bf) == kern.FWD_CONFIGS[4]
+    assert kern.bwd_config(64, 256, bf) == kern.BWD_CONFIGS[3]
+    assert kern.fwd_config(64, 512, bf) == kern.FWD_CONFIGS[kern.DEFAULT_FWD]
+    assert kern.bwd_config(64, 512, bf) == kern.BWD_CONFIGS[kern.DEFAULT_BWD]
+    for bound, f, b in kern.TUNED_BY_SEQLEN:  # the committed table points at real entries
+        assert 0 <= f < len(kern.FWD_CONFIGS) and 0 <= b < len(kern.BWD_CONFIGS)
+
+
+@pytest.mark.interpret
 def test_triton_interp_opcheck(force_triton):
     from xlmr_fast.ops.attention import _attention_fwd
     q, k, v = (x.detach().requires_grad_() for x in make_qkv(2, 2, 17, 32, torch.float32, "cpu"))
