@@ -149,8 +149,7 @@ def _graph_ms(fn, inputs):
     out = fn()
     dout = torch.randn_like(out)
     del out
-    replay = harness.graph_replay(lambda: torch.autograd.grad(fn(), inputs, dout), GRAPH_CALLS)
-    return harness.time_ms(replay, warmup=2, rep=10) / GRAPH_CALLS
+    return harness.device_ms(lambda: torch.autograd.grad(fn(), inputs, dout), GRAPH_CALLS)
 
 
 def run(shapes, tune=False, device="cuda"):
@@ -185,13 +184,9 @@ def run(shapes, tune=False, device="cuda"):
                                         peak=peak if mode == "fwd+bwd" else float("nan"),
                                         note=note))
             if cuda and name in GRAPH_PROVIDERS:
-                try:
-                    rows.append(harness.row("attention", name, "graph", shape,
-                                            _graph_ms(fn, inputs), flops=3.5 * flops,
-                                            note=("fwd+bwd device time; " + note).strip("; ")))
-                except Exception as e:
-                    print(f"  {name} graph: failed ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:120]})")
+                rows.append(harness.row("attention", name, "graph", shape, _graph_ms(fn, inputs),
+                                        flops=3.5 * flops,
+                                        note=("fwd+bwd device time; " + note).strip("; ")))
         if tune and cuda:
             rows += _tune(provs, shape, flops)
         del q, k, v, provs
@@ -218,8 +213,7 @@ def _tune(provs, shape, flops):
             kern.set_configs(**{kind: i})
             try:
                 if kind == "fwd":
-                    ms = harness.time_ms(harness.graph_replay(fwd_only, GRAPH_CALLS),
-                                         warmup=2, rep=10) / GRAPH_CALLS
+                    ms = harness.device_ms(fwd_only, GRAPH_CALLS)
                 else:
                     ms = _graph_ms(fn, inputs)
                 fl = flops if kind == "fwd" else 3.5 * flops

@@ -11,9 +11,11 @@ In-context ("ctx" shapes): the FFN up-projection h (T x H) -> F with the activat
   eager      F.gelu(F.linear(h, W, b))            (bias in the cuBLAS GEMM)
   compile    torch.compile of that same function
   ours       bias_gelu(F.linear(h, W), b)         (bias moved into our kernel)
-Modes: fwd (inputs require grad) and fwd+bwd. GB/s counts the op's minimal traffic at bf16:
-fwd reads x, writes y (2 T F elements); bwd reads dy, x, writes dx (3 T F elements). No GB/s
-for the in-context rows (GEMM-bound).
+Modes: fwd (inputs require grad) and fwd+bwd, each timed eagerly (calls enqueued back to back)
+and as "(graph)": device time alone, 10 calls replayed from one CUDA graph. GB/s counts the
+op's minimal traffic at bf16: fwd reads x, writes y (2 T F elements); bwd reads dy, x, writes
+dx (3 T F elements); the note gives it as a share of the measured HBM copy bandwidth (the
+issue's goal: 85%). No GB/s for the in-context rows (GEMM-bound).
 The issue's rule: keep the fused op in the model only where it beats BOTH eager and compile.
 Run: python -m bench.bench_bias_gelu
 """
@@ -57,7 +59,10 @@ def main():
         try:
             ms = H.time_ms(call, warmup=10, rep=50)
             rows.append(H.row(OP, name, mode, shape, ms, bytes_moved=nbytes, flops=flops,
-                              peak=H.peak_mb(call)))
+                              peak=H.peak_mb(call), note=H.hbm_note(nbytes, ms)))
+            ms = H.device_ms(call)
+            rows.append(H.row(OP, name, mode + "(graph)", shape, ms, bytes_moved=nbytes,
+                              flops=flops, note=H.hbm_note(nbytes, ms)))
         except Exception as e:  # a provider failing must not hide the others
             print(f"{name} {mode} {shape}: failed: {type(e).__name__}: {e}")
 

@@ -97,6 +97,39 @@ def graph_replay(fn, calls: int):
     return g.replay
 
 
+def device_ms(fn, calls: int = 10) -> float:
+    """fn's device time per call without the host: `calls` calls captured in one CUDA graph,
+    replayed and timed; nan (with the reason printed) when fn cannot be captured."""
+    try:
+        replay = graph_replay(fn, calls)
+    except Exception as e:
+        print(f"  (no CUDA graph: {type(e).__name__}: {str(e).splitlines()[0][:100]})")
+        return float("nan")
+    return time_ms(replay, warmup=2, rep=10) / calls
+
+
+_HBM = []
+
+
+def hbm_gbps() -> float:
+    """Measured HBM bandwidth of this GPU in GB/s: a 1 GiB device-to-device copy (read +
+    write bytes over device time). The yardstick for memory-bound kernels' GB/s."""
+    if not _HBM:
+        src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+        dst = torch.empty_like(src)
+        ms = device_ms(lambda: dst.copy_(src), calls=5)
+        _HBM.append(2 * src.numel() / ms / 1e6)
+        del src, dst
+    return _HBM[0]
+
+
+def hbm_note(nbytes, ms) -> str:
+    """'NN% of HBM' for a memory-bound op moving nbytes in ms (see hbm_gbps)."""
+    if not nbytes or not ms == ms:
+        return ""
+    return f"{nbytes / ms / 1e6 / hbm_gbps():.0%} of HBM copy {hbm_gbps():.0f} GB/s"
+
+
 def peak_mb(fn) -> float:
     """Peak CUDA memory allocated during fn() beyond what was allocated before, in MB."""
     if not torch.cuda.is_available():
