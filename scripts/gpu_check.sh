@@ -3,6 +3,8 @@
 # Builds the CUDA extension, runs every test (GPU tests included) and every benchmark, and
 # leaves logs + result CSVs in $OUT (default ./gpu_out).
 #   usage: bash scripts/gpu_check.sh [build|test|bench|all]   (default all)
+#   BENCHES="attention train" runs only those bench/bench_<name>.py, in that order (default: all);
+#   TEST_ARGS="-n 8 tests/ops" replaces the test selection (default: tests, serial).
 # Baseline wheels (Liger, Cut Cross-Entropy) are installed from ./.whl when present.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,13 +27,16 @@ if [[ "$WHAT" == build || "$WHAT" == all || ! -f "$OUT/.built" ]]; then
   tail -5 "$OUT/build.log"
 fi
 if [[ "$WHAT" == test || "$WHAT" == all ]]; then
-  timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -m "${TEST_MARK:-not interpret}" tests -p no:cacheprovider \
+  timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -m "${TEST_MARK:-not interpret}" ${TEST_ARGS:-tests} -p no:cacheprovider \
       --durations=15 > "$OUT/tests.log" 2>&1
   echo "tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -40
 fi
 if [[ "$WHAT" == bench || "$WHAT" == all ]]; then
   export XLMR_FAST_BENCH_OUT="$OUT/results.csv"
-  for b in bench/bench_*.py; do
+  if [[ -n "${BENCHES:-}" ]]; then files=(); for n in $BENCHES; do files+=("bench/bench_$n.py"); done
+  else files=(bench/bench_*.py); fi
+  for b in "${files[@]}"; do
+    [[ -f "$b" ]] || { echo "=== $b: no such benchmark" >> "$OUT/bench.log"; continue; }
     m="bench.$(basename "$b" .py)"
     echo "=== $m" >> "$OUT/bench.log"
     args="${BENCH_ARGS:-}"
