@@ -39,16 +39,22 @@ import triton.language as tl
 @triton.jit
 def _logits_tile(X, W, rows, cols, row_ok, col_ok, H, stride_xn, stride_wv,
                  BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-                 IEEE: tl.constexpr, UPCAST: tl.constexpr):
+                 IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN_H: tl.constexpr):
     # (BLOCK_N, BLOCK_V) fp32 logits tile X[rows] @ W[cols]^T (no bias), K-loop over H.
+    # EVEN_H (H % BLOCK_H == 0, XLM-R's 768 / 1024): no mask along H, so the loads keep only
+    # the row masks, which are uniform along the contiguous dimension (full-width vector loads).
     acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     offs_h = tl.arange(0, BLOCK_H)
     x_ptrs = X + rows[:, None].to(tl.int64) * stride_xn + offs_h[None, :]
     w_ptrs = W + cols[None, :].to(tl.int64) * stride_wv + offs_h[:, None]
     for k in range(0, H, BLOCK_H):
-        h_ok = (k + offs_h) < H
-        x = tl.load(x_ptrs, mask=row_ok[:, None] & h_ok[None, :], other=0.0)
-        w = tl.load(w_ptrs, mask=col_ok[None, :] & h_ok[:, None], other=0.0)
+        if EVEN_H:
+            x = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
+            w = tl.load(w_ptrs, mask=col_ok[None, :], other=0.0)
+        else:
+            h_ok = (k + offs_h) < H
+            x = tl.load(x_ptrs, mask=row_ok[:, None] & h_ok[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=col_ok[None, :] & h_ok[:, None], other=0.0)
         if UPCAST:
             x = x.to(tl.float32)
             w = w.to(tl.float32)
@@ -69,13 +75,15 @@ def _lce_fwd_kernel(
     TILES_PER_SPLIT,           # runtime: it follows N, and a constexpr would recompile per N
     HAS_BIAS: tl.constexpr, SMOOTH: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN_H: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
-    tgt = tl.load(T + rows, mask=row_ok, other=ignore_index).to(tl.int64)
+    # int32 targets and columns (V < 2^31): the per-element target compare below runs on every
+    # logit of every tile, and 64-bit integer compares cost two 32-bit ones on the GPU.
+    tgt = tl.load(T + rows, mask=row_ok, other=ignore_index).to(tl.int32)
     m = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
     s = tl.zeros((BLOCK_N,), dtype=tl.float32)
     zt = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -85,7 +93,7 @@ def _lce_fwd_kernel(
         cols = v0 + t * BLOCK_V + tl.arange(0, BLOCK_V)
         col_ok = cols < V
         z = _logits_tile(X, W, rows, cols, row_ok, col_ok, H, stride_xn, stride_wv,
-                         BLOCK_N, BLOCK_V, BLOCK_H, IEEE, UPCAST)
+                         BLOCK_N, BLOCK_V, BLOCK_H, IEEE, UPCAST, EVEN_H)
         if HAS_BIAS:
             z += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         z = tl.where(col_ok[None, :], z, float("-inf"))
@@ -94,7 +102,7 @@ def _lce_fwd_kernel(
         m_new = tl.maximum(m, tl.max(z, axis=1))
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
         m = m_new
-        hit = cols[None, :].to(tl.int64) == tgt[:, None]
+        hit = cols[None, :] == tgt[:, None]
         zt += tl.sum(tl.where(hit, z, 0.0), axis=1)
         if SMOOTH:
             sz += tl.sum(tl.where(col_ok[None, :], z, 0.0), axis=1)
@@ -112,7 +120,7 @@ def _lce_dlogits_kernel(
     D, DBP,                    # D (N, C) chunk of d (compute dtype); DBP (row blocks, C) fp32
     N, V, H, c0, C, stride_xn, stride_wv, stride_dn, ignore_index, eps_over_v, one_minus_eps,
     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
-    BLOCK_H: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_H: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN_H: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
@@ -122,10 +130,10 @@ def _lce_dlogits_kernel(
     row_ok = rows < N
     col_ok = (lcols < C) & (cols < V)
     z = _logits_tile(X, W, rows, cols, row_ok, col_ok, H, stride_xn, stride_wv,
-                     BLOCK_N, BLOCK_V, BLOCK_H, IEEE, UPCAST)
+                     BLOCK_N, BLOCK_V, BLOCK_H, IEEE, UPCAST, EVEN_H)
     if HAS_BIAS:
         z += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    tgt = tl.load(T + rows, mask=row_ok, other=ignore_index).to(tl.int64)
+    tgt = tl.load(T + rows, mask=row_ok, other=ignore_index).to(tl.int32)  # see _lce_fwd_kernel
     m = tl.load(STATS + rows, mask=row_ok, other=0.0)
     ls = tl.load(STATS + N + rows, mask=row_ok, other=0.0)
     g = tl.load(G + rows, mask=row_ok, other=0.0)
@@ -133,7 +141,7 @@ def _lce_dlogits_kernel(
     # (z - m) - log s, not z - lse: z - m is exact near the max, while lse = m + log s would
     # round at the logits' magnitude (|z| ~ 30 -> 2e-6) and perturb every probability.
     p = tl.exp((z - m[:, None]) - ls[:, None])
-    d = p - eps_over_v - tl.where(cols[None, :].to(tl.int64) == tgt[:, None], one_minus_eps, 0.0)
+    d = p - eps_over_v - tl.where(cols[None, :] == tgt[:, None], one_minus_eps, 0.0)
     d = d * g[:, None]
     d = tl.where(row_ok[:, None] & col_ok[None, :], d, 0.0)
     tl.store(D + rows[:, None].to(tl.int64) * stride_dn + lcols[None, :],
@@ -299,7 +307,8 @@ def lce_forward(x, w, b, targets, ignore_index: int, label_smoothing: float, *,
         x, w, b if b is not None else x, targets, pm, ps, pzt, psz,
         N, V, H, x.stride(0), w.stride(0), ignore_index,
         tiles_per_split, HAS_BIAS=b is not None, SMOOTH=smooth,
-        BLOCK_N=BN, BLOCK_V=BV, BLOCK_H=BH, **_dot_flags(x), **_launch_kw(cfg))
+        BLOCK_N=BN, BLOCK_V=BV, BLOCK_H=BH, EVEN_H=H % BH == 0, **_dot_flags(x),
+        **_launch_kw(cfg))
     return lse_combine(pm, ps, pzt, psz if smooth else None, targets, ignore_index,
                        label_smoothing, V)
 
@@ -372,7 +381,7 @@ def lce_backward(grad_rows, x, w, b, targets, stats, ignore_index: int, label_sm
             x, w, b if b is not None else x, targets, stats, g, dc, dbp,
             N, V, H, c0, cs, x.stride(0), w.stride(0), d.stride(0), ignore_index,
             eps / V, 1.0 - eps,
-            HAS_BIAS=b is not None, BLOCK_N=BN, BLOCK_V=BV, BLOCK_H=BH,
+            HAS_BIAS=b is not None, BLOCK_N=BN, BLOCK_V=BV, BLOCK_H=BH, EVEN_H=H % BH == 0,
             **_dot_flags(x), **_launch_kw(cfg))
         if db is not None:
             # dbp rows were written with row stride cs (the chunk width), see DBP + pid_n * C.

@@ -296,6 +296,7 @@ INTERP_CASES = [
     (20, 96, 1000, torch.bfloat16, False, "none", 0.0, 256),
     (1, 64, 300, torch.float32, True, "sum", 0.0, None),
     (33, 64, 257, torch.float16, True, "mean", 0.2, 128),
+    (9, 40, 301, torch.bfloat16, True, "mean", 0.0, 128),  # H % BLOCK_H != 0: masked K-loop
 ]
 
 
