@@ -52,9 +52,10 @@ FWD_CONFIGS = [
     dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
     dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2),
-    # short-sequence candidates (T <= 256: fewer keys per row, smaller tiles per program)
+    # short-sequence candidate (T <= 256: fewer keys per row, smaller tiles per program).
+    # `python -m bench.compile_report --ops attention` lists registers and spills of each
+    # entry for sm_90 without a GPU; candidates that spilled there were dropped.
     dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3),
-    dict(BLOCK_M=32, BLOCK_N=64, num_warps=2, num_stages=2),
 ]
 BWD_CONFIGS = [
     dict(BLOCK_M1=32, BLOCK_N1=128, BLOCK_M2=128, BLOCK_N2=32, num_warps=4, num_stages=3),
@@ -62,9 +63,9 @@ BWD_CONFIGS = [
     dict(BLOCK_M1=64, BLOCK_N1=64, BLOCK_M2=64, BLOCK_N2=64, num_warps=4, num_stages=2),
     dict(BLOCK_M1=32, BLOCK_N1=64, BLOCK_M2=64, BLOCK_N2=32, num_warps=4, num_stages=3),
     dict(BLOCK_M1=64, BLOCK_N1=128, BLOCK_M2=128, BLOCK_N2=64, num_warps=4, num_stages=2),
-    # short-sequence candidates
+    # short-sequence candidate: 32 x 32 tiles on 2 warps (mma.sync rather than wgmma, twice
+    # the programs of entry 3). Entry 4 spills registers on sm_90 with dropout (compile_report).
     dict(BLOCK_M1=32, BLOCK_N1=32, BLOCK_M2=32, BLOCK_N2=32, num_warps=2, num_stages=2),
-    dict(BLOCK_M1=64, BLOCK_N1=64, BLOCK_M2=64, BLOCK_N2=64, num_warps=4, num_stages=3),
 ]
 # Choices by sequence length for 16-bit inputs with head dim <= 64, filled from
 # `python -m bench.bench_attention --tune` (device time from CUDA graphs, per shape):

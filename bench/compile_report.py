@@ -1,0 +1,301 @@
+"""Offline Hopper compile report: every Triton kernel, as our host code launches it, compiled
+for sm_90 on a machine without a GPU, with what ptxas and the Triton IR say about speed.
+
+    python -m bench.compile_report                   # all ops, every config in the lists
+    python -m bench.compile_report --defaults        # only the configs the ops launch today
+    python -m bench.compile_report --ops attention
+
+Why: device time is scarce. A config that spills registers, or whose K-loop Triton did not
+software-pipeline, is slow on any Hopper card; both are visible at compile time. The report
+lets a CPU-only session rule such configs out before a device session times the rest.
+
+How: the ops' host wrappers run on CPU tensors of XLM-R shapes (never filled) with Triton's
+launcher replaced by a recorder, so each recorded launch carries exactly the arguments, block
+sizes and warps our code passes. Triton's own binder then specialises them (16-byte
+alignment, ints equal to 1 or divisible by 16) as a CUDA launch would, and triton.compile
+builds the kernel for GPUTarget("cuda", 90). ptxas -v on the PTX gives registers and spills.
+Columns:
+    regs, spill   registers per thread and spill-store bytes (ptxas); spills mean slow
+    smem          shared memory bytes (Triton's metadata)
+    async         cp.async / TMA copies in the IR: > 0 means the loads are pipelined
+    mma_wait      pending-group counts of the wgmma waits: a 1 inside the loop means the MMA
+                  of one iteration overlaps the next; only 0 means each MMA is waited for
+This is Triton's compiler on this machine (the newest Triton here, 3.6 on the device), and
+it uses Triton internals (triton.runtime.jit binder, JITFunction._pack_args) that may move
+between versions: the report says so and exits 2 when they are missing. Performance is never
+asserted from it; tests only check that every launched configuration compiles.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+OPS = ("attention", "linear_cross_entropy", "mlm_mask", "add_dropout_layernorm", "bias_gelu")
+
+
+# ----------------------------------------------------------------------------- recording
+@contextlib.contextmanager
+def recording():
+    """Replace JITFunction.run (the launcher) by a recorder; yields the list of launches
+    (kernel, args, kwargs). Launches do nothing, so outputs stay unwritten."""
+    from triton.runtime.jit import JITFunction
+    launches = []
+    original = JITFunction.run
+
+    def record(self, *args, grid, warmup, **kwargs):
+        launches.append((self, args, kwargs))
+
+    JITFunction.run = record
+    try:
+        yield launches
+    finally:
+        JITFunction.run = original
+
+
+@contextlib.contextmanager
+def _no_interpret():
+    """The ops pick their real (device) block configs only when not interpreting."""
+    saved = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
+def launches_attention(defaults: bool):
+    from xlmr_fast.kernels.triton import attention as kern
+    B, H, T, D = 2, 12, 512, 64
+    dt = torch.bfloat16
+    q, k, v = (torch.empty(B, T, H, D, dtype=dt).transpose(1, 2) for _ in range(3))
+    kpm = torch.zeros(B, T, dtype=torch.bool)
+    qp, kp, vp = (torch.empty(B * T, H, D, dtype=dt) for _ in range(3))
+    cu = torch.tensor([0, T, 2 * T], dtype=torch.int32)
+    fwd_cfgs = [None] if defaults else range(len(kern.FWD_CONFIGS))
+    bwd_cfgs = [None] if defaults else range(len(kern.BWD_CONFIGS))
+    out = []
+    layouts = (("mask", (q, k, v), kpm, None), ("varlen", (qp, kp, vp), None, cu))
+    for layout, ins, mask, cus in layouts:
+        for p in (0.0, 0.1):
+            name = f"{layout}{' drop' if p else ''}"
+            for fi in fwd_cfgs:
+                kern.set_configs(fwd=fi)
+                with recording() as rec:
+                    o, lse, olo = kern.attention_fwd(*ins, mask, cus, T, D ** -0.5, p, 123, 456)
+                kern.set_configs()
+                out += [(name, "fwd " + ("default" if fi is None else f"cfg{fi}"), r)
+                        for r in rec]
+            o = torch.empty_like(ins[0])
+            lse = torch.empty(kern.stats_shape(ins[0], cus is not None), dtype=torch.float32)
+            for bi in bwd_cfgs:
+                kern.set_configs(bwd=bi)
+                with recording() as rec:
+                    kern.attention_bwd(torch.empty_like(o), *ins, o, torch.empty_like(o), lse,
+                                       mask, cus, T, D ** -0.5, p, 123, 456)
+                kern.set_configs()
+                out += [(name, "bwd " + ("default" if bi is None else f"cfg{bi}"), r)
+                        for r in rec]
+    return out
+
+
+def launches_linear_cross_entropy(defaults: bool):
+    from xlmr_fast.kernels.triton import linear_cross_entropy as kern
+    out = []
+    V = 250_002
+    saved = kern._interpret
+    kern._interpret = lambda t: False  # CPU tensors stand in for CUDA ones here
+    try:
+        for N, H in ((4915, 768), (8192, 1024)):
+            x = torch.empty(N, H, dtype=torch.bfloat16)
+            w = torch.empty(V, H, dtype=torch.bfloat16)
+            b = torch.empty(V, dtype=torch.bfloat16)
+            t = torch.zeros(N, dtype=torch.int64)
+            stats = torch.zeros(2, N)
+            shape = f"N{N} H{H}"
+            cfgs = [None] if defaults else [None] + list(kern.FWD_CONFIGS)
+            for i, cfg in enumerate(cfgs):
+                tag = "default" if cfg is None else f"cfg{i - 1}"
+                with recording() as rec:
+                    try:
+                        kern.lce_forward(x, w, b, t, -100, 0.0, config=cfg)
+                    except Exception:  # the torch combine after the launch reads empty partials
+                        pass
+                out += [(shape, f"fwd {tag}", r) for r in rec]
+                with recording() as rec:
+                    kern.lce_backward(torch.ones(N), x, w, b, t, stats, -100, 0.0, config=cfg,
+                                      chunk=4096)
+                # one chunk's three launches are enough: the other chunks only move c0
+                out += [(shape, f"{part} {tag}", r) for part, r in zip(("dlogits", "dW", "dX"),
+                                                                       rec[:3])]
+            if not defaults:
+                for j, mcfg in enumerate(kern.MM_CONFIGS):
+                    kern.MM_CONFIG = mcfg
+                    with recording() as rec:
+                        kern.lce_backward(torch.ones(N), x, w, b, t, stats, -100, 0.0,
+                                          chunk=4096)
+                    kern.MM_CONFIG = None
+                    out += [(shape, f"{part} mm cfg{j}", r) for part, r in zip(("dW", "dX"),
+                                                                               rec[1:3])]
+    finally:
+        kern._interpret = saved
+        kern.MM_CONFIG = None
+    return out
+
+
+def launches_mlm_mask(defaults: bool):
+    from xlmr_fast.kernels.triton import mlm_mask as kern
+    ids = torch.zeros(64, 512, dtype=torch.int32)
+    with recording() as rec:
+        kern.mlm_mask_static(ids, 250_002, 250_001, 12345, 678, 2**31, 1, False, 64 * 512 // 6)
+    return [("64x512", "default", r) for r in rec]
+
+
+def launches_fused(op: str, defaults: bool):
+    """add_dropout_layernorm / bias_gelu at XLM-R shapes: one recorded launch per kernel
+    (their fixed-config path), then each of the autotuner's configs in its place (on a GPU
+    the autotuner picks among them; it needs a GPU to time them, the compiler does not)."""
+    import triton
+    mod = __import__(f"xlmr_fast.kernels.triton.{op}", fromlist=["_"])
+    out = []
+    M = 64 * 512
+    ln = op == "add_dropout_layernorm"
+    for N in ((768, 1024) if ln else (3072, 4096)):
+        x = torch.empty(M, N, dtype=torch.bfloat16)
+        w = torch.empty(N, dtype=torch.bfloat16)
+        st = torch.empty(M)
+        G = 4 * 132
+        part = torch.empty(G, N)
+        with recording() as rec:
+            if ln:
+                mod.forward(x, x, w, w, x, st, st, 1, 2, 3, 1.1, 1e-5, True, tune=False)
+                mod.backward(x, x, x, w, st, st, x, x, part, part, triton.cdiv(M, G), 1, 2, 3,
+                             1.1, True, tune=False)
+            else:
+                mod.forward(x, w, x, tune=False)
+                mod.backward(x, x, w, x, part, triton.cdiv(M, G), tune=False)
+        tuned = {mod._fwd_kernel: mod._fwd_tuned, mod._bwd_kernel: mod._bwd_tuned}
+        for fn, args, kwargs in rec:
+            for c, cfg in enumerate(tuned[fn].configs):
+                kw = {k: v for k, v in kwargs.items() if k not in cfg.kwargs}
+                kw.update(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                out.append((f"T{M} N{N}", f"autotune {c}", (fn, args, kw)))
+    return out
+
+
+def collect(ops, defaults):
+    with _no_interpret():
+        return _collect(ops, defaults)
+
+
+def _collect(ops, defaults):
+    got = []
+    for op in ops:
+        if op == "attention":
+            got += [("attention",) + x for x in launches_attention(defaults)]
+        elif op == "linear_cross_entropy":
+            got += [("linear_cross_entropy",) + x for x in launches_linear_cross_entropy(defaults)]
+        elif op == "mlm_mask":
+            got += [("mlm_mask",) + x for x in launches_mlm_mask(defaults)]
+        else:
+            got += [(op,) + x for x in launches_fused(op, defaults)]
+    return got
+
+
+# ----------------------------------------------------------------------------- compiling
+def _target():
+    from triton.backends.compiler import GPUTarget
+    return GPUTarget("cuda", 90, 32)
+
+
+def compile_launch(fn, args, kwargs):
+    """Compile one recorded launch for sm_90 with the JIT's own specialisation."""
+    import triton
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+    backend = make_backend(_target())
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, spec, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, options)
+    src = ASTSource(fn, signature, constexprs, attrs)
+    return triton.compile(src, target=_target(), options=options.__dict__)
+
+
+def ptxas_usage(kernel) -> tuple[int, int]:
+    """(registers, spill-store bytes) from ptxas -v on the kernel's PTX."""
+    from triton.backends.nvidia.compiler import get_ptxas
+    with tempfile.TemporaryDirectory() as d:
+        ptx = os.path.join(d, "k.ptx")
+        with open(ptx, "w") as f:
+            f.write(kernel.asm["ptx"])
+        r = subprocess.run([get_ptxas(90).path, "-v", "--gpu-name=sm_90a", ptx, "-o",
+                            os.path.join(d, "k.cubin")], capture_output=True, text=True)
+    regs = re.search(r"Used (\d+) registers", r.stderr)
+    spill = re.search(r"(\d+) bytes spill stores", r.stderr)
+    return (int(regs.group(1)) if regs else -1, int(spill.group(1)) if spill else 0)
+
+
+def ir_facts(kernel) -> tuple[int, str]:
+    g = kernel.asm["ttgir"]
+    copies = g.count("async_copy_global_to_local") + g.count("async_tma_copy")
+    waits = re.findall(r"warp_group_dot_wait[^\n]*?pendings = (\d+)", g)
+    return copies, ",".join(waits) if waits else "-"
+
+
+def _launch_config(fn, args, kwargs) -> str:
+    keys = [p.name for p in fn.params if p.is_constexpr and p.name.startswith("BLOCK")]
+    vals = dict(zip([p.name for p in fn.params], args))
+    vals.update(kwargs)
+    blocks = " ".join(f"{k[6:] or k}={vals[k]}" for k in keys if k in vals)
+    return f"{blocks} w{kwargs.get('num_warps', 4)} s{kwargs.get('num_stages', 3)}"
+
+
+def report(ops, defaults, out=sys.stdout):
+    """Compile every recorded launch; print one line each. Returns the rows (dicts)."""
+    rows = []
+    seen = set()
+    print(f"{'op':<22}{'shape/layout':<16}{'launch':<14}{'kernel':<22}{'config':<34}"
+          f"{'regs':>5}{'spill':>7}{'smem':>8}{'async':>6}  mma_wait", file=out)
+    for op, shape, tag, (fn, args, kwargs) in collect(ops, defaults):
+        cfg = _launch_config(fn, args, kwargs)
+        key = (op, shape, tag, fn.__name__, cfg, tuple(sorted(
+            (k, v) for k, v in kwargs.items() if not k.startswith("num_"))))
+        if key in seen:
+            continue
+        seen.add(key)
+        k = compile_launch(fn, args, kwargs)
+        regs, spill = ptxas_usage(k)
+        copies, waits = ir_facts(k)
+        row = dict(op=op, shape=shape, launch=tag, kernel=fn.__name__, config=cfg, regs=regs,
+                   spill=spill, smem=k.metadata.shared, async_copies=copies, mma_wait=waits)
+        rows.append(row)
+        print(f"{op:<22}{shape:<16}{tag:<14}{fn.__name__:<22}{cfg:<34}{regs:>5}{spill:>7}"
+              f"{k.metadata.shared:>8}{copies:>6}  {waits}", file=out, flush=True)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    ap.add_argument("--defaults", action="store_true", help="only the configs launched today")
+    args = ap.parse_args(argv)
+    try:
+        from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: F401
+        assert hasattr(JITFunction, "_pack_args")
+    except Exception as e:
+        print(f"compile_report: this Triton lacks the internals it uses ({e}); skipping")
+        return 2
+    rows = report(args.ops, args.defaults)
+    bad = [r for r in rows if r["spill"] > 0]
+    print(f"\n{len(rows)} launches compiled for sm_90; {len(bad)} spill registers")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
