@@ -7,7 +7,8 @@
 
 Providers (same inputs, one process): torch eager (F.linear + F.cross_entropy), torch.compile
 of it, Liger LigerFusedLinearCrossEntropyLoss and Cut Cross-Entropy when importable (CCE
-25.x takes no bias: it runs without one, noted in the row), ours-triton, ours-cuda.
+25.x takes no bias: it runs without one, noted in the row), ours-triton, ours-triton-cublasmm
+(the same with the backward GEMMs on cuBLAS), ours-cuda.
 Modes: forward (no autograd) and full (forward + backward of all of hidden, weight, bias).
 TFLOP/s counts model FLOPs: 2NHV forward, 6NHV full (no recompute counted, so a recomputing
 kernel is charged for its extra work; kernels.md §1.5 target: >= 650 TFLOP/s). Peak memory is
@@ -16,6 +17,7 @@ the allocation above the inputs during one call. Never asserts speed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -73,9 +75,24 @@ def providers(args):
     for c in chunks:
         tag = "" if c == 0 else f"-c{c}"
         out[f"ours-triton{tag}"] = (ours("triton", c), True, f"chunk={c or 'default'}")
+        # the same fused kernels with the backward's two GEMMs on cuBLAS (see MM_BACKEND)
+        out[f"ours-triton-cublasmm{tag}"] = (ours("triton", c), True,
+                                             f"chunk={c or 'default'}, GEMMs on cuBLAS")
         if lce._ext.has_kernel("linear_cross_entropy_fwd", "CUDA"):
             out[f"ours-cuda{tag}"] = (ours("cuda", c), True, f"chunk={c or 'default'}")
     return out
+
+
+@contextlib.contextmanager
+def _mm_backend(provider):
+    """ours-triton-cublasmm* runs the Triton backend with MM_BACKEND = "cublas"."""
+    from xlmr_fast.kernels.triton import linear_cross_entropy as kern
+    saved = kern.MM_BACKEND
+    kern.MM_BACKEND = "cublas" if "cublasmm" in provider else saved
+    try:
+        yield
+    finally:
+        kern.MM_BACKEND = saved
 
 
 def bench_one(fn, use_bias, mode, h, w, b, t, rep):
@@ -168,7 +185,8 @@ def main(argv=None):
             flops = (2 if mode == "forward" else 6) * N * H * V
             for name, (fn, use_bias, note) in provs.items():
                 try:
-                    ms, peak = bench_one(fn, use_bias, mode, h, w, b, t, args.rep)
+                    with _mm_backend(name):
+                        ms, peak = bench_one(fn, use_bias, mode, h, w, b, t, args.rep)
                 except Exception as e:  # OOM or a library failure: report and go on
                     print(f"[fail] {name} {mode} {shape}: {type(e).__name__}: {e}",
                           file=sys.stderr)

@@ -24,11 +24,17 @@ Backward (deterministic, no atomics), in vocabulary chunks of C columns:
     _mm_kernel           dW[chunk] = d^T @ X    (K = N: each dW tile written exactly once, fp32
                          accumulation in registers, stored in W's dtype)
     _mm_kernel           dX_acc += d @ W[chunk]  (fp32 accumulator (N, H), one owner per tile)
+The two GEMMs can instead run on cuBLAS (MM_BACKEND = "cublas", or XLMR_FAST_LCE_MM=cublas):
+the same products with fp32 accumulation (torch.mm / addmm with out_dtype), while the fused
+dlogits kernel keeps the logits out of HBM. Which is faster is a device measurement
+(bench_linear_cross_entropy's ours-triton-cublasmm row); "triton" stays the default until then.
 g_row = dL/dloss_row (0 on ignored rows). Only the (N, C) chunk of d exists at any time:
 §1.5 of kernels.md shows the logits GEMM recompute and the d round trip are both cheaper than
 any H-wide register accumulator, which Triton cannot hold for H = 768/1024.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -218,6 +224,9 @@ MM_CONFIG = None        # keys of MM_CONFIGS
 PROGRAMS_PER_SM = 8
 # Backward chunk budget: bytes of the (N, C) d buffer (overridable per call).
 CHUNK_BYTES = 128 * 2**20
+# Who runs the backward's two GEMMs: "triton" (_mm_kernel) or "cublas" (torch.mm / addmm).
+MM_BACKEND = "triton"
+MM_BACKENDS = ("triton", "cublas")
 
 _INTERP_FWD = dict(BLOCK_N=16, BLOCK_V=64, BLOCK_H=32, num_warps=4, num_stages=1)
 _INTERP_MM = dict(BLOCK_M=32, BLOCK_NN=32, BLOCK_K=32, num_warps=4, num_stages=1)
@@ -348,15 +357,48 @@ def _mm(a, b, c, accum: bool, cfg: dict):
                      BLOCK_NN=cfg["BLOCK_NN"], BLOCK_K=cfg["BLOCK_K"], **_launch_kw(cfg))
 
 
+def _gemm(a, b, out, accum: bool):
+    """out (+)= a @ b through torch (cuBLAS on CUDA) with fp32 accumulation, written in out's
+    dtype: a 16-bit product into an fp32 out uses the out_dtype overloads (one rounding, like
+    _mm_kernel). The CPU has no such overload: there (tests) it is computed in fp32."""
+    if out.dtype == a.dtype:
+        if accum:
+            out.addmm_(a, b)
+        else:
+            torch.mm(a, b, out=out)
+    elif out.device.type == "cuda":
+        if accum:
+            torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
+        else:
+            torch.mm(a, b, out_dtype=out.dtype, out=out)
+    else:
+        prod = a.float() @ b.float()
+        if accum:
+            out.add_(prod)
+        else:
+            out.copy_(prod)
+
+
+def mm_backend(override: str | None = None) -> str:
+    """The GEMM runner of lce_backward: override, else XLMR_FAST_LCE_MM, else MM_BACKEND."""
+    name = override or os.environ.get("XLMR_FAST_LCE_MM") or MM_BACKEND
+    if name not in MM_BACKENDS:
+        raise ValueError(f"linear_cross_entropy: XLMR_FAST_LCE_MM / mm must be one of "
+                         f"{MM_BACKENDS}, got {name!r}")
+    return name
+
+
 def lce_backward(grad_rows, x, w, b, targets, stats, ignore_index: int, label_smoothing: float, *,
                  grad_weight_dtype=None, grad_bias_dtype=None, chunk: int | None = None,
-                 config: dict | None = None):
+                 config: dict | None = None, mm: str | None = None):
     """(dX, dW, db) for per-row upstream grads grad_rows (N,) fp32 (ignored rows are zeroed here).
 
     dX has x's dtype; dW is written once per chunk in grad_weight_dtype (default w's dtype)
     from fp32 accumulators; db (None when b is None) in grad_bias_dtype (default b's dtype).
+    mm: "triton" | "cublas" for the two GEMMs per chunk (default: mm_backend()).
     """
     _check(x, w, b, targets)
+    use_cublas = mm_backend(mm) == "cublas"
     N, H = x.shape
     V = w.shape[0]
     cfg = _fwd_config(x, N, config if config is not None else DLOGITS_CONFIG)
@@ -386,6 +428,10 @@ def lce_backward(grad_rows, x, w, b, targets, stats, ignore_index: int, label_sm
         if db is not None:
             # dbp rows were written with row stride cs (the chunk width), see DBP + pid_n * C.
             db[c0:c0 + cs] = dbp.view(-1)[:row_blocks * cs].view(row_blocks, cs).sum(dim=0)
-        _mm(dc.t(), x, dw[c0:c0 + cs], False, mcfg)          # dW[chunk] = d^T @ X, once
-        _mm(dc, w[c0:c0 + cs], dx_acc, c0 > 0, mcfg)          # dX += d @ W[chunk]
+        if use_cublas:
+            _gemm(dc.t(), x, dw[c0:c0 + cs], False)
+            _gemm(dc, w[c0:c0 + cs], dx_acc, c0 > 0)
+        else:
+            _mm(dc.t(), x, dw[c0:c0 + cs], False, mcfg)          # dW[chunk] = d^T @ X, once
+            _mm(dc, w[c0:c0 + cs], dx_acc, c0 > 0, mcfg)          # dX += d @ W[chunk]
     return dx_acc.to(x.dtype), dw, db

@@ -309,6 +309,46 @@ def test_triton_interpreter(backend, N, H, V, dtype, bias, reduction, eps, chunk
 
 
 @pytest.mark.interpret
+@pytest.mark.parametrize("N,H,V,dtype,bias,reduction,eps,chunk", [INTERP_CASES[1], INTERP_CASES[3]])
+def test_triton_interpreter_gemms_through_torch(backend, monkeypatch, N, H, V, dtype, bias,
+                                                reduction, eps, chunk):
+    # MM_BACKEND "cublas": the fused dlogits kernel, then dW / dX through torch.mm / addmm
+    # (cuBLAS on a GPU); the chunk loop, the partial last chunk and accumulation are the same.
+    backend("triton", chunk=chunk)
+    monkeypatch.setenv("XLMR_FAST_LCE_MM", "cublas")
+    h, w, b, t = make_inputs(N, H, V, dtype, bias=bias, seed=N * 7 + V)
+    compare(h, w, b, t, reduction, eps, dtype)
+
+
+@pytest.mark.interpret
+def test_triton_interpreter_gemms_through_torch_fp32_master_weight(backend, monkeypatch):
+    # bf16 compute, fp32 weight: dW is produced in fp32 from the 16-bit d and x (the mixed
+    # dtype GEMM), and equals the Triton GEMM's result to fp32 accumulation-order noise.
+    backend("triton", chunk=128)
+    h, w, b, t = make_inputs(9, 64, 301, torch.bfloat16, bias=True, seed=5)
+    w32, b32 = w.float(), b.float()
+    grads = {}
+    for mm in ("triton", "cublas"):
+        monkeypatch.setenv("XLMR_FAST_LCE_MM", mm)
+        grads[mm] = run(linear_cross_entropy, h, w32, b32, t, "mean", 0.0)
+    for a, c in zip(grads["triton"], grads["cublas"]):
+        assert a.dtype == c.dtype
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
+    assert grads["cublas"][2].dtype == torch.float32
+
+
+def test_mm_backend_choice(monkeypatch):
+    from xlmr_fast.kernels.triton import linear_cross_entropy as kern
+    monkeypatch.delenv("XLMR_FAST_LCE_MM", raising=False)
+    assert kern.mm_backend() == kern.MM_BACKEND
+    monkeypatch.setenv("XLMR_FAST_LCE_MM", "cublas")
+    assert kern.mm_backend() == "cublas" and kern.mm_backend("triton") == "triton"
+    monkeypatch.setenv("XLMR_FAST_LCE_MM", "cutlass")
+    with pytest.raises(ValueError, match="XLMR_FAST_LCE_MM"):
+        kern.mm_backend()
+
+
+@pytest.mark.interpret
 def test_triton_interpreter_all_ignored(backend):
     backend("triton", chunk=128)
     h, w, b, t = make_inputs(5, 32, 200)
