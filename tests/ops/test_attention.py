@@ -337,10 +337,10 @@ def test_triton_interp_every_block_config(force_triton):
 def test_block_config_by_seqlen(monkeypatch):
     from xlmr_fast.kernels.triton import attention as kern
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(kern, "TUNED_BY_SEQLEN", [(128, 5, 5), (256, 4, 3)])
+    monkeypatch.setattr(kern, "TUNED_BY_SEQLEN", [(128, 5, 4), (256, 4, 3)])
     bf = torch.bfloat16
     assert kern.fwd_config(64, 100, bf) == kern.FWD_CONFIGS[5]
-    assert kern.bwd_config(64, 128, bf) == kern.BWD_CONFIGS[5]
+    assert kern.bwd_config(64, 128, bf) == kern.BWD_CONFIGS[4]
     assert kern.fwd_config(64, 129, bf) == kern.FWD_CONFIGS[4]
     assert kern.bwd_config(64, 256, bf) == kern.BWD_CONFIGS[3]
     assert kern.fwd_config(64, 512, bf) == kern.FWD_CONFIGS[kern.DEFAULT_FWD]
