@@ -390,12 +390,15 @@ def mm_backend(override: str | None = None) -> str:
 
 def lce_backward(grad_rows, x, w, b, targets, stats, ignore_index: int, label_smoothing: float, *,
                  grad_weight_dtype=None, grad_bias_dtype=None, chunk: int | None = None,
-                 config: dict | None = None, mm: str | None = None):
+                 config: dict | None = None, mm: str | None = None, dw_out=None):
     """(dX, dW, db) for per-row upstream grads grad_rows (N,) fp32 (ignored rows are zeroed here).
 
     dX has x's dtype; dW is written once per chunk in grad_weight_dtype (default w's dtype)
     from fp32 accumulators; db (None when b is None) in grad_bias_dtype (default b's dtype).
     mm: "triton" | "cublas" for the two GEMMs per chunk (default: mm_backend()).
+    dw_out: an existing contiguous (V, H) tensor (a tied weight's .grad) that dW is added into
+    by the dW GEMM itself (read, add in fp32, write once): no V x H buffer is allocated, and
+    the returned dW is dw_out.
     """
     _check(x, w, b, targets)
     use_cublas = mm_backend(mm) == "cublas"
@@ -410,7 +413,12 @@ def lce_backward(grad_rows, x, w, b, targets, stats, ignore_index: int, label_sm
     d = torch.empty((N, C), dtype=x.dtype, device=dev)
     dbp = torch.empty((row_blocks, C), dtype=torch.float32, device=dev)
     dx_acc = torch.empty((N, H), dtype=torch.float32, device=dev)
-    dw = torch.empty((V, H), dtype=grad_weight_dtype or w.dtype, device=dev)
+    if dw_out is not None:
+        assert dw_out.shape == (V, H) and dw_out.is_contiguous(), (dw_out.shape, dw_out.stride())
+        dw = dw_out
+    else:
+        dw = torch.empty((V, H), dtype=grad_weight_dtype or w.dtype, device=dev)
+    into = dw_out is not None
     db = None
     if b is not None:
         db = torch.empty((V,), dtype=grad_bias_dtype or b.dtype, device=dev)
@@ -429,9 +437,9 @@ def lce_backward(grad_rows, x, w, b, targets, stats, ignore_index: int, label_sm
             # dbp rows were written with row stride cs (the chunk width), see DBP + pid_n * C.
             db[c0:c0 + cs] = dbp.view(-1)[:row_blocks * cs].view(row_blocks, cs).sum(dim=0)
         if use_cublas:
-            _gemm(dc.t(), x, dw[c0:c0 + cs], False)
+            _gemm(dc.t(), x, dw[c0:c0 + cs], into)
             _gemm(dc, w[c0:c0 + cs], dx_acc, c0 > 0)
         else:
-            _mm(dc.t(), x, dw[c0:c0 + cs], False, mcfg)          # dW[chunk] = d^T @ X, once
+            _mm(dc.t(), x, dw[c0:c0 + cs], into, mcfg)           # dW[chunk] (+)= d^T @ X, once
             _mm(dc, w[c0:c0 + cs], dx_acc, c0 > 0, mcfg)          # dX += d @ W[chunk]
     return dx_acc.to(x.dtype), dw, db

@@ -212,6 +212,60 @@ def test_cpu_twin_fp32_master_weight(backend):
         assert (o.float() - r).abs().max() <= 1e-2 * r.abs().max() + 1e-6
 
 
+def _into_grad_case(dtype, wdtype, existing, device="cpu", N=21, H=64, V=1003):
+    """weight.grad after loss.backward() with accumulate_weight_grad True vs False."""
+    h, w, b, t = make_inputs(N, H, V, seed=13, device=device)
+    h = h.to(dtype)
+    out = {}
+    for into in (False, True):
+        hh = h.detach().clone().requires_grad_()
+        ww = w.to(wdtype).detach().clone().requires_grad_()
+        bb = b.detach().clone().requires_grad_()
+        if existing:
+            ww.grad = torch.full_like(ww, 0.25)
+        grad_before = ww.grad
+        loss = linear_cross_entropy(hh, ww, bb, t, accumulate_weight_grad=into)
+        (loss * 3.0).backward()
+        out[into] = (ww.grad, hh.grad, bb.grad)
+        if into and existing:
+            assert ww.grad is grad_before  # added into in place, not replaced
+    for a, c in zip(out[False], out[True]):
+        assert a.dtype == c.dtype
+        torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6)
+
+
+@needs_twin
+@pytest.mark.parametrize("existing", [False, True])
+@pytest.mark.parametrize("dtype,wdtype", [(torch.float32, torch.float32),
+                                          (torch.bfloat16, torch.float32)])
+def test_cpu_twin_accumulate_weight_grad(backend, dtype, wdtype, existing):
+    backend("cuda", chunk=512)
+    _into_grad_case(dtype, wdtype, existing)
+
+
+@needs_twin
+def test_accumulate_weight_grad_under_autograd_grad(backend):
+    # torch.autograd.grad returns gradients and must leave .grad alone: the op notices that
+    # the engine will not accumulate into .grad and returns dW as usual
+    backend("cuda", chunk=512)
+    h, w, b, t = make_inputs(21, 64, 1003, seed=4)
+    w.requires_grad_()
+    got = torch.autograd.grad(linear_cross_entropy(h, w, b, t, accumulate_weight_grad=True), w)
+    want = torch.autograd.grad(linear_cross_entropy(h, w, b, t), w)
+    assert w.grad is None
+    torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-7)
+
+
+def test_accumulate_weight_grad_is_plain_autograd_where_it_cannot_apply(backend):
+    # reference backend, or a weight that is not a leaf: ordinary autograd, grads flow back
+    backend("reference")
+    h, w, b, t = make_inputs(7, 32, 101, seed=2)
+    w0 = w.clone().requires_grad_()
+    ww = w0 * 1.0  # not a leaf
+    linear_cross_entropy(h, ww, b, t, accumulate_weight_grad=True).backward()
+    assert w0.grad is not None and w0.grad.abs().sum() > 0
+
+
 @needs_twin
 def test_opcheck_cpu_twin():
     h, w, b, t = make_inputs(9, 32, 300, seed=2)
@@ -346,6 +400,25 @@ def test_mm_backend_choice(monkeypatch):
     monkeypatch.setenv("XLMR_FAST_LCE_MM", "cutlass")
     with pytest.raises(ValueError, match="XLMR_FAST_LCE_MM"):
         kern.mm_backend()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("which", ["triton", "triton-cublasmm", "cuda"])
+@pytest.mark.parametrize("existing", [False, True])
+def test_gpu_accumulate_weight_grad(backend, monkeypatch, which, existing):
+    if which == "cuda" and not lce_mod._ext.has_kernel("linear_cross_entropy_fwd", "CUDA"):
+        pytest.skip("extension built without CUDA")
+    backend(which.split("-")[0], chunk=4096)
+    monkeypatch.setenv("XLMR_FAST_LCE_MM", "cublas" if "cublas" in which else "triton")
+    _into_grad_case(torch.bfloat16, torch.float32, existing, "cuda", N=333, H=256, V=20011)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("existing", [False, True])
+def test_triton_interpreter_accumulate_weight_grad(backend, existing):
+    # existing .grad: the dW GEMM reads and writes it in place (ACCUM), chunk by chunk
+    backend("triton", chunk=256)
+    _into_grad_case(torch.bfloat16, torch.float32, existing)
 
 
 @pytest.mark.interpret

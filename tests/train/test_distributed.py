@@ -20,7 +20,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(prepared, out, nproc, *over):
+def _run(prepared, out, nproc, *over, env_extra=None):
     shards, tok = prepared
     args = ["--data", str(shards), "--tokenizer", str(tok), "--out", str(out),
             "data.seq_len=64", "data.micro_batch=4", "data.heldout_fraction=0.01",
@@ -34,7 +34,7 @@ def _run(prepared, out, nproc, *over):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
                "-m", "xlmr_fast", "pretrain", *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     r = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True,
                        timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
@@ -44,11 +44,21 @@ def _run(prepared, out, nproc, *over):
     return train, evals
 
 
+@pytest.mark.parametrize("lce", ["default", "fused"])
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_ranks_equal_one_rank(prepared, tmp_path, mode):
-    one_t, one_e = _run(prepared, tmp_path / "one", 1, "optim.grad_accum=2")
+def test_two_ranks_equal_one_rank(prepared, tmp_path, mode, lce):
+    # lce="fused": the LM-head loss on the C++ path's CPU twin, so the tied token table's
+    # decoder gradient goes straight into .grad (accumulate_weight_grad) and the lookup's is
+    # sparse: DDP's hooks and FSDP2's reduce-scatter must still see the whole gradient.
+    env = None
+    if lce == "fused":
+        from xlmr_fast import _ext
+        if not _ext.has_kernel("linear_cross_entropy_fwd", "CPU"):
+            pytest.skip("extension not built")
+        env = {"XLMR_FAST_LCE_BACKEND": "cuda"}
+    one_t, one_e = _run(prepared, tmp_path / "one", 1, "optim.grad_accum=2", env_extra=env)
     two_t, two_e = _run(prepared, tmp_path / "two", 2, "optim.grad_accum=1",
-                        f"run.distributed={mode}")
+                        f"run.distributed={mode}", env_extra=env)
     assert sorted(one_t) == sorted(two_t) == [1, 2, 3, 4]
     for s in one_t:
         a, b = one_t[s], two_t[s]

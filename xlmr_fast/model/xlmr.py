@@ -166,9 +166,13 @@ class XLMRModel(_Pretrained):
         self.apply(lambda m: init_weights(m, cfg.initializer_range))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                output_hidden_states: bool = False) -> XLMROutput:
+                output_hidden_states: bool = False, *,
+                sparse_token_grad: bool = False) -> XLMROutput:
         """input_ids (B, T) int; attention_mask (B, T), 1/True = attend, 0 = padding (default:
-        wherever input_ids is pad_token_id). Positions always come from the pad ids, as in HF."""
+        wherever input_ids is pad_token_id). Positions always come from the pad ids, as in HF.
+        sparse_token_grad: the token table's gradient from this lookup is sparse (rows of the
+        used ids, not a dense V x H tensor); XLMRForMaskedLM sets it when its tied LM head
+        writes the dense part into .grad, see there."""
         if input_ids.dim() != 2:
             raise ValueError(f"XLMRModel: input_ids must be (batch, tokens), got shape "
                              f"{tuple(input_ids.shape)}")
@@ -188,8 +192,8 @@ class XLMRModel(_Pretrained):
         positions = make_positions(input_ids, pad)
         if self.config.unpad:
             return self._forward_unpadded(input_ids, positions, key_padding_mask,
-                                          output_hidden_states)
-        x = self.embed_tokens(input_ids) + self.embed_positions(positions)
+                                          output_hidden_states, sparse_token_grad)
+        x = self._tokens(input_ids, sparse_token_grad) + self.embed_positions(positions)
         x = F.dropout(self.embed_ln(x), self.config.hidden_dropout, self.training)
         hidden = [x] if output_hidden_states else None
         for layer in self.layers:
@@ -199,7 +203,12 @@ class XLMRModel(_Pretrained):
         return XLMROutput(last_hidden_state=x,
                           hidden_states=tuple(hidden) if hidden is not None else None)
 
-    def _forward_unpadded(self, input_ids, positions, key_padding_mask, output_hidden_states):
+    def _tokens(self, ids: torch.Tensor, sparse: bool) -> torch.Tensor:
+        return F.embedding(ids, self.embed_tokens.weight, self.embed_tokens.padding_idx,
+                           sparse=sparse)
+
+    def _forward_unpadded(self, input_ids, positions, key_padding_mask, output_hidden_states,
+                          sparse_token_grad=False):
         """The encoder on packed tokens: gather the non-pad tokens once (row-major, so each
         row's tokens stay in order and contiguous), run every layer on (N, H) with varlen
         attention, scatter back to (B, T, H) at the end (zeros at pad positions). Saves the
@@ -210,7 +219,7 @@ class XLMRModel(_Pretrained):
         lengths = keep_BT.sum(1, dtype=torch.int32)
         cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
         # T bounds the longest row: no sync for max(lengths); it only sizes the kernel grid.
-        x = (self.embed_tokens(input_ids.reshape(-1).index_select(0, index))
+        x = (self._tokens(input_ids.reshape(-1).index_select(0, index), sparse_token_grad)
              + self.embed_positions(positions.reshape(-1).index_select(0, index)))
         x = F.dropout(self.embed_ln(x), self.config.hidden_dropout, self.training)
 
@@ -267,8 +276,19 @@ class XLMRForMaskedLM(_Pretrained):
         count as ignored rows, so a static-shape training step needs no host sync.
         reduction: "mean" (above), "sum" over the targets, or "none": (N,) loss per entry of
         masked_positions, 0 at unused slots (the trainer sums these per language).
-        Logits (B, T, V) are computed when labels is None or return_logits=True."""
-        out = self.encoder(input_ids, attention_mask, output_hidden_states)
+        Logits (B, T, V) are computed when labels is None or return_logits=True.
+
+        Training with labels (eager): the tied token table gets ONE V x H gradient buffer, its
+        .grad: the fused loss adds the decoder's dW into .grad itself (accumulate_weight_grad)
+        and the token lookup's gradient is sparse (the looked-up rows), which autograd adds
+        into .grad in place. The plain way holds two dense V x H gradients at the backward's
+        end (the decoder's and the lookup's) before summing them: 1 GB extra at H = 1024 with
+        fp32 master weights. Under torch.compile, in eval, or without labels, both are plain."""
+        tied_grad = (labels is not None and self.training and torch.is_grad_enabled()
+                     and not torch.compiler.is_compiling() and self.decoder_weight.is_leaf
+                     and self.decoder_weight.requires_grad)
+        out = self.encoder(input_ids, attention_mask, output_hidden_states,
+                           sparse_token_grad=tied_grad)
         h_BTH = out.last_hidden_state
         if return_logits is None:
             return_logits = labels is None
@@ -292,7 +312,8 @@ class XLMRForMaskedLM(_Pretrained):
                 z_NH = z_NH.to(torch.get_autocast_dtype("cuda"))
             loss = ops.linear_cross_entropy(z_NH, self.decoder_weight, self.lm_head.bias,
                                             targets_N, ignore_index=IGNORE_INDEX,
-                                            reduction=reduction)
+                                            reduction=reduction,
+                                            accumulate_weight_grad=tied_grad)
         logits = None
         if return_logits:
             logits = F.linear(self.lm_head.transform(h_BTH), self.decoder_weight,

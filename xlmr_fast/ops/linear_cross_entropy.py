@@ -4,7 +4,7 @@ Contract (stable):
 
     loss = linear_cross_entropy(hidden (N, H), weight (V, H), bias (V,) or None, targets (N,) int,
                                 ignore_index=-100, reduction="mean"|"sum"|"none",
-                                label_smoothing=0.0)
+                                label_smoothing=0.0, accumulate_weight_grad=False)
 
 * "mean" divides by the number of non-ignored rows (0 rows -> loss 0 and zero grads, not NaN);
   "none" returns (N,) with 0 on ignored rows. The loss is float32 whatever the input dtype.
@@ -16,6 +16,16 @@ Contract (stable):
 * dtypes: float32, bfloat16 or float16. The compute dtype is hidden's; a float32 weight/bias
   with 16-bit hidden (autocast-style master weights) is cast inside the op and gets an fp32
   grad. A float32 hidden with a 16-bit weight computes in the weight's dtype.
+* accumulate_weight_grad=True (eager, fused backends, weight a leaf that requires grad): the
+  backward adds the weight's gradient straight into weight.grad (setting it when None; the
+  Triton dW GEMM reads and writes .grad in place) and gives autograd no weight gradient. For a
+  tied weight whose other use has a sparse gradient (XLMRForMaskedLM's token lookup), .grad is
+  then the only V x H gradient buffer, instead of autograd's sum of two dense ones. .grad must
+  be contiguous and of the weight's dtype and shape to be added into in place (else it is
+  replaced by .grad + dW). Ignored (ordinary autograd) under torch.compile, with the
+  reference backend or when weight is not a leaf; the C++ backend adds its dW buffer into
+  .grad (one transient V x H). Under torch.autograd.grad (which returns gradients and leaves
+  .grad alone) the backward sees that .grad is not being accumulated and returns dW as usual.
 * targets are NOT range-checked on the device (that would need a host sync): a target outside
   [0, V) that is not ignore_index gives a wrong loss instead of an error.
 * No host syncs in forward or backward (CUDA-graph and torch.compile friendly).
@@ -32,7 +42,8 @@ Backends (linear_cross_entropy_backend() returns the choice and the reason):
     reference  linear_cross_entropy_reference (plain torch, fp32 math, materialises logits).
 Order: cuda > triton > reference by availability; on a GPU where both fused paths run, the
 PREFERENCE table below picks the faster one. XLMR_FAST_BACKEND=reference|triton|cuda forces one
-(an input the forced backend cannot run raises). XLMR_FAST_LCE_CHUNK=<columns> sets the
+(an input the forced backend cannot run raises); XLMR_FAST_LCE_BACKEND does the same for this
+op alone and wins over XLMR_FAST_BACKEND. XLMR_FAST_LCE_CHUNK=<columns> sets the
 vocabulary chunk width of the chunked passes (0 or unset: each backend's default).
 """
 from __future__ import annotations
@@ -126,12 +137,22 @@ def linear_cross_entropy_backend(hidden: torch.Tensor, weight: torch.Tensor | No
     return _choose_backend(dev.type, dev.index, hidden.shape[-1], hidden.dtype, wdt)
 
 
+def _forced() -> str | None:
+    """XLMR_FAST_LCE_BACKEND (this op only: e.g. the C++ path's CPU twin under a model whose
+    attention runs on the CPU) over XLMR_FAST_BACKEND (every op)."""
+    own = os.environ.get("XLMR_FAST_LCE_BACKEND", "").strip().lower()
+    if own and own not in _backend.BACKENDS:
+        raise ValueError(f"XLMR_FAST_LCE_BACKEND={own!r}: expected one of "
+                         f"{', '.join(_backend.BACKENDS)}")
+    return own or _backend.forced()
+
+
 @torch.compiler.assume_constant_result
 def _choose_backend(dev_type: str, dev_index, H: int, h_dtype, w_dtype):
     # Pure function of static facts (device, width, dtypes, environment): torch.compile calls it
     # once while tracing and keeps the answer, instead of breaking the graph on the queries of
     # the dispatcher and the environment.
-    f = _backend.forced()
+    f = _forced()
     if f == "reference":
         return "reference", "XLMR_FAST_BACKEND=reference"
     device = torch.device(dev_type, dev_index) if dev_index is not None else torch.device(dev_type)
@@ -259,6 +280,68 @@ def _backward(ctx, grad_loss, grad_stats):
 _lce_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _engine_accumulates(weight: torch.Tensor) -> bool:
+    """True when the running backward will accumulate into weight.grad (loss.backward()),
+    False under torch.autograd.grad, which returns gradients instead of writing .grad.
+    torch._C._will_engine_execute_node is what FSDP asks the same question with."""
+    try:
+        node = torch.autograd.graph.get_gradient_edge(weight).node
+        return bool(torch._C._will_engine_execute_node(node))
+    except Exception:  # an older torch without these: the plain path is always correct
+        return False
+
+
+class _WeightGradIntoGrad(torch.autograd.Function):
+    """accumulate_weight_grad=True, eager: the fused forward, and a backward that adds dW into
+    the weight's .grad itself and returns None for it (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, label_smoothing, backend,
+                chunk):
+        loss, stats = _lce_fwd(hidden, weight, bias, targets, ignore_index, label_smoothing,
+                               backend, chunk)
+        ctx.save_for_backward(hidden, bias, targets, stats)
+        ctx.weight = weight  # the leaf itself: its .grad is written in the backward
+        ctx.meta = (ignore_index, label_smoothing, backend, chunk)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        hidden, bias, targets, stats = ctx.saved_tensors
+        weight = ctx.weight
+        ignore_index, label_smoothing, backend, chunk = ctx.meta
+        if not _engine_accumulates(weight):
+            # torch.autograd.grad(..., weight) (or backward(inputs=...) without it): .grad is
+            # not this graph task's destination; return dW through autograd as usual.
+            dx, dw, db = _lce_bwd(grad_loss, hidden, weight, bias, targets, stats,
+                                  ignore_index, label_smoothing, backend, chunk)
+            return dx, dw, (db if bias is not None else None), None, None, None, None, None
+        grad = weight.grad
+        fits = (grad is not None and grad.dtype == weight.dtype and grad.shape == weight.shape
+                and grad.is_contiguous() and grad.layout == torch.strided)
+        g = grad_loss.to(torch.float32).contiguous()
+        if backend == "triton":
+            x = hidden.contiguous()
+            dx, dw, db = _kernels().lce_backward(
+                g, x, weight.to(x.dtype).contiguous(), bias.contiguous() if bias is not None
+                else None, targets.contiguous(), stats.contiguous(), ignore_index,
+                label_smoothing, grad_weight_dtype=weight.dtype, chunk=chunk or None,
+                dw_out=grad if fits else None)
+            added = fits
+        else:
+            dx, dw, db = _lce_bwd(g, hidden, weight, bias, targets, stats, ignore_index,
+                                  label_smoothing, backend, chunk)
+            added = False
+        if not added:
+            if grad is None:
+                weight.grad = dw
+            elif fits:
+                grad.add_(dw)
+            else:
+                weight.grad = grad + dw
+        return dx, None, (db if bias is not None else None), None, None, None, None, None
+
+
 # ---------------------------------------------------------------- public entry point
 def _validate(hidden, weight, bias, targets, ignore_index, reduction, label_smoothing):
     for name, t in (("hidden", hidden), ("weight", weight), ("targets", targets)):
@@ -305,7 +388,7 @@ def _validate(hidden, weight, bias, targets, ignore_index, reduction, label_smoo
 
 
 def linear_cross_entropy(hidden, weight, bias, targets, ignore_index=-100, reduction="mean",
-                         label_smoothing=0.0):
+                         label_smoothing=0.0, accumulate_weight_grad=False):
     """Cross-entropy of softmax(hidden @ weight.T + bias) against targets; see the module doc."""
     _validate(hidden, weight, bias, targets, ignore_index, reduction, label_smoothing)
     backend, reason = linear_cross_entropy_backend(hidden, weight)
@@ -318,8 +401,14 @@ def linear_cross_entropy(hidden, weight, bias, targets, ignore_index=-100, reduc
     if hidden.dtype != cdt:  # fp32 hidden with a 16-bit weight: compute in the weight's dtype
         hidden = hidden.to(cdt)
     t = targets.long()
-    loss_rows, _ = _lce_fwd(hidden, weight, bias, t, int(ignore_index), float(label_smoothing),
-                            backend, _chunk())
+    into_grad = (accumulate_weight_grad and weight.is_leaf and weight.requires_grad
+                 and torch.is_grad_enabled() and not torch.compiler.is_compiling())
+    if into_grad:
+        loss_rows = _WeightGradIntoGrad.apply(hidden, weight, bias, t, int(ignore_index),
+                                              float(label_smoothing), backend, _chunk())
+    else:
+        loss_rows, _ = _lce_fwd(hidden, weight, bias, t, int(ignore_index),
+                                float(label_smoothing), backend, _chunk())
     if reduction == "none":
         return loss_rows
     total = loss_rows.sum()

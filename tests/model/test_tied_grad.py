@@ -1,0 +1,160 @@
+"""The tied token table's gradient in MLM training: one V x H buffer (.grad), not two.
+
+XLMRForMaskedLM (training, labels, eager) looks the tokens up with a sparse gradient and has the
+fused loss add the decoder's dW straight into .grad (ops.linear_cross_entropy
+accumulate_weight_grad). Checked: the gradients equal the plain path's (dense lookup, dW
+through autograd) for every backend, padded and unpadded, with accumulation over micro-batches;
+and the backward allocates one strided V x H tensor where the plain path allocates two or more
+(none at all when .grad already exists and the Triton GEMM adds into it)."""
+import importlib
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import xlmr_fast as xf
+from xlmr_fast import _ext
+
+V, H = 1003, 64
+lce = importlib.import_module("xlmr_fast.ops.linear_cross_entropy")  # the module, not the op
+xlmr = importlib.import_module("xlmr_fast.model.xlmr")
+
+
+def _model(unpad=False, seed=0):
+    torch.manual_seed(seed)
+    cfg = xf.XLMRConfig(vocab_size=V, hidden_size=H, num_layers=2, num_heads=4, ffn_size=96,
+                        max_position_embeddings=40, hidden_dropout=0.0, attention_dropout=0.0,
+                        unpad=unpad)
+    return xf.XLMRForMaskedLM(cfg).train()
+
+
+def _batch(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, V - 1, (3, 17), generator=g)
+    ids[1, 12:] = 1  # padding
+    labels = torch.full_like(ids, -100)
+    labels[:, 3:9] = torch.randint(4, V - 1, (3, 6), generator=g)
+    return ids, labels
+
+
+def _plain(m):
+    """The ordinary autograd path: dense lookup, dW returned through autograd."""
+    orig_tokens = xlmr.XLMRModel._tokens
+    orig_lce = xlmr.ops.linear_cross_entropy
+    m.setattr(xlmr.XLMRModel, "_tokens", lambda self, ids, sparse: orig_tokens(self, ids, False))
+    m.setattr(xlmr.ops, "linear_cross_entropy",
+              lambda *a, accumulate_weight_grad=False, **k: orig_lce(*a, **k))
+
+
+def _backend(m, name):
+    if name == "fused":  # the C++ path's CPU twin: what the GPU's cuda backend runs
+        if not _ext.has_kernel("linear_cross_entropy_fwd", "CPU"):
+            pytest.skip("extension not built")
+        m.setattr(lce, "linear_cross_entropy_backend", lambda h, w=None: ("cuda", "test"))
+    elif name == "triton":
+        m.setattr(lce, "linear_cross_entropy_backend", lambda h, w=None: ("triton", "test"))
+
+
+def _grads(model, batches):
+    model.zero_grad(set_to_none=True)
+    for ids, labels in batches:
+        model(ids, labels=labels).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _compare(backend, unpad, monkeypatch, batches):
+    model = _model(unpad)
+    with monkeypatch.context() as m:
+        _backend(m, backend)
+        ours = _grads(model, batches)
+        assert model.encoder.embed_tokens.weight.grad.layout == torch.strided
+        _plain(m)
+        plain = _grads(model, batches)
+    assert ours.keys() == plain.keys()
+    for n in plain:
+        torch.testing.assert_close(ours[n], plain[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("unpad", [False, True])
+def test_gradients_equal_the_plain_path(backend, unpad, monkeypatch):
+    _compare(backend, unpad, monkeypatch, [_batch(1)])
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_accumulation_over_micro_batches(backend, monkeypatch):
+    _compare(backend, False, monkeypatch, [_batch(1), _batch(2), _batch(3)])
+
+
+@pytest.mark.interpret
+def test_triton_gradients_and_accumulation(monkeypatch):
+    monkeypatch.setenv("XLMR_FAST_LCE_CHUNK", "256")  # several vocabulary chunks, a partial one
+    _compare("triton", False, monkeypatch, [_batch(1), _batch(2)])
+
+
+def test_plain_where_no_lm_loss():
+    # No labels (logits), encoder features, eval: the lookup stays dense, nothing is redirected.
+    model = _model()
+    ids, labels = _batch()
+    model.zero_grad(set_to_none=True)
+    model(ids).logits.sum().backward()
+    assert model.encoder.embed_tokens.weight.grad.layout == torch.strided
+    enc = model.encoder
+    enc.zero_grad(set_to_none=True)
+    enc(ids).last_hidden_state.sum().backward()
+    assert enc.embed_tokens.weight.grad.layout == torch.strided
+
+
+class _VxH(TorchDispatchMode):
+    """Distinct storages of strided (V, H) tensors that aten and our ops return."""
+
+    def __init__(self):
+        super().__init__()
+        self.storages = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if (isinstance(t, torch.Tensor) and t.layout == torch.strided
+                    and tuple(t.shape) == (V, H)):
+                self.storages.add(t.untyped_storage().data_ptr())
+        return out
+
+
+def _new_vxh_buffers(model, batch, keep_grad=False):
+    if not keep_grad:
+        model.zero_grad(set_to_none=True)
+    table = model.encoder.embed_tokens.weight
+    # storages that exist already (the weight, a kept .grad) show up where the interpreter
+    # re-points its arguments: only new ones count
+    before = {t.untyped_storage().data_ptr() for t in (table, table.grad) if t is not None}
+    loss = model(*batch[:1], labels=batch[1]).loss
+    with _VxH() as seen:
+        loss.backward()
+    assert table.grad.layout == torch.strided
+    return seen.storages - before
+
+
+def test_one_vxh_buffer_fused(monkeypatch):
+    model = _model()
+    with monkeypatch.context() as m:
+        _backend(m, "fused")
+        ours = _new_vxh_buffers(model, _batch())
+        assert model.encoder.embed_tokens.weight.grad.untyped_storage().data_ptr() in ours
+        _plain(m)
+        plain = _new_vxh_buffers(model, _batch())
+    assert len(ours) == 1, ours  # the op's dW, which became .grad
+    assert len(plain) >= 2, plain
+
+
+@pytest.mark.interpret
+def test_no_vxh_buffer_when_triton_adds_into_grad(monkeypatch):
+    model = _model()
+    with monkeypatch.context() as m:
+        _backend(m, "triton")
+        first = _new_vxh_buffers(model, _batch(1))
+        grad_ptr = model.encoder.embed_tokens.weight.grad.data_ptr()
+        second = _new_vxh_buffers(model, _batch(2), keep_grad=True)
+    assert len(first) == 1, first
+    assert len(second) == 0, second  # the dW GEMM read and wrote .grad in place
+    assert model.encoder.embed_tokens.weight.grad.data_ptr() == grad_ptr
