@@ -152,13 +152,14 @@ def _graph_ms(fn, inputs):
     return harness.device_ms(lambda: torch.autograd.grad(fn(), inputs, dout), GRAPH_CALLS)
 
 
-def run(shapes, tune=False, device="cuda"):
+def run(shapes, tune=False, device="cuda", save=False):
     """Rows for every shape and provider. device="cpu" (with TRITON_INTERPRET=1, tiny
     shapes) is the smoke test of this file: no CUDA graphs, no compile, SDPA backends that
-    need CUDA report themselves unavailable."""
+    need CUDA report themselves unavailable. save: append each shape's rows to bench/results
+    as soon as it is done (a device call that times out keeps the shapes it finished)."""
     from xlmr_fast.ops.attention import attention_backend
     cuda = device == "cuda"
-    rows = []
+    rows, done = [], 0
     gen = torch.Generator().manual_seed(0)
     for B, T, H, pad_frac in shapes:
         lengths = _lengths(B, T, pad_frac, gen)
@@ -189,6 +190,9 @@ def run(shapes, tune=False, device="cuda"):
                                         note=("fwd+bwd device time; " + note).strip("; ")))
         if tune and cuda:
             rows += _tune(provs, shape, flops)
+        if save:
+            harness.append_rows(rows[done:])
+            done = len(rows)
         del q, k, v, provs
         if cuda:
             torch.cuda.empty_cache()
@@ -242,10 +246,10 @@ def main(argv=None):
         print("bench_attention: needs CUDA; skipping")
         return 0
     os.environ.pop("XLMR_FAST_BACKEND", None)
-    rows = run(SHAPES[:3] if args.quick else SHAPES, tune=args.tune)
+    rows = run(SHAPES[:3] if args.quick else SHAPES, tune=args.tune, save=not args.no_save)
     harness.print_table(rows, baseline_provider=("sdpa_efficient", "sdpa_cudnn"))
-    if not args.no_save:
-        print("appended to", harness.append_rows(rows))
+    if rows and not args.no_save:
+        print("rows appended shape by shape to", harness.results_path())
     return 0
 
 

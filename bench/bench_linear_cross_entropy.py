@@ -174,6 +174,7 @@ def main(argv=None):
     provs = providers(args)
     if args.providers:
         provs = {k: v for k, v in provs.items() if any(k.startswith(s) for s in args.providers)}
+    saved = 0
     for H in args.H:
         N, V = args.N, args.V
         h, w, b, t = make(N, H, V, dtype)
@@ -197,10 +198,13 @@ def main(argv=None):
                 torch.cuda.empty_cache()
         del h, w, b, t
         torch.cuda.empty_cache()
+        if not args.no_save:  # per width: a device call that times out keeps what it finished
+            harness.append_rows(rows[saved:])
+            saved = len(rows)
     harness.print_table(rows, baseline_provider=("torch-eager", "torch-compile", "liger-flce",
                                                  "cce", "cce-kahan-full-c"))
     if rows and not args.no_save:
-        print("appended to", harness.append_rows(rows))
+        print("appended to", harness.results_path())
     return 0
 
 

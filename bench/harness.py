@@ -173,10 +173,15 @@ def print_table(rows, baseline_provider=None):
                   f"{r['gbps']:>9}{r['peak_mb']:>9}{sp:>9}")
 
 
+def results_path() -> str:
+    """bench/results/<device>.csv, or XLMR_FAST_BENCH_OUT."""
+    return os.environ.get("XLMR_FAST_BENCH_OUT") or os.path.join(
+        RESULTS_DIR, re.sub(r"[^A-Za-z0-9_.-]+", "_", device_name()) + ".csv")
+
+
 def append_rows(rows, path: str | None = None) -> str:
     """Append rows to bench/results/<device>.csv (or path; XLMR_FAST_BENCH_OUT overrides)."""
-    path = path or os.environ.get("XLMR_FAST_BENCH_OUT") or os.path.join(
-        RESULTS_DIR, re.sub(r"[^A-Za-z0-9_.-]+", "_", device_name()) + ".csv")
+    path = path or results_path()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
