@@ -191,8 +191,7 @@ def run(shapes, tune=False, device="cuda", save=False):
         if tune and cuda:
             rows += _tune(provs, shape, flops)
         if save:
-            harness.append_rows(rows[done:])
-            done = len(rows)
+            done = harness.append_new(rows, done)
         del q, k, v, provs
         if cuda:
             torch.cuda.empty_cache()

@@ -199,8 +199,7 @@ def main(argv=None):
         del h, w, b, t
         torch.cuda.empty_cache()
         if not args.no_save:  # per width: a device call that times out keeps what it finished
-            harness.append_rows(rows[saved:])
-            saved = len(rows)
+            saved = harness.append_new(rows, saved)
     harness.print_table(rows, baseline_provider=("torch-eager", "torch-compile", "liger-flce",
                                                  "cce", "cce-kahan-full-c"))
     if rows and not args.no_save:

@@ -127,7 +127,8 @@ def hbm_note(nbytes, ms) -> str:
     """'NN% of HBM' for a memory-bound op moving nbytes in ms (see hbm_gbps)."""
     if not nbytes or not ms == ms:
         return ""
-    return f"{nbytes / ms / 1e6 / hbm_gbps():.0%} of HBM copy {hbm_gbps():.0f} GB/s"
+    hbm = hbm_gbps()
+    return f"{nbytes / ms / 1e6 / hbm:.0%} of HBM copy {hbm:.0f} GB/s"
 
 
 def peak_mb(fn) -> float:
@@ -177,6 +178,13 @@ def results_path() -> str:
     """bench/results/<device>.csv, or XLMR_FAST_BENCH_OUT."""
     return os.environ.get("XLMR_FAST_BENCH_OUT") or os.path.join(
         RESULTS_DIR, re.sub(r"[^A-Za-z0-9_.-]+", "_", device_name()) + ".csv")
+
+
+def append_new(rows, done: int) -> int:
+    """Append rows[done:] (those not written yet) and return len(rows): a benchmark calls it
+    after each shape, so a device call that times out keeps the shapes it finished."""
+    append_rows(rows[done:])
+    return len(rows)
 
 
 def append_rows(rows, path: str | None = None) -> str:

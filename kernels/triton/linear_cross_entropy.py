@@ -413,12 +413,12 @@ def lce_backward(grad_rows, x, w, b, targets, stats, ignore_index: int, label_sm
     d = torch.empty((N, C), dtype=x.dtype, device=dev)
     dbp = torch.empty((row_blocks, C), dtype=torch.float32, device=dev)
     dx_acc = torch.empty((N, H), dtype=torch.float32, device=dev)
-    if dw_out is not None:
+    into = dw_out is not None
+    if into:
         assert dw_out.shape == (V, H) and dw_out.is_contiguous(), (dw_out.shape, dw_out.stride())
         dw = dw_out
     else:
         dw = torch.empty((V, H), dtype=grad_weight_dtype or w.dtype, device=dev)
-    into = dw_out is not None
     db = None
     if b is not None:
         db = torch.empty((V,), dtype=grad_bias_dtype or b.dtype, device=dev)

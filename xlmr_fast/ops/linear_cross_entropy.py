@@ -241,16 +241,23 @@ def _lce_bwd(grad_rows: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor
         dx, dw, db = op(g, hidden, weight, bias, targets, stats, ignore_index, label_smoothing,
                         chunk)
         return dx, dw, db
-    x = hidden.contiguous()
-    w = weight.to(x.dtype).contiguous()
-    b = bias.contiguous() if bias is not None else None
-    dx, dw, db = _kernels().lce_backward(g, x, w, b, targets.contiguous(), stats.contiguous(),
-                                         ignore_index, label_smoothing,
-                                         grad_weight_dtype=weight.dtype,
-                                         chunk=chunk or None)
+    dx, dw, db = _triton_bwd(g, hidden, weight, bias, targets, stats, ignore_index,
+                             label_smoothing, chunk)
     if db is None:
         db = hidden.new_empty((0,), dtype=torch.float32)
     return dx, dw, db
+
+
+def _triton_bwd(g, hidden, weight, bias, targets, stats, ignore_index, label_smoothing, chunk,
+                dw_out=None):
+    """The Triton backward on the op's arguments: (dX, dW in weight's dtype, db or None).
+    dw_out: a (V, H) tensor dW is added into (see kernels' lce_backward)."""
+    x = hidden.contiguous()
+    return _kernels().lce_backward(g, x, weight.to(x.dtype).contiguous(),
+                                   bias.contiguous() if bias is not None else None,
+                                   targets.contiguous(), stats.contiguous(), ignore_index,
+                                   label_smoothing, grad_weight_dtype=weight.dtype,
+                                   chunk=chunk or None, dw_out=dw_out)
 
 
 @_lce_bwd.register_fake
@@ -321,12 +328,8 @@ class _WeightGradIntoGrad(torch.autograd.Function):
                 and grad.is_contiguous() and grad.layout == torch.strided)
         g = grad_loss.to(torch.float32).contiguous()
         if backend == "triton":
-            x = hidden.contiguous()
-            dx, dw, db = _kernels().lce_backward(
-                g, x, weight.to(x.dtype).contiguous(), bias.contiguous() if bias is not None
-                else None, targets.contiguous(), stats.contiguous(), ignore_index,
-                label_smoothing, grad_weight_dtype=weight.dtype, chunk=chunk or None,
-                dw_out=grad if fits else None)
+            dx, dw, db = _triton_bwd(g, hidden, weight, bias, targets, stats, ignore_index,
+                                     label_smoothing, chunk, dw_out=grad if fits else None)
             added = fits
         else:
             dx, dw, db = _lce_bwd(g, hidden, weight, bias, targets, stats, ignore_index,
