@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import sys
 
 import torch
@@ -85,14 +86,18 @@ def providers(args):
 
 @contextlib.contextmanager
 def _mm_backend(provider):
-    """ours-triton-cublasmm* runs the Triton backend with MM_BACKEND = "cublas"."""
-    from xlmr_fast.kernels.triton import linear_cross_entropy as kern
-    saved = kern.MM_BACKEND
-    kern.MM_BACKEND = "cublas" if "cublasmm" in provider else saved
+    """ours-triton-cublasmm* runs the backward GEMMs on cuBLAS, every other provider on the
+    Triton GEMM: set through XLMR_FAST_LCE_MM, the knob that wins over MM_BACKEND, so a value
+    in the caller's environment cannot make two differently named rows the same run."""
+    saved = os.environ.get("XLMR_FAST_LCE_MM")
+    os.environ["XLMR_FAST_LCE_MM"] = "cublas" if "cublasmm" in provider else "triton"
     try:
         yield
     finally:
-        kern.MM_BACKEND = saved
+        if saved is None:
+            os.environ.pop("XLMR_FAST_LCE_MM", None)
+        else:
+            os.environ["XLMR_FAST_LCE_MM"] = saved
 
 
 def bench_one(fn, use_bias, mode, h, w, b, t, rep):
