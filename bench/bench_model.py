@@ -2,8 +2,12 @@
 
 Providers (same weights, same batch, one process):
   hf_sdpa       transformers XLMRobertaForMaskedLM, attn_implementation="sdpa" (full logits)
-  ours_padded   xf.XLMRForMaskedLM, padded encoder (Triton attention with key mask)
+  ours_padded   xf.XLMRForMaskedLM, padded encoder (Triton attention with key mask), plain
+                torch residual/LayerNorm/GELU
   ours_unpad    the same with config.unpad=True (packed tokens, varlen attention)
+  ours_fused, ours_unpad_fused
+                the two above with config.fused_layer_ops=True (residual + dropout + LayerNorm
+                and bias + GELU as Triton kernels): the model-level A/B of those ops
 Batches: B x T with a padding fraction (right padding, random lengths), 15% of the real tokens
 as targets. Tokens/s counts real (non-pad) tokens. Run: python -m bench.bench_model [--quick]
 """
@@ -45,13 +49,16 @@ def main(argv=None):
         return 0
     import xlmr_fast as xf
 
-    cfg = xf.XLMRConfig.base()
+    cfg = xf.XLMRConfig.base(fused_layer_ops=False)  # the plain layers, whatever auto says
     torch.manual_seed(0)
     ours = xf.XLMRForMaskedLM(cfg).cuda().train()
-    ours_unpad = xf.XLMRForMaskedLM(dataclasses.replace(cfg, unpad=True)).cuda().train()
-    ours_unpad.load_state_dict(ours.state_dict())
-    provs = {"ours_padded": lambda i, lab: ours(i, labels=lab).loss,
-             "ours_unpad": lambda i, lab: ours_unpad(i, labels=lab).loss}
+    models = {"ours_padded": ours}
+    for name, over in (("ours_unpad", dict(unpad=True)),
+                       ("ours_fused", dict(fused_layer_ops=True)),
+                       ("ours_unpad_fused", dict(unpad=True, fused_layer_ops=True))):
+        models[name] = xf.XLMRForMaskedLM(dataclasses.replace(cfg, **over)).cuda().train()
+        models[name].load_state_dict(ours.state_dict())
+    provs = {name: (lambda i, lab, m=m: m(i, labels=lab).loss) for name, m in models.items()}
     try:
         from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
         hf = XLMRobertaForMaskedLM(XLMRobertaConfig(**cfg.to_hf_dict()),
@@ -80,7 +87,7 @@ def main(argv=None):
                 continue
             rows.append(harness.row("model_mlm_step", name, "fwd+bwd", shape, ms, peak=peak,
                                     note=f"{real / ms / 1e3:.0f}k real tok/s"))
-            for m in (ours, ours_unpad):
+            for m in models.values():
                 m.zero_grad(set_to_none=True)
             if "hf_sdpa" in provs:
                 hf.zero_grad(set_to_none=True)

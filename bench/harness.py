@@ -200,13 +200,16 @@ def append_rows(rows, path: str | None = None) -> str:
     return path
 
 
-def print_keep_summary(op, rows, ours="ours", must_beat=("eager", "compile"), extra=()):
+def print_keep_summary(op, rows, ours="ours", must_beat=("eager", "compile"), extra=(),
+                       verdict_mode="fwd+bwd(graph)", verdict_shapes=""):
     """Speedup of `ours` against each provider in must_beat + extra, per (mode, shape), and
-    whether it beats every must_beat provider (the keep/drop rule for a fused op)."""
+    whether it beats every must_beat provider (the keep/drop rule for a fused op); then the
+    verdict for the op's FASTER_ON table from the verdict_mode rows whose shape starts with
+    verdict_shapes (device time of fwd+bwd: what a training step pays)."""
     ms = {(r["mode"], r["shape"], r["provider"]): float(r["median_ms"]) for r in rows}
     others = tuple(must_beat) + tuple(extra)
     print(f"\n{op}: speedup of {ours} (>1 = ours faster)")
-    print(f"{'mode':<9}{'shape':<34}" + "".join(f"{'vs ' + o:>14}" for o in others)
+    print(f"{'mode':<16}{'shape':<34}" + "".join(f"{'vs ' + o:>14}" for o in others)
           + "  beats all of " + "/".join(must_beat))
     for (mode, shape, prov), t in ms.items():
         if prov != ours:
@@ -214,4 +217,16 @@ def print_keep_summary(op, rows, ours="ours", must_beat=("eager", "compile"), ex
         base = {o: ms.get((mode, shape, o)) for o in others}
         cols = "".join(f"{(f'{base[o] / t:.2f}x' if base[o] else 'n/a'):>14}" for o in others)
         beats = all(base[o] and t < base[o] for o in must_beat)
-        print(f"{mode:<9}{shape:<34}{cols}  {'YES' if beats else 'no'}")
+        print(f"{mode:<16}{shape:<34}{cols}  {'YES' if beats else 'no'}")
+    verdict = [all(ms.get((mode, shape, o), 0) > t for o in must_beat)
+               for (mode, shape, prov), t in ms.items()
+               if prov == ours and mode == verdict_mode and shape.startswith(verdict_shapes)]
+    where = f"xlmr_fast/ops/{op}.py FASTER_ON"
+    if not verdict:
+        print(f"verdict: no {verdict_mode} rows of {ours}: {where} unchanged")
+    elif all(verdict):
+        print(f"verdict: {ours} beats {'/'.join(must_beat)} in every {verdict_mode} row: add "
+              f"{device_name()!r} (or a substring) to {where}")
+    else:
+        print(f"verdict: {ours} loses {verdict.count(False)} of {len(verdict)} {verdict_mode} "
+              f"rows: leave this GPU out of {where}")

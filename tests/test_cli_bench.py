@@ -34,3 +34,23 @@ def test_bench_attention_runs_under_the_interpreter(monkeypatch):
             assert {(p, m, shape) for m in ("fwd", "bwd", "fwd+bwd")} <= got, (p, shape)
     varlen = [r for r in rows if r["provider"] == "ours_varlen" and "pad" in r["shape"]]
     assert varlen and all(r["note"].startswith("real work 0.") for r in varlen)
+
+
+def test_keep_summary_verdict(capsys):
+    """The fused-op benches end with the FASTER_ON verdict: add the GPU only when ours beats
+    every must-beat provider in every fwd+bwd device-time row (of the chosen shapes)."""
+    from bench import harness
+
+    def rows(shape, ours, eager, compile_):
+        return [dict(mode="fwd+bwd(graph)", shape=shape, provider=p, median_ms=m)
+                for p, m in (("ours", ours), ("eager", eager), ("compile", compile_))]
+
+    win, loss = rows("ctx H=768", 1.0, 1.2, 1.1), rows("H=768", 1.0, 0.9, 1.1)
+    harness.print_keep_summary("bias_gelu", win + loss, verdict_shapes="ctx")
+    assert "verdict: ours beats eager/compile" in capsys.readouterr().out
+    harness.print_keep_summary("bias_gelu", win + loss)
+    assert "verdict: ours loses 1 of 2" in capsys.readouterr().out
+    harness.print_keep_summary("bias_gelu", rows("ctx", 1.0, 1.2, 1.0), verdict_shapes="ctx")
+    assert "loses 1 of 1" in capsys.readouterr().out  # a tie is not a win
+    harness.print_keep_summary("bias_gelu", win, verdict_mode="fwd")
+    assert "no fwd rows" in capsys.readouterr().out

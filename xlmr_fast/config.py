@@ -61,6 +61,17 @@ class XLMRConfig:
                              of the padded (B, T) batch; outputs at non-pad positions equal the
                              padded path, pad positions of last_hidden_state are 0. An execution
                              choice, not part of the model: never written to config.json
+    fused_layer_ops          the layers' residual + dropout + LayerNorm and bias + GELU through
+                             xf.ops.add_dropout_layernorm / bias_gelu (Triton kernels): None =
+                             auto, each op only on GPUs where its benchmark beat eager and
+                             torch.compile (the ops' FASTER_ON tables); True = always (on the
+                             CPU: the Triton interpreter under TRITON_INTERPRET=1, else the ops'
+                             fp32 reference math); False = never. Never under torch.compile (it
+                             fuses these itself). The residual stream keeps the plain path's
+                             dtype (fp32 under autocast); dropout masks come from the ops'
+                             counter-based hash, seeded from torch's CPU generator, so they
+                             differ from torch's F.dropout masks. An execution choice: never
+                             written to config.json
     """
 
     vocab_size: int = 250002
@@ -82,6 +93,7 @@ class XLMRConfig:
     num_labels: int = 2
     problem_type: str | None = None
     unpad: bool = False
+    fused_layer_ops: bool | None = None
 
     # ------------------------------------------------------------ validation
     def __post_init__(self):
@@ -119,6 +131,9 @@ class XLMRConfig:
                              f"{self.initializer_range}")
         if not isinstance(self.unpad, bool):
             raise ValueError(f"XLMRConfig: unpad must be a bool, got {self.unpad!r}")
+        if self.fused_layer_ops is not None and not isinstance(self.fused_layer_ops, bool):
+            raise ValueError(f"XLMRConfig: fused_layer_ops must be None (auto), True or False, "
+                             f"got {self.fused_layer_ops!r}")
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ValueError(f"XLMRConfig: problem_type must be None or one of {PROBLEM_TYPES}, "
                              f"got {self.problem_type!r}")

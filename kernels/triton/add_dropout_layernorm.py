@@ -36,10 +36,10 @@ def _keep(offs, key1, key2, thresh):
 @triton.jit(do_not_specialize=["key1", "key2", "thresh"])
 def _fwd_kernel(
     X,  # (M, N) dropout input (sublayer output), any float dtype
-    R,  # (M, N) residual, same dtype as X
+    R,  # (M, N) residual, X's dtype or fp32
     W,  # (N,) LayerNorm weight
     B,  # (N,) LayerNorm bias
-    Y,  # (M, N) output, dtype of X
+    Y,  # (M, N) output, dtype of R
     Mean,  # (M,) fp32
     Rstd,  # (M,) fp32
     M, N,

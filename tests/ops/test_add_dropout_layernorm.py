@@ -24,7 +24,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SEED = 2**40 + 987654321  # > 2^32: exercises the high seed bits
 
 
-def _inputs(M, N, dtype, device, wdtype=None, lead=None):
+def _inputs(M, N, dtype, device, wdtype=None, lead=None, rdtype=None):
     g = torch.Generator(device="cpu").manual_seed(torch.randint(0, 2**31, ()).item())
     shape = (*lead, N) if lead else (M, N)
 
@@ -33,21 +33,23 @@ def _inputs(M, N, dtype, device, wdtype=None, lead=None):
 
     wdtype = wdtype or dtype
     x = rnd(*shape, scale=2.0).to(device=device, dtype=dtype)
-    r = rnd(*shape, scale=1.0, shift=0.3).to(device=device, dtype=dtype)
+    r = rnd(*shape, scale=1.0, shift=0.3).to(device=device, dtype=rdtype or dtype)
     w = rnd(N, scale=0.5, shift=1.0).to(device=device, dtype=wdtype)
     b = rnd(N, scale=0.5).to(device=device, dtype=wdtype)
     return x, r, w, b
 
 
 def _torch_same_precision(x, r, w, b, p, keep, eps=1e-5):
-    """The plain composition in the inputs' own precision (what the model would do unfused)."""
+    """The plain composition in the inputs' own precision (what the model would do unfused; with
+    a fp32 residual, what autocast does: the add promotes to fp32, LayerNorm runs in fp32)."""
     if p > 0:
         x = x * keep.to(x.dtype) * (1.0 / (1.0 - p))
-    return F.layer_norm(r + x, (x.shape[-1],), w.to(x.dtype), b.to(x.dtype), eps)
+    dt = torch.promote_types(x.dtype, r.dtype)
+    return F.layer_norm(r + x, (x.shape[-1],), w.to(dt), b.to(dt), eps)
 
 
-def _compare(M, N, dtype, device, p, wdtype=None, lead=None, eps=1e-5):
-    x, r, w, b = _inputs(M, N, dtype, device, wdtype, lead)
+def _compare(M, N, dtype, device, p, wdtype=None, lead=None, eps=1e-5, rdtype=None):
+    x, r, w, b = _inputs(M, N, dtype, device, wdtype, lead, rdtype)
     keep = dropout_keep_mask(SEED, x.shape, p, device)
     dy = torch.randn(x.shape, device=device)
     y, g = _run(lambda *t: add_dropout_layernorm(*t, dropout_p=p, eps=eps, seed=SEED), (x, r, w, b), dy)
@@ -55,7 +57,7 @@ def _compare(M, N, dtype, device, p, wdtype=None, lead=None, eps=1e-5):
                                                                    keep_mask=keep),
                         [t.float() for t in (x, r, w, b)], dy)
     y_lp, g_lp = _run(lambda *t: _torch_same_precision(*t, p, keep, eps), (x, r, w, b), dy)
-    assert y.dtype == x.dtype and y.shape == x.shape
+    assert y.dtype == r.dtype and y.shape == x.shape
     assert [t.dtype for t in g] == [x.dtype, r.dtype, w.dtype, b.dtype]
     _assert_2x("y", y, y_lp, y_ref, dtype)
     for name, a, lp, rf in zip(("dx", "dresidual", "dweight", "dbias"), g, g_lp, g_ref):
@@ -101,6 +103,30 @@ def test_triton_interpret_mixed_and_3d(backend):
     _compare(5, 33, torch.float32, "cpu", 0.5, eps=1e-3)  # odd N, high p, other eps
 
 
+# A fp32 residual stream with 16-bit sublayer outputs (the model under autocast): y and
+# dresidual in fp32, dx in x's dtype.
+def _fp32_residual(dtype, p):
+    _compare(7, 96, dtype, "cpu", p, wdtype=torch.float32, rdtype=torch.float32)
+    _compare(None, 64, dtype, "cpu", p, rdtype=torch.float32, lead=(2, 9))
+
+
+@pytest.mark.parametrize("backend", ["reference"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_fp32_residual_reference(backend, dtype, p):
+    if INTERP:
+        pytest.skip("covered by the non-interpreter pass")
+    _fp32_residual(dtype, p)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("backend", ["triton"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_fp32_residual_triton_interpret(backend, dtype, p):
+    _fp32_residual(dtype, p)
+
+
 # ---- triton on CUDA -------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["triton"], indirect=True)
@@ -119,6 +145,8 @@ def test_triton_gpu(backend, M, N, dtype, p):
 def test_triton_gpu_xlmr_shapes(backend, N, p):
     _compare(None, N, torch.bfloat16, "cuda", p, lead=(64, 512))  # T = 32768 rows
     _compare(None, N, torch.bfloat16, "cuda", p, wdtype=torch.float32, lead=(64, 512))
+    _compare(None, N, torch.bfloat16, "cuda", p, wdtype=torch.float32, lead=(64, 512),
+             rdtype=torch.float32)
 
 
 # ---- dropout mask ---------------------------------------------------------------------------
@@ -195,11 +223,13 @@ def test_same_seed_and_determinism_gpu(backend):
 
 # ---- registration ---------------------------------------------------------------------------
 def _opcheck(device, backend_name, M=5, N=24):
-    x, r, w, b = _inputs(M, N, torch.float32, device)
-    for p, seed in ((0.0, 0), (0.25, 1234)):
-        args = [t.requires_grad_() for t in (x.clone(), r.clone(), w.clone(), b.clone())]
-        torch.library.opcheck(torch.ops.xlmr_fast.add_dropout_layernorm_fwd.default,
-                              (*args, p, 1e-5, seed, backend_name))
+    # fp32, and a bf16 sublayer output on a fp32 residual stream (the autocast case)
+    for dtype, rdtype in ((torch.float32, None), (torch.bfloat16, torch.float32)):
+        x, r, w, b = _inputs(M, N, dtype, device, wdtype=torch.float32, rdtype=rdtype)
+        for p, seed in ((0.0, 0), (0.25, 1234)):
+            args = [t.requires_grad_() for t in (x.clone(), r.clone(), w.clone(), b.clone())]
+            torch.library.opcheck(torch.ops.xlmr_fast.add_dropout_layernorm_fwd.default,
+                                  (*args, p, 1e-5, seed, backend_name))
 
 
 def test_opcheck_reference():
@@ -247,6 +277,8 @@ def test_input_errors():
         add_dropout_layernorm(x, r[:, :4], w, b)
     with pytest.raises(ValueError, match="residual dtype"):
         add_dropout_layernorm(x, r.half(), w, b)
+    with pytest.raises(ValueError, match="residual dtype"):
+        add_dropout_layernorm(x.half(), r.bfloat16(), w.half(), b.half())
     with pytest.raises(ValueError, match="weight must have shape"):
         add_dropout_layernorm(x, r, w[:4], b)
     with pytest.raises(ValueError, match="bias must have shape"):

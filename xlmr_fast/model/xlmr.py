@@ -28,6 +28,8 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..config import XLMRConfig
+from ..ops.add_dropout_layernorm import faster_than_torch as _adln_faster
+from ..ops.bias_gelu import faster_than_torch as _bias_gelu_faster
 
 IGNORE_INDEX = -100
 
@@ -69,6 +71,7 @@ class XLMRLayer(nn.Module):
         self.hidden_dropout = cfg.hidden_dropout
         self.attention_dropout = cfg.attention_dropout
         self.activation_dropout = cfg.activation_dropout
+        self.fused_layer_ops = cfg.fused_layer_ops
 
     def forward(self, x: torch.Tensor, key_padding_mask_BT: torch.Tensor | None = None,
                 cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None
@@ -91,10 +94,32 @@ class XLMRLayer(nn.Module):
             a = a.transpose(1, 2).reshape(B, T, H)
         else:
             a = a.reshape(-1, H)
-        x = self.attn_ln(x + F.dropout(self.attn_out(a), self.hidden_dropout, self.training))
-        h = F.gelu(self.fc1(x))  # exact erf GELU (fairseq 'gelu', HF 'gelu'), not the tanh one
+        x = self._join(self.attn_ln, self.attn_out(a), x)
+        if self._fused(_bias_gelu_faster, x):
+            # the bias joins the GELU kernel instead of the GEMM's epilogue
+            h = ops.bias_gelu(F.linear(x, self.fc1.weight), self.fc1.bias)
+        else:
+            h = F.gelu(self.fc1(x))  # exact erf GELU (fairseq 'gelu', HF 'gelu'), not tanh
         h = F.dropout(h, self.activation_dropout, self.training)
-        return self.ffn_ln(x + F.dropout(self.fc2(h), self.hidden_dropout, self.training))
+        return self._join(self.ffn_ln, self.fc2(h), x)
+
+    def _fused(self, faster_than_torch, x: torch.Tensor) -> bool:
+        """config.fused_layer_ops: True/False, or None = where the op's benchmark won."""
+        if torch.compiler.is_compiling():
+            return False  # inductor fuses the plain ops itself (and the seed draw would break)
+        if self.fused_layer_ops is None:
+            return faster_than_torch(x.device)
+        return self.fused_layer_ops
+
+    def _join(self, ln: nn.LayerNorm, y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """Post-LN join LN(residual + dropout(y)), in one fused kernel when chosen."""
+        p = self.hidden_dropout if self.training else 0.0
+        # Under autocast y is 16-bit and the residual stream fp32 (LayerNorm's output): the op
+        # reads both as they are and returns fp32, exactly the plain path's precision.
+        if residual.dtype in (y.dtype, torch.float32) and self._fused(_adln_faster, y):
+            return ops.add_dropout_layernorm(y, residual, ln.weight, ln.bias, dropout_p=p,
+                                             eps=ln.eps)
+        return ln(residual + F.dropout(y, p, self.training))
 
 
 def init_weights(module: nn.Module, std: float) -> None:

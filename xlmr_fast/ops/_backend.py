@@ -44,5 +44,22 @@ def triton_usable(device) -> bool:
     return dev_type == "cuda" or (dev_type == "cpu" and interpret())
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_device_name(index: int) -> str:
+    import torch
+    return torch.cuda.get_device_name(index)
+
+
+def device_listed(device, names) -> bool:
+    """True when `device` is a CUDA device whose name contains one of `names` (substrings such
+    as "H100"): the ops' tables of GPUs on which a measured benchmark chose a path."""
+    if getattr(device, "type", str(device)) != "cuda" or not names:
+        return False
+    import torch
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    name = _cuda_device_name(index)
+    return any(n in name for n in names)
+
+
 class Unsupported(RuntimeError):
     """A backend refused an input; the message says why."""

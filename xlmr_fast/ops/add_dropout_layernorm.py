@@ -3,9 +3,11 @@
 Contract:
     y = add_dropout_layernorm(x, residual, weight, bias, *, dropout_p=0.0, eps=1e-5, seed=None)
       = LayerNorm(residual + dropout(x, dropout_p)) over the last dim, with weight and bias.
-    x, residual: (..., N) of one shape and one dtype (fp32 / fp16 / bf16); weight, bias: (N,)
-    of one dtype (x's dtype or fp32). y has x's dtype and shape. Statistics are fp32.
-    Differentiable in x, residual, weight and bias.
+    x, residual: (..., N) of one shape; x fp32 / fp16 / bf16, residual x's dtype or fp32 (the
+    post-LN residual stream under autocast: LayerNorm gives fp32, the sublayer's GEMM 16-bit);
+    weight, bias: (N,) of one dtype (x's dtype or fp32). y has residual's dtype (what
+    residual + x promotes to) and x's shape. Sums and statistics are fp32.
+    Differentiable in x, residual, weight and bias; each gradient has its input's dtype.
 
 Dropout mask (identical on every backend, a pure function of seed and element index):
     element e = flat row-major index into x (mod 2^32), (key1, key2) = dropout_keys(seed),
@@ -67,7 +69,7 @@ def dropout_keep_mask(seed: int, shape, dropout_p: float, device="cpu") -> torch
 # ---- ground truth ----------------------------------------------------------------------------
 def add_dropout_layernorm_reference(x, residual, weight, bias, *, dropout_p: float = 0.0,
                                     eps: float = 1e-5, seed=None, keep_mask=None):
-    """Plain-torch fp32 LayerNorm(residual + dropout(x)); y in x's dtype.
+    """Plain-torch fp32 LayerNorm(residual + dropout(x)); y in residual's dtype.
 
     The mask is keep_mask if given, else dropout_keep_mask(seed, ...) (seed required if p > 0).
     """
@@ -80,8 +82,19 @@ def add_dropout_layernorm_reference(x, residual, weight, bias, *, dropout_p: flo
         s = s * keep_mask.float() / (1.0 - dropout_p)
     s = residual.float() + s
     y = F.layer_norm(s, (x.shape[-1],), weight.float(), bias.float(), eps)
-    return y.to(x.dtype)
+    return y.to(residual.dtype)
 
+
+# GPUs (device-name substrings) on which `python -m bench.bench_add_dropout_layernorm` measured
+# this op faster, in device time ("(graph)" rows) at XLM-R's widths, fwd+bwd, than BOTH eager
+# PyTorch and torch.compile of the same code (the issue's rule). XLMRConfig.fused_layer_ops=None
+# (auto) uses the op in the model only there. Empty until a device run shows a win.
+FASTER_ON: list[str] = []
+
+
+def faster_than_torch(device) -> bool:
+    """The model's auto rule: use this op on `device` (see FASTER_ON)."""
+    return _backend.device_listed(device, FASTER_ON)
 
 # ---- input checks and backend choice ---------------------------------------------------------
 def _check(x, residual, weight, bias, dropout_p, eps):
@@ -95,8 +108,9 @@ def _check(x, residual, weight, bias, dropout_p, eps):
         raise ValueError(f"{name}: x must be (..., N) with N > 0, got shape {tuple(x.shape)}")
     if residual.shape != x.shape:
         raise ValueError(f"{name}: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
-    if residual.dtype != x.dtype:
-        raise ValueError(f"{name}: residual dtype {residual.dtype} != x dtype {x.dtype}")
+    if residual.dtype not in (x.dtype, torch.float32):
+        raise ValueError(f"{name}: residual dtype {residual.dtype} must be x's ({x.dtype}) or "
+                         f"float32")
     N = x.shape[-1]
     for arg, t in (("weight", weight), ("bias", bias)):
         if t.shape != (N,):
@@ -155,7 +169,7 @@ def _fwd_reference(x2, r2, weight, bias, dropout_p, eps, seed):
     d = s - mean[:, None]
     rstd = torch.rsqrt((d * d).mean(dim=-1) + eps)
     y = d * rstd[:, None] * weight.float() + bias.float()
-    return y.to(x2.dtype), mean, rstd
+    return y.to(r2.dtype), mean, rstd
 
 
 def _bwd_reference(dy2, x2, r2, weight, mean, rstd, dropout_p, seed):
@@ -182,7 +196,7 @@ def _fwd_triton(x2, r2, weight, bias, dropout_p, eps, seed):
     from xlmr_fast.kernels.triton import add_dropout_layernorm as _k
 
     M, N = x2.shape
-    y = torch.empty_like(x2)
+    y = torch.empty_like(r2)  # residual's dtype (fp32 stream under autocast, or x's)
     mean = torch.empty(M, dtype=torch.float32, device=x2.device)
     rstd = torch.empty(M, dtype=torch.float32, device=x2.device)
     if M == 0:
@@ -230,7 +244,7 @@ def _op_fwd(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias:
 @_op_fwd.register_fake
 def _(x, residual, weight, bias, dropout_p, eps, seed, backend):
     M = x.numel() // x.shape[-1]
-    return (x.new_empty(x.shape), x.new_empty((M,), dtype=torch.float32),
+    return (residual.new_empty(x.shape), x.new_empty((M,), dtype=torch.float32),
             x.new_empty((M,), dtype=torch.float32))
 
 

@@ -38,6 +38,7 @@ class ModelSection:
     hidden_dropout: float | None = None      # None = the preset's (0.1)
     attention_dropout: float | None = None
     unpad: bool = False                       # packed varlen encoder (only helps padded batches)
+    fused_layer_ops: bool | None = None       # None = auto (where measured faster), true, false
     activation_checkpointing: bool = False    # recompute each layer in the backward: less memory
     compile: bool = False                     # torch.compile the model
 

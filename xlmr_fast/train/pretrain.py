@@ -49,7 +49,8 @@ class TrainingError(RuntimeError):
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> XLMRConfig:
     """The XLMRConfig of the preset, sized to the tokenizer's vocabulary."""
-    over = {"vocab_size": vocab_size, "unpad": cfg.model.unpad}
+    over = {"vocab_size": vocab_size, "unpad": cfg.model.unpad,
+            "fused_layer_ops": cfg.model.fused_layer_ops}
     for name in ("hidden_dropout", "attention_dropout"):
         if getattr(cfg.model, name) is not None:
             over[name] = getattr(cfg.model, name)
