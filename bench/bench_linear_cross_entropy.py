@@ -8,7 +8,8 @@
 Providers (same inputs, one process): torch eager (F.linear + F.cross_entropy), torch.compile
 of it, Liger LigerFusedLinearCrossEntropyLoss and Cut Cross-Entropy when importable (CCE
 25.x takes no bias: it runs without one, noted in the row), ours-triton, ours-triton-cublasmm
-(the same with the backward GEMMs on cuBLAS), ours-cuda.
+(the same with the backward GEMMs on cuBLAS), ours-triton-flat and ours-triton-flat-cublasmm
+(the forward / dlogits kernels with their flattened tile loops, XLMR_FAST_LCE_FLAT=1), ours-cuda.
 Modes: forward (no autograd) and full (forward + backward of all of hidden, weight, bias).
 TFLOP/s counts model FLOPs: 2NHV forward, 6NHV full (no recompute counted, so a recomputing
 kernel is charged for its extra work; kernels.md §1.5 target: >= 650 TFLOP/s). Peak memory is
@@ -79,25 +80,35 @@ def providers(args):
         # the same fused kernels with the backward's two GEMMs on cuBLAS (see MM_BACKEND)
         out[f"ours-triton-cublasmm{tag}"] = (ours("triton", c), True,
                                              f"chunk={c or 'default'}, GEMMs on cuBLAS")
+        # flattened (tile, H step) loops in the forward and dlogits kernels (see FLAT)
+        out[f"ours-triton-flat{tag}"] = (ours("triton", c), True,
+                                         f"chunk={c or 'default'}, flat loops")
+        out[f"ours-triton-flat-cublasmm{tag}"] = (ours("triton", c), True,
+                                                  f"chunk={c or 'default'}, flat loops, GEMMs "
+                                                  f"on cuBLAS")
         if lce._ext.has_kernel("linear_cross_entropy_fwd", "CUDA"):
             out[f"ours-cuda{tag}"] = (ours("cuda", c), True, f"chunk={c or 'default'}")
     return out
 
 
 @contextlib.contextmanager
-def _mm_backend(provider):
-    """ours-triton-cublasmm* runs the backward GEMMs on cuBLAS, every other provider on the
-    Triton GEMM: set through XLMR_FAST_LCE_MM, the knob that wins over MM_BACKEND, so a value
-    in the caller's environment cannot make two differently named rows the same run."""
-    saved = os.environ.get("XLMR_FAST_LCE_MM")
-    os.environ["XLMR_FAST_LCE_MM"] = "cublas" if "cublasmm" in provider else "triton"
+def _variant(provider):
+    """The provider's Triton variant, set through the environment knobs that win over the
+    module defaults (so a value in the caller's environment cannot make two differently named
+    rows the same run): *cublasmm* runs the backward GEMMs on cuBLAS (XLMR_FAST_LCE_MM), *flat*
+    the flattened tile loops (XLMR_FAST_LCE_FLAT); every other provider neither."""
+    want = {"XLMR_FAST_LCE_MM": "cublas" if "cublasmm" in provider else "triton",
+            "XLMR_FAST_LCE_FLAT": "1" if "-flat" in provider else "0"}
+    saved = {k: os.environ.get(k) for k in want}
+    os.environ.update(want)
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop("XLMR_FAST_LCE_MM", None)
-        else:
-            os.environ["XLMR_FAST_LCE_MM"] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def bench_one(fn, use_bias, mode, h, w, b, t, rep):
@@ -191,7 +202,7 @@ def main(argv=None):
             flops = (2 if mode == "forward" else 6) * N * H * V
             for name, (fn, use_bias, note) in provs.items():
                 try:
-                    with _mm_backend(name):
+                    with _variant(name):
                         ms, peak = bench_one(fn, use_bias, mode, h, w, b, t, args.rep)
                 except Exception as e:  # OOM or a library failure: report and go on
                     print(f"[fail] {name} {mode} {shape}: {type(e).__name__}: {e}",

@@ -119,18 +119,22 @@ def launches_linear_cross_entropy(defaults: bool):
             t = torch.zeros(N, dtype=torch.int64)
             stats = torch.zeros(2, N)
             shape = f"N{N} H{H}"
-            cfgs = [None] if defaults else [None] + list(kern.FWD_CONFIGS)
-            for i, cfg in enumerate(cfgs):
-                tag = "default" if cfg is None else f"cfg{i - 1}"
+            # the default config with and without FLAT (the flattened tile loops, a bench
+            # provider until measured), then every config of the sweep list
+            cfgs = [(None, False), (None, True)]
+            if not defaults:
+                cfgs += [(c, False) for c in kern.FWD_CONFIGS]
+            for i, (cfg, flat) in enumerate(cfgs):
+                tag = ("flat" if flat else "default") if cfg is None else f"cfg{i - 2}"
                 with recording() as rec:
                     try:
-                        kern.lce_forward(x, w, b, t, -100, 0.0, config=cfg)
+                        kern.lce_forward(x, w, b, t, -100, 0.0, config=cfg, flat=flat)
                     except Exception:  # the torch combine after the launch reads empty partials
                         pass
                 out += [(shape, f"fwd {tag}", r) for r in rec]
                 with recording() as rec:
                     kern.lce_backward(torch.ones(N), x, w, b, t, stats, -100, 0.0, config=cfg,
-                                      chunk=4096)
+                                      chunk=4096, flat=flat)
                 # one chunk's three launches are enough: the other chunks only move c0
                 out += [(shape, f"{part} {tag}", r) for part, r in zip(("dlogits", "dW", "dX"),
                                                                        rec[:3])]

@@ -28,6 +28,9 @@ The two GEMMs can instead run on cuBLAS (MM_BACKEND = "cublas", or XLMR_FAST_LCE
 the same products with fp32 accumulation (torch.mm / addmm with out_dtype), while the fused
 dlogits kernel keeps the logits out of HBM. Which is faster is a device measurement
 (bench_linear_cross_entropy's ours-triton-cublasmm row); "triton" stays the default until then.
+FLAT (XLMR_FAST_LCE_FLAT=1; off by default until measured): the forward and dlogits kernels
+run each program's vocab tiles as one flattened (tile, H step) loop, so the load pipeline
+does not drain and refill at every tile (see _lse_update).
 g_row = dL/dloss_row (0 on ignored rows). Only the (N, C) chunk of d exists at any time:
 §1.5 of kernels.md shows the logits GEMM recompute and the d round trip are both cheaper than
 any H-wide register accumulator, which Triton cannot hold for H = 768/1024.
@@ -43,6 +46,19 @@ import triton.language as tl
 
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
+def _dot_step(x_ptrs, w_ptrs, x_mask, w_mask, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    # acc += X block @ W block^T for one BLOCK_H step (w_ptrs laid out (BLOCK_H, BLOCK_V)).
+    x = tl.load(x_ptrs, mask=x_mask, other=0.0)
+    w = tl.load(w_ptrs, mask=w_mask, other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+        w = w.to(tl.float32)
+    if IEEE:
+        return tl.dot(x, w, acc, input_precision="ieee")
+    return tl.dot(x, w, acc)
+
+
+@triton.jit
 def _logits_tile(X, W, rows, cols, row_ok, col_ok, H, stride_xn, stride_wv,
                  BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
                  IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN_H: tl.constexpr):
@@ -55,22 +71,38 @@ def _logits_tile(X, W, rows, cols, row_ok, col_ok, H, stride_xn, stride_wv,
     w_ptrs = W + cols[None, :].to(tl.int64) * stride_wv + offs_h[:, None]
     for k in range(0, H, BLOCK_H):
         if EVEN_H:
-            x = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
-            w = tl.load(w_ptrs, mask=col_ok[None, :], other=0.0)
+            acc = _dot_step(x_ptrs, w_ptrs, row_ok[:, None], col_ok[None, :], acc, IEEE, UPCAST)
         else:
             h_ok = (k + offs_h) < H
-            x = tl.load(x_ptrs, mask=row_ok[:, None] & h_ok[None, :], other=0.0)
-            w = tl.load(w_ptrs, mask=col_ok[None, :] & h_ok[:, None], other=0.0)
-        if UPCAST:
-            x = x.to(tl.float32)
-            w = w.to(tl.float32)
-        if IEEE:
-            acc = tl.dot(x, w, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x, w, acc)
+            acc = _dot_step(x_ptrs, w_ptrs, row_ok[:, None] & h_ok[None, :],
+                            col_ok[None, :] & h_ok[:, None], acc, IEEE, UPCAST)
         x_ptrs += BLOCK_H
         w_ptrs += BLOCK_H
     return acc
+
+
+# FLAT (H % BLOCK_H == 0 only): a program's vocab tiles run as ONE loop over (tile, H step)
+# pairs, the tile's epilogue under `if k == last`. Triton software-pipelines only innermost
+# loops: nested, every tile refills the load pipeline after its epilogue (a memory latency per
+# 12-16 MMA steps at H = 768/1024); flattened, the next tile's loads are in flight while the
+# epilogue runs (the sm_90 IR shows async copies issued before the epilogue's branch).
+# Whether that wins is a device measurement (bench_linear_cross_entropy's ours-triton-flat).
+@triton.jit
+def _lse_update(z, cols, col_ok, tgt, m, s, zt, sz, B,
+                HAS_BIAS: tl.constexpr, SMOOTH: tl.constexpr):
+    # One tile's logits z into the running (max, sum-exp, target logit, sum of logits) per row.
+    if HAS_BIAS:
+        z += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    z = tl.where(col_ok[None, :], z, float("-inf"))
+    # The first tile of a split always has a valid column, so m_new is finite from then on
+    # and exp(-inf - m_new) = 0 masks the tail columns.
+    m_new = tl.maximum(m, tl.max(z, axis=1))
+    s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
+    hit = cols[None, :] == tgt[:, None]
+    zt += tl.sum(tl.where(hit, z, 0.0), axis=1)
+    if SMOOTH:
+        sz += tl.sum(tl.where(col_ok[None, :], z, 0.0), axis=1)
+    return m_new, s, zt, sz
 
 
 @triton.jit
@@ -81,7 +113,7 @@ def _lce_fwd_kernel(
     TILES_PER_SPLIT,           # runtime: it follows N, and a constexpr would recompile per N
     HAS_BIAS: tl.constexpr, SMOOTH: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN_H: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN_H: tl.constexpr, FLAT: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -95,23 +127,30 @@ def _lce_fwd_kernel(
     zt = tl.zeros((BLOCK_N,), dtype=tl.float32)
     sz = tl.zeros((BLOCK_N,), dtype=tl.float32)
     v0 = pid_s * (TILES_PER_SPLIT * BLOCK_V)
-    for t in range(TILES_PER_SPLIT):
-        cols = v0 + t * BLOCK_V + tl.arange(0, BLOCK_V)
-        col_ok = cols < V
-        z = _logits_tile(X, W, rows, cols, row_ok, col_ok, H, stride_xn, stride_wv,
-                         BLOCK_N, BLOCK_V, BLOCK_H, IEEE, UPCAST, EVEN_H)
-        if HAS_BIAS:
-            z += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        z = tl.where(col_ok[None, :], z, float("-inf"))
-        # The first tile of a split always has a valid column, so m_new is finite from then on
-        # and exp(-inf - m_new) = 0 masks the tail columns.
-        m_new = tl.maximum(m, tl.max(z, axis=1))
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
-        m = m_new
-        hit = cols[None, :] == tgt[:, None]
-        zt += tl.sum(tl.where(hit, z, 0.0), axis=1)
-        if SMOOTH:
-            sz += tl.sum(tl.where(col_ok[None, :], z, 0.0), axis=1)
+    if FLAT:
+        KT = H // BLOCK_H
+        offs_h = tl.arange(0, BLOCK_H)
+        x_ptrs = X + rows[:, None].to(tl.int64) * stride_xn + offs_h[None, :]
+        acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+        for it in range(TILES_PER_SPLIT * KT):
+            t = it // KT
+            k = it - t * KT
+            cols = v0 + t * BLOCK_V + tl.arange(0, BLOCK_V)
+            col_ok = cols < V
+            w_ptrs = W + cols[None, :].to(tl.int64) * stride_wv + (k * BLOCK_H + offs_h)[:, None]
+            acc = _dot_step(x_ptrs + k * BLOCK_H, w_ptrs, row_ok[:, None], col_ok[None, :], acc,
+                            IEEE, UPCAST)
+            if k == KT - 1:
+                m, s, zt, sz = _lse_update(acc, cols, col_ok, tgt, m, s, zt, sz, B,
+                                           HAS_BIAS, SMOOTH)
+                acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    else:
+        for t in range(TILES_PER_SPLIT):
+            cols = v0 + t * BLOCK_V + tl.arange(0, BLOCK_V)
+            col_ok = cols < V
+            z = _logits_tile(X, W, rows, cols, row_ok, col_ok, H, stride_xn, stride_wv,
+                             BLOCK_N, BLOCK_V, BLOCK_H, IEEE, UPCAST, EVEN_H)
+            m, s, zt, sz = _lse_update(z, cols, col_ok, tgt, m, s, zt, sz, B, HAS_BIAS, SMOOTH)
     out = pid_s * N + rows
     tl.store(PM + out, m, mask=row_ok)
     tl.store(PS + out, s, mask=row_ok)
@@ -121,29 +160,11 @@ def _lce_fwd_kernel(
 
 
 @triton.jit
-def _lce_dlogits_kernel(
-    X, W, B, T, STATS, G,      # STATS (2, N) fp32: row max m, log sum-exp(z - m); G (N,) fp32
-    D, DBP,                    # D (N, C) chunk of d (compute dtype); DBP (row blocks, C) fp32
-    N, V, H, c0, C, stride_xn, stride_wv, stride_dn, ignore_index, eps_over_v, one_minus_eps,
-    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
-    BLOCK_H: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN_H: tl.constexpr,
-):
-    pid_n = tl.program_id(0)
-    pid_v = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    lcols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)       # column inside the chunk
-    cols = c0 + lcols
-    row_ok = rows < N
-    col_ok = (lcols < C) & (cols < V)
-    z = _logits_tile(X, W, rows, cols, row_ok, col_ok, H, stride_xn, stride_wv,
-                     BLOCK_N, BLOCK_V, BLOCK_H, IEEE, UPCAST, EVEN_H)
-    if HAS_BIAS:
-        z += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    tgt = tl.load(T + rows, mask=row_ok, other=ignore_index).to(tl.int32)  # see _lce_fwd_kernel
-    m = tl.load(STATS + rows, mask=row_ok, other=0.0)
-    ls = tl.load(STATS + N + rows, mask=row_ok, other=0.0)
-    g = tl.load(G + rows, mask=row_ok, other=0.0)
-    g = tl.where(row_ok & (tgt != ignore_index), g, 0.0)
+def _dlogits_store(z, rows, row_ok, lcols, cols, col_ok, tgt, m, ls, g, D, DBP, pid_n, C,
+                   stride_dn, eps_over_v, one_minus_eps):
+    # One tile: d = softmax - smoothed one-hot, times the row's upstream grad, stored in the
+    # compute dtype, plus the tile's fp32 column sums as this row block's db partial (z: the
+    # logits with the bias).
     # (z - m) - log s, not z - lse: z - m is exact near the max, while lse = m + log s would
     # round at the logits' magnitude (|z| ~ 30 -> 2e-6) and perturb every probability.
     p = tl.exp((z - m[:, None]) - ls[:, None])
@@ -154,6 +175,71 @@ def _lce_dlogits_kernel(
              d.to(D.dtype.element_ty), mask=row_ok[:, None] & (lcols < C)[None, :])
     # db partial from the fp32 d (not the rounded one): summed over row blocks by the caller.
     tl.store(DBP + pid_n * C + lcols, tl.sum(d, axis=0), mask=lcols < C)
+
+
+@triton.jit
+def _add_bias(z, B, cols, col_ok, HAS_BIAS: tl.constexpr):
+    if HAS_BIAS:
+        z += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    return z
+
+
+@triton.jit
+def _row_stats(T, STATS, G, rows, row_ok, N, ignore_index):
+    # Per row: target (int32, see _lce_fwd_kernel), max, log sum-exp, upstream grad (0 when
+    # ignored).
+    tgt = tl.load(T + rows, mask=row_ok, other=ignore_index).to(tl.int32)
+    m = tl.load(STATS + rows, mask=row_ok, other=0.0)
+    ls = tl.load(STATS + N + rows, mask=row_ok, other=0.0)
+    g = tl.load(G + rows, mask=row_ok, other=0.0)
+    return tgt, m, ls, tl.where(row_ok & (tgt != ignore_index), g, 0.0)
+
+
+@triton.jit
+def _lce_dlogits_kernel(
+    X, W, B, T, STATS, G,      # STATS (2, N) fp32: row max m, log sum-exp(z - m); G (N,) fp32
+    D, DBP,                    # D (N, C) chunk of d (compute dtype); DBP (row blocks, C) fp32
+    N, V, H, c0, C, stride_xn, stride_wv, stride_dn, ignore_index, eps_over_v, one_minus_eps,
+    TILES_PER_PROG,            # vocab tiles per program (1 unless FLAT)
+    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+    BLOCK_H: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN_H: tl.constexpr,
+    FLAT: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    if FLAT:
+        tgt, m, ls, g = _row_stats(T, STATS, G, rows, row_ok, N, ignore_index)
+        KT = H // BLOCK_H
+        offs_h = tl.arange(0, BLOCK_H)
+        x_ptrs = X + rows[:, None].to(tl.int64) * stride_xn + offs_h[None, :]
+        acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+        l0 = pid_v * TILES_PER_PROG * BLOCK_V
+        for it in range(TILES_PER_PROG * KT):
+            t = it // KT
+            k = it - t * KT
+            lcols = l0 + t * BLOCK_V + tl.arange(0, BLOCK_V)   # column inside the chunk
+            cols = c0 + lcols
+            col_ok = (lcols < C) & (cols < V)
+            w_ptrs = W + cols[None, :].to(tl.int64) * stride_wv + (k * BLOCK_H + offs_h)[:, None]
+            acc = _dot_step(x_ptrs + k * BLOCK_H, w_ptrs, row_ok[:, None], col_ok[None, :], acc,
+                            IEEE, UPCAST)
+            if k == KT - 1:
+                z = _add_bias(acc, B, cols, col_ok, HAS_BIAS)
+                _dlogits_store(z, rows, row_ok, lcols, cols, col_ok, tgt, m, ls, g, D, DBP,
+                               pid_n, C, stride_dn, eps_over_v, one_minus_eps)
+                acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    else:
+        lcols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)       # column inside the chunk
+        cols = c0 + lcols
+        col_ok = (lcols < C) & (cols < V)
+        z = _logits_tile(X, W, rows, cols, row_ok, col_ok, H, stride_xn, stride_wv,
+                         BLOCK_N, BLOCK_V, BLOCK_H, IEEE, UPCAST, EVEN_H)
+        z = _add_bias(z, B, cols, col_ok, HAS_BIAS)
+        tgt, m, ls, g = _row_stats(T, STATS, G, rows, row_ok, N, ignore_index)
+        _dlogits_store(z, rows, row_ok, lcols, cols, col_ok, tgt, m, ls, g, D, DBP, pid_n, C,
+                       stride_dn, eps_over_v, one_minus_eps)
 
 
 @triton.jit
@@ -227,6 +313,11 @@ CHUNK_BYTES = 128 * 2**20
 # Who runs the backward's two GEMMs: "triton" (_mm_kernel) or "cublas" (torch.mm / addmm).
 MM_BACKEND = "triton"
 MM_BACKENDS = ("triton", "cublas")
+# The flattened (tile, H step) loop of the forward and dlogits kernels (see _lse_update), off
+# until a device run shows it faster; XLMR_FAST_LCE_FLAT=1/0 overrides. Each dlogits program
+# then owns DLOGITS_TILES_PER_PROG vocab tiles (one otherwise).
+FLAT = False
+DLOGITS_TILES_PER_PROG = 4
 
 _INTERP_FWD = dict(BLOCK_N=16, BLOCK_V=64, BLOCK_H=32, num_warps=4, num_stages=1)
 _INTERP_MM = dict(BLOCK_M=32, BLOCK_NN=32, BLOCK_K=32, num_warps=4, num_stages=1)
@@ -274,6 +365,17 @@ def _dot_flags(x: torch.Tensor) -> dict:
     return {"IEEE": x.dtype == torch.float32 or up, "UPCAST": up}
 
 
+def flat_loops(H: int, block_h: int, override: bool | None = None) -> bool:
+    """Whether the forward / dlogits kernels run FLAT: override, else XLMR_FAST_LCE_FLAT, else
+    FLAT; only when BLOCK_H divides H (the flattened loop has no H mask)."""
+    if override is None:
+        env = os.environ.get("XLMR_FAST_LCE_FLAT", "").strip()
+        if env not in ("", "0", "1"):
+            raise ValueError(f"XLMR_FAST_LCE_FLAT={env!r}: expected 0 or 1")
+        override = FLAT if env == "" else env == "1"
+    return bool(override) and H % block_h == 0
+
+
 def _launch_kw(cfg: dict) -> dict:
     return {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
 
@@ -288,11 +390,12 @@ def _check(x, w, b, t):
 
 
 def lce_forward(x, w, b, targets, ignore_index: int, label_smoothing: float, *,
-                splits: int | None = None, config: dict | None = None):
+                splits: int | None = None, config: dict | None = None, flat: bool | None = None):
     """Per-row loss (N,) fp32 (0 on ignored rows) and stats (2, N) fp32 (row max, log sum-exp).
 
     x (N, H) and w (V, H) share a dtype (bf16/fp16/fp32); b (V,) any float dtype or None.
     splits: number of vocab splits of the grid (default: about PROGRAMS_PER_SM programs per SM).
+    flat: the flattened tile loop (default: flat_loops()).
     """
     _check(x, w, b, targets)
     N, H = x.shape
@@ -316,8 +419,8 @@ def lce_forward(x, w, b, targets, ignore_index: int, label_smoothing: float, *,
         x, w, b if b is not None else x, targets, pm, ps, pzt, psz,
         N, V, H, x.stride(0), w.stride(0), ignore_index,
         tiles_per_split, HAS_BIAS=b is not None, SMOOTH=smooth,
-        BLOCK_N=BN, BLOCK_V=BV, BLOCK_H=BH, EVEN_H=H % BH == 0, **_dot_flags(x),
-        **_launch_kw(cfg))
+        BLOCK_N=BN, BLOCK_V=BV, BLOCK_H=BH, EVEN_H=H % BH == 0, FLAT=flat_loops(H, BH, flat),
+        **_dot_flags(x), **_launch_kw(cfg))
     return lse_combine(pm, ps, pzt, psz if smooth else None, targets, ignore_index,
                        label_smoothing, V)
 
@@ -390,12 +493,14 @@ def mm_backend(override: str | None = None) -> str:
 
 def lce_backward(grad_rows, x, w, b, targets, stats, ignore_index: int, label_smoothing: float, *,
                  grad_weight_dtype=None, grad_bias_dtype=None, chunk: int | None = None,
-                 config: dict | None = None, mm: str | None = None, dw_out=None):
+                 config: dict | None = None, mm: str | None = None, dw_out=None,
+                 flat: bool | None = None):
     """(dX, dW, db) for per-row upstream grads grad_rows (N,) fp32 (ignored rows are zeroed here).
 
     dX has x's dtype; dW is written once per chunk in grad_weight_dtype (default w's dtype)
     from fp32 accumulators; db (None when b is None) in grad_bias_dtype (default b's dtype).
     mm: "triton" | "cublas" for the two GEMMs per chunk (default: mm_backend()).
+    flat: the flattened tile loop in the dlogits kernel (default: flat_loops()).
     dw_out: an existing contiguous (V, H) tensor (a tied weight's .grad) that dW is added into
     by the dW GEMM itself (read, add in fp32, write once): no V x H buffer is allocated, and
     the returned dW is dw_out.
@@ -409,6 +514,8 @@ def lce_backward(grad_rows, x, w, b, targets, stats, ignore_index: int, label_sm
     BN, BV, BH = cfg["BLOCK_N"], cfg["BLOCK_V"], cfg["BLOCK_H"]
     C = chunk_columns(N, V, x.element_size(), chunk, multiple=BV)
     row_blocks = triton.cdiv(N, BN)
+    is_flat = flat_loops(H, BH, flat)
+    tpp = DLOGITS_TILES_PER_PROG if is_flat else 1
     dev = x.device
     d = torch.empty((N, C), dtype=x.dtype, device=dev)
     dbp = torch.empty((row_blocks, C), dtype=torch.float32, device=dev)
@@ -427,12 +534,12 @@ def lce_backward(grad_rows, x, w, b, targets, stats, ignore_index: int, label_sm
     for c0 in range(0, V, C):
         cs = min(C, V - c0)
         dc = d[:, :cs]
-        _lce_dlogits_kernel[(row_blocks, triton.cdiv(cs, BV))](
+        _lce_dlogits_kernel[(row_blocks, triton.cdiv(triton.cdiv(cs, BV), tpp))](
             x, w, b if b is not None else x, targets, stats, g, dc, dbp,
             N, V, H, c0, cs, x.stride(0), w.stride(0), d.stride(0), ignore_index,
-            eps / V, 1.0 - eps,
+            eps / V, 1.0 - eps, tpp,
             HAS_BIAS=b is not None, BLOCK_N=BN, BLOCK_V=BV, BLOCK_H=BH, EVEN_H=H % BH == 0,
-            **_dot_flags(x), **_launch_kw(cfg))
+            FLAT=is_flat, **_dot_flags(x), **_launch_kw(cfg))
         if db is not None:
             # dbp rows were written with row stride cs (the chunk width), see DBP + pid_n * C.
             db[c0:c0 + cs] = dbp.view(-1)[:row_blocks * cs].view(row_blocks, cs).sum(dim=0)

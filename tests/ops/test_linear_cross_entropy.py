@@ -391,6 +391,34 @@ def test_triton_interpreter_gemms_through_torch_fp32_master_weight(backend, monk
     assert grads["cublas"][2].dtype == torch.float32
 
 
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", [0, 1, 3, 4])
+def test_triton_interpreter_flat_loops(backend, monkeypatch, case):
+    # XLMR_FAST_LCE_FLAT=1: one (vocab tile, H step) loop per program in the forward and
+    # dlogits kernels, 4 vocab tiles per dlogits program: chunks whose tile count is not a
+    # multiple of 4 (masked tail tiles), tail columns of V, splits of the forward. Case 4
+    # (H % BLOCK_H != 0) falls back to the nested loops.
+    N, H, V, dtype, bias, reduction, eps, chunk = INTERP_CASES[case]
+    backend("triton", chunk=chunk)
+    monkeypatch.setenv("XLMR_FAST_LCE_FLAT", "1")
+    h, w, b, t = make_inputs(N, H, V, dtype, bias=bias, seed=N * 7 + V + 1)
+    compare(h, w, b, t, reduction, eps, dtype)
+
+
+def test_flat_loops_choice(monkeypatch):
+    from xlmr_fast.kernels.triton import linear_cross_entropy as kern
+    monkeypatch.delenv("XLMR_FAST_LCE_FLAT", raising=False)
+    assert kern.flat_loops(768, 64) == kern.FLAT
+    monkeypatch.setenv("XLMR_FAST_LCE_FLAT", "1")
+    assert kern.flat_loops(768, 64) and not kern.flat_loops(40, 32)  # H must be even in BLOCK_H
+    assert not kern.flat_loops(768, 64, override=False)
+    monkeypatch.setenv("XLMR_FAST_LCE_FLAT", "0")
+    assert not kern.flat_loops(768, 64) and kern.flat_loops(768, 64, override=True)
+    monkeypatch.setenv("XLMR_FAST_LCE_FLAT", "yes")
+    with pytest.raises(ValueError, match="XLMR_FAST_LCE_FLAT"):
+        kern.flat_loops(768, 64)
+
+
 def test_mm_backend_choice(monkeypatch):
     from xlmr_fast.kernels.triton import linear_cross_entropy as kern
     monkeypatch.delenv("XLMR_FAST_LCE_MM", raising=False)
@@ -439,32 +467,36 @@ def test_triton_interpreter_opcheck():
 
 # ---------------------------------------------------------------- GPU: both fused paths
 def gpu_backends():
-    out = ["triton"]
+    out = ["triton", "triton-flat"]
     if HAS_CUDA_EXT:
         out.append("cuda")
     return out
 
 
+def use_gpu_path(which, backend, monkeypatch, chunk=None):
+    """which: "triton", "triton-flat" (XLMR_FAST_LCE_FLAT=1) or "cuda"."""
+    if which not in gpu_backends():
+        pytest.skip("xlmr_fast._C has no CUDA kernels")
+    backend(which.split("-")[0], chunk=chunk)
+    monkeypatch.setenv("XLMR_FAST_LCE_FLAT", "1" if which == "triton-flat" else "0")
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("which", ["triton", "cuda"])
+@pytest.mark.parametrize("which", ["triton", "triton-flat", "cuda"])
 @pytest.mark.parametrize("N,H,V", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("reduction,eps,bias", [("mean", 0.0, True), ("none", 0.1, False),
                                                 ("sum", 0.1, True)])
-def test_gpu_small(backend, which, N, H, V, dtype, reduction, eps, bias):
-    if which not in gpu_backends():
-        pytest.skip("xlmr_fast._C has no CUDA kernels")
-    backend(which, chunk=1024)
+def test_gpu_small(backend, monkeypatch, which, N, H, V, dtype, reduction, eps, bias):
+    use_gpu_path(which, backend, monkeypatch, chunk=1024)
     h, w, b, t = make_inputs(N, H, V, dtype, bias=bias, device="cuda", seed=N + H + V)
     compare(h, w, b, t, reduction, eps, dtype)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("which", ["triton", "cuda"])
-def test_gpu_all_ignored_and_deterministic(backend, which):
-    if which not in gpu_backends():
-        pytest.skip("xlmr_fast._C has no CUDA kernels")
-    backend(which)
+@pytest.mark.parametrize("which", ["triton", "triton-flat", "cuda"])
+def test_gpu_all_ignored_and_deterministic(backend, monkeypatch, which):
+    use_gpu_path(which, backend, monkeypatch)
     h, w, b, t = make_inputs(300, 64, 4099, torch.bfloat16, device="cuda")
     a = run(linear_cross_entropy, h, w, b, t, "mean", 0.1)
     c = run(linear_cross_entropy, h, w, b, t, "mean", 0.1)
@@ -476,11 +508,9 @@ def test_gpu_all_ignored_and_deterministic(backend, which):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("which", ["triton", "cuda"])
-def test_gpu_no_host_sync(backend, which):
-    if which not in gpu_backends():
-        pytest.skip("xlmr_fast._C has no CUDA kernels")
-    backend(which)
+@pytest.mark.parametrize("which", ["triton", "triton-flat", "cuda"])
+def test_gpu_no_host_sync(backend, monkeypatch, which):
+    use_gpu_path(which, backend, monkeypatch)
     h, w, b, t = make_inputs(300, 64, 4099, torch.bfloat16, device="cuda")
     run(linear_cross_entropy, h, w, b, t, "mean", 0.1)  # compile / warm up first
     h.requires_grad_()
@@ -494,14 +524,12 @@ def test_gpu_no_host_sync(backend, which):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("which", ["triton", "cuda"])
+@pytest.mark.parametrize("which", ["triton", "triton-flat", "cuda"])
 @pytest.mark.parametrize("H", [768, 1024])
-def test_gpu_xlmr_shape(backend, which, H):
+def test_gpu_xlmr_shape(backend, monkeypatch, which, H):
     """N = 4,915 masked rows, V = 250,002, bf16: the LM head of one XLM-R micro-batch."""
-    if which not in gpu_backends():
-        pytest.skip("xlmr_fast._C has no CUDA kernels")
     if H == 1024 and os.environ.get("XLMR_FAST_SLOW") != "1":
         pytest.skip("set XLMR_FAST_SLOW=1 for the large shape")
-    backend(which)
+    use_gpu_path(which, backend, monkeypatch)
     h, w, b, t = make_inputs(4915, H, 250002, torch.bfloat16, device="cuda", ignore_frac=0.05)
     compare(h, w, b, t, "mean", 0.0, torch.bfloat16)
