@@ -318,6 +318,14 @@ MM_BACKENDS = ("triton", "cublas")
 # then owns DLOGITS_TILES_PER_PROG vocab tiles (one otherwise).
 FLAT = False
 DLOGITS_TILES_PER_PROG = 4
+# Measured choices by shape (16-bit, nested loops): (min rows N, H, FWD_CONFIGS index for the
+# forward and dlogits kernels, MM_CONFIGS index); the first row with N >= min rows and this H
+# wins, no row -> entry 0 of each list. Source: `bench_linear_cross_entropy --sweep` on an H100
+# (triton 3.6), 2026-11-23, commit 0eaeddf, full fwd+bwd at N=8192 H=1024: entry 0 / 0 47.1
+# ms; forward config 1 44.4 ms; GEMM config 1 42.6 ms (bench/results/NVIDIA_H100_80GB_HBM3.csv,
+# ours-triton-fwdcfg* / -mmcfg*). Shapes not listed were not swept; FLAT keeps entry 0 (the
+# flat dlogits kernel spills 264 bytes with forward config 1 on sm_90).
+TUNED_BY_SHAPE: list[tuple[int, int, int, int]] = [(8192, 1024, 1, 1)]
 
 _INTERP_FWD = dict(BLOCK_N=16, BLOCK_V=64, BLOCK_H=32, num_warps=4, num_stages=1)
 _INTERP_MM = dict(BLOCK_M=32, BLOCK_NN=32, BLOCK_K=32, num_warps=4, num_stages=1)
@@ -327,7 +335,15 @@ def _interpret(t: torch.Tensor) -> bool:
     return t.device.type == "cpu"
 
 
-def _fwd_config(x: torch.Tensor, n: int, override=None) -> dict:
+def _tuned(n: int, h: int) -> tuple[int, int]:
+    """(FWD_CONFIGS index, MM_CONFIGS index) for n rows of width h (see TUNED_BY_SHAPE)."""
+    for min_rows, width, fwd, mm in TUNED_BY_SHAPE:
+        if n >= min_rows and h == width:
+            return fwd, mm
+    return 0, 0
+
+
+def _fwd_config(x: torch.Tensor, n: int, override=None, flat: bool = False) -> dict:
     if _interpret(x):
         return dict(_INTERP_FWD)
     if override is not None:
@@ -338,7 +354,7 @@ def _fwd_config(x: torch.Tensor, n: int, override=None) -> dict:
     if n <= 64:
         # Few rows: the kernel streams W once; smaller row tiles waste less of the MMA.
         return dict(BLOCK_N=64, BLOCK_V=128, BLOCK_H=64, num_warps=4, num_stages=4)
-    return dict(FWD_CONFIGS[0])
+    return dict(FWD_CONFIGS[0 if flat else _tuned(n, x.shape[1])[0]])
 
 
 def _mm_config(x: torch.Tensor) -> dict:
@@ -348,7 +364,7 @@ def _mm_config(x: torch.Tensor) -> dict:
         return dict(MM_CONFIG)
     if x.dtype == torch.float32:
         return dict(BLOCK_M=64, BLOCK_NN=64, BLOCK_K=32, num_warps=4, num_stages=2)
-    return dict(MM_CONFIGS[0])
+    return dict(MM_CONFIGS[_tuned(*x.shape)[1]])
 
 
 def _num_sms(device: torch.device) -> int:
@@ -365,15 +381,20 @@ def _dot_flags(x: torch.Tensor) -> dict:
     return {"IEEE": x.dtype == torch.float32 or up, "UPCAST": up}
 
 
+def flat_requested(override: bool | None = None) -> bool:
+    """FLAT asked for: override, else XLMR_FAST_LCE_FLAT, else the module's FLAT."""
+    if override is not None:
+        return bool(override)
+    env = os.environ.get("XLMR_FAST_LCE_FLAT", "").strip()
+    if env not in ("", "0", "1"):
+        raise ValueError(f"XLMR_FAST_LCE_FLAT={env!r}: expected 0 or 1")
+    return FLAT if env == "" else env == "1"
+
+
 def flat_loops(H: int, block_h: int, override: bool | None = None) -> bool:
-    """Whether the forward / dlogits kernels run FLAT: override, else XLMR_FAST_LCE_FLAT, else
-    FLAT; only when BLOCK_H divides H (the flattened loop has no H mask)."""
-    if override is None:
-        env = os.environ.get("XLMR_FAST_LCE_FLAT", "").strip()
-        if env not in ("", "0", "1"):
-            raise ValueError(f"XLMR_FAST_LCE_FLAT={env!r}: expected 0 or 1")
-        override = FLAT if env == "" else env == "1"
-    return bool(override) and H % block_h == 0
+    """Whether the forward / dlogits kernels run FLAT: requested (flat_requested) and BLOCK_H
+    divides H (the flattened loop has no H mask)."""
+    return flat_requested(override) and H % block_h == 0
 
 
 def _launch_kw(cfg: dict) -> dict:
@@ -400,7 +421,7 @@ def lce_forward(x, w, b, targets, ignore_index: int, label_smoothing: float, *,
     _check(x, w, b, targets)
     N, H = x.shape
     V = w.shape[0]
-    cfg = _fwd_config(x, N, config if config is not None else FWD_CONFIG)
+    cfg = _fwd_config(x, N, config if config is not None else FWD_CONFIG, flat_requested(flat))
     BN, BV, BH = cfg["BLOCK_N"], cfg["BLOCK_V"], cfg["BLOCK_H"]
     row_blocks = triton.cdiv(N, BN)
     vtiles = triton.cdiv(V, BV)
@@ -509,7 +530,8 @@ def lce_backward(grad_rows, x, w, b, targets, stats, ignore_index: int, label_sm
     use_cublas = mm_backend(mm) == "cublas"
     N, H = x.shape
     V = w.shape[0]
-    cfg = _fwd_config(x, N, config if config is not None else DLOGITS_CONFIG)
+    cfg = _fwd_config(x, N, config if config is not None else DLOGITS_CONFIG,
+                      flat_requested(flat))
     mcfg = _mm_config(x)
     BN, BV, BH = cfg["BLOCK_N"], cfg["BLOCK_V"], cfg["BLOCK_H"]
     C = chunk_columns(N, V, x.element_size(), chunk, multiple=BV)

@@ -419,6 +419,28 @@ def test_flat_loops_choice(monkeypatch):
         kern.flat_loops(768, 64)
 
 
+def test_tuned_configs_by_shape(monkeypatch):
+    # The measured sweep winners apply at their shape (N >= 8192, H = 1024, 16-bit, nested
+    # loops); elsewhere entry 0; explicit overrides, fp32 and FLAT keep their own rules.
+    from xlmr_fast.kernels.triton import linear_cross_entropy as kern
+    monkeypatch.setattr(kern, "_interpret", lambda t: False)
+
+    def x(n, h, dtype=torch.bfloat16):
+        return torch.empty(n, h, dtype=dtype, device="meta")
+    assert kern._tuned(8192, 1024) == (1, 1) and kern._tuned(20000, 1024) == (1, 1)
+    assert kern._tuned(4915, 1024) == (0, 0) and kern._tuned(8192, 768) == (0, 0)
+    assert kern._fwd_config(x(8192, 1024), 8192) == kern.FWD_CONFIGS[1]
+    assert kern._mm_config(x(8192, 1024)) == kern.MM_CONFIGS[1]
+    assert kern._fwd_config(x(4915, 768), 4915) == kern.FWD_CONFIGS[0]
+    assert kern._mm_config(x(4915, 768)) == kern.MM_CONFIGS[0]
+    assert kern._fwd_config(x(8192, 1024), 8192, flat=True) == kern.FWD_CONFIGS[0]
+    assert kern._fwd_config(x(8192, 1024), 8192, override=kern.FWD_CONFIGS[3]) == \
+        kern.FWD_CONFIGS[3]
+    assert kern._fwd_config(x(8192, 1024, torch.float32), 8192)["BLOCK_H"] == 32
+    monkeypatch.setattr(kern, "MM_CONFIG", kern.MM_CONFIGS[2])
+    assert kern._mm_config(x(8192, 1024)) == kern.MM_CONFIGS[2]
+
+
 def test_mm_backend_choice(monkeypatch):
     from xlmr_fast.kernels.triton import linear_cross_entropy as kern
     monkeypatch.delenv("XLMR_FAST_LCE_MM", raising=False)
@@ -532,4 +554,14 @@ def test_gpu_xlmr_shape(backend, monkeypatch, which, H):
         pytest.skip("set XLMR_FAST_SLOW=1 for the large shape")
     use_gpu_path(which, backend, monkeypatch)
     h, w, b, t = make_inputs(4915, H, 250002, torch.bfloat16, device="cuda", ignore_frac=0.05)
+    compare(h, w, b, t, "mean", 0.0, torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("which", ["triton", "triton-flat"])
+def test_gpu_tuned_shape(backend, monkeypatch, which):
+    """N = 8192, H = 1024 takes the TUNED_BY_SHAPE configs (BLOCK_V 256 forward/dlogits,
+    128 x 256 GEMM tiles; FLAT keeps entry 0); a small V keeps the reference cheap."""
+    use_gpu_path(which, backend, monkeypatch, chunk=4096)
+    h, w, b, t = make_inputs(8192, 1024, 20011, torch.bfloat16, device="cuda", ignore_frac=0.05)
     compare(h, w, b, t, "mean", 0.0, torch.bfloat16)
