@@ -21,6 +21,12 @@ Providers (same inputs, one process):
     ours_mask           xf.ops.attention(key_padding_mask=...) (Triton)
     ours_varlen         xf.ops.attention on packed tokens (cu_seqlens)
     ours_*_drop0.1      ours with attention dropout 0.1 (XLM-R pretraining recipe)
+    ours_slices_of_qkv  ours_mask with q, k, v sliced from one packed (B, T, 3, H, D) leaf, as
+                        the fused QKV projection makes them: autograd builds the qkv gradient
+                        from three zero-filled slice gradients and sums them
+    ours_qkvpacked      xf.ops.attention_qkvpacked on that leaf: one dqkv written in place
+                        (the model's path); the pair's fwd+bwd and graph rows price the
+                        difference
     sdpa_eff_drop0.1    SDPA mem-efficient with dropout 0.1 (the only SDPA backend that takes
                         a mask and dropout)
 Modes: fwd, bwd, fwd+bwd (eager: calls enqueued back to back, the host may be the limit at
@@ -47,7 +53,8 @@ SHAPES = [  # (B, T, heads, mean padding fraction)
     (128, 256, 12, 0.3), (256, 128, 12, 0.3),
 ]
 GRAPH_PROVIDERS = ("sdpa_flash_nomask", "sdpa_cudnn", "ours_mask", "ours_varlen",
-                   "ours_mask_drop0.1", "ours_varlen_drop0.1")
+                   "ours_mask_drop0.1", "ours_varlen_drop0.1", "ours_slices_of_qkv",
+                   "ours_qkvpacked")
 GRAPH_CALLS = 10
 
 
@@ -115,7 +122,18 @@ def _providers(q, k, v, kpm, lengths, T, compile_ref):
     if compile_ref:
         ref_c = torch.compile(attention_reference)
         provs["compile_reference"] = (lambda: ref_c(q, k, v, key_padding_mask=kpm), (q, k, v))
+    # one packed leaf (B, T, 3, H, D) with the same values, for the slices / packed pair
+    qkv = torch.stack([x.detach().transpose(1, 2) for x in (q, k, v)], dim=2)
+    qkv = qkv.contiguous().requires_grad_()
+
+    def slices_of_qkv():
+        s = qkv.permute(2, 0, 3, 1, 4)
+        return xf.ops.attention(s[0], s[1], s[2], key_padding_mask=kpm)
+
     provs.update({
+        "ours_slices_of_qkv": (slices_of_qkv, (qkv,)),
+        "ours_qkvpacked": (lambda: xf.ops.attention_qkvpacked(qkv, key_padding_mask=kpm),
+                           (qkv,)),
         "ours_mask": ours_mask(0.0),
         "ours_varlen": ours_varlen(0.0),
         "ours_mask_drop0.1": ours_mask(0.1),

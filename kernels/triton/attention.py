@@ -499,8 +499,10 @@ def attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_sca
 
 
 def attention_bwd(do, q, k, v, out, out_lo, lse, key_padding_mask, cu_seqlens, max_seqlen,
-                  softmax_scale, dropout_p, seed_key, drop_thresh):
-    """Returns (dq, dk, dv) in the layout of empty_like_layout. out_lo: see attention_fwd."""
+                  softmax_scale, dropout_p, seed_key, drop_thresh, dq=None, dk=None, dv=None):
+    """Returns (dq, dk, dv), in the layout of empty_like_layout, or written into the given
+    dq / dk / dv buffers (q-shaped, any strides with a unit last dim: e.g. the three slices of
+    one packed dqkv). out_lo: see attention_fwd."""
     do, q, k, v, out = (_unit_last(t) for t in (do, q, k, v, out))
     has_lo = out_lo.numel() > 0
     if has_lo and out_lo.stride() != out.stride():  # the pre kernel reads both with O's strides
@@ -508,7 +510,10 @@ def attention_bwd(do, q, k, v, out, out_lo, lse, key_padding_mask, cu_seqlens, m
                                      device=out.device).copy_(out_lo)
     varlen, B, H, T, has_mask, kpm, cu, smb = _common(q, key_padding_mask, cu_seqlens, max_seqlen)
     D = q.shape[-1]
-    dq, dk, dv = (empty_like_layout(t, varlen) for t in (q, k, v))
+    dq, dk, dv = (buf if buf is not None else empty_like_layout(t, varlen)
+                  for buf, t in ((dq, q), (dk, k), (dv, v)))
+    for name, buf in (("dq", dq), ("dk", dk), ("dv", dv)):
+        assert buf.shape == q.shape and buf.dtype == q.dtype and buf.stride(-1) == 1, name
     if B == 0 or T == 0 or q.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     delta = torch.empty_like(lse)

@@ -389,6 +389,91 @@ GPU_CASES = ([(8, 12, T, 64, torch.bfloat16) for T in (1, 17, 128, 333, 512)]
                 (32, 12, 512, 64, torch.bfloat16)])
 
 
+# ------------------------------------------------------------------ attention_qkvpacked
+def _packed_vs_slices(layout, dtype, dropout_p, device):
+    """attention_qkvpacked(qkv) == attention(q, k, v) on its slices: output and the gradient
+    of qkv (which autograd assembles from the three slice gradients on the slice path);
+    bit-identical, as both run the same kernels on the same strided views."""
+    from xlmr_fast.ops.attention import _unpack
+    B, T, H, D = 4, 37, 2, 32
+    g = torch.Generator().manual_seed(11)
+    lengths = [37, 1, 20, 0]
+    if layout == "padded":
+        qkv = torch.randn(B, T, 3, H, D, generator=g)
+        kw = dict(key_padding_mask=make_mask(B, T, device, seed=3))
+    else:
+        qkv = torch.randn(sum(lengths), 3, H, D, generator=g)
+        kw = dict(cu_seqlens=cu_from(lengths, device), max_seqlen=T)
+    qkv = qkv.to(device=device, dtype=dtype)
+    a_in, b_in = qkv.clone().requires_grad_(), qkv.clone().requires_grad_()
+    out_a = xf.ops.attention_qkvpacked(a_in, dropout_p=dropout_p, seed=5, **kw)
+    out_b = xf.ops.attention(*_unpack(b_in, layout == "varlen"), dropout_p=dropout_p, seed=5,
+                             **kw)
+    dout = torch.randn(out_a.shape, generator=g).to(device=device, dtype=dtype)
+    (ga,), (gb,) = grads(out_a, (a_in,), dout), grads(out_b, (b_in,), dout)
+    assert out_a.shape == out_b.shape and ga.shape == qkv.shape
+    torch.testing.assert_close(out_a, out_b, atol=0, rtol=0)
+    torch.testing.assert_close(ga, gb, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("layout", ["padded", "varlen"])
+def test_qkvpacked_equals_slices_sdpa(layout, monkeypatch):
+    monkeypatch.setenv("XLMR_FAST_BACKEND", "reference")
+    _packed_vs_slices(layout, torch.float32, 0.0, "cpu")
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("layout", ["padded", "varlen"])
+@pytest.mark.parametrize("dtype,dropout_p", [(torch.float32, 0.0), (torch.float16, 0.2)])
+def test_triton_interp_qkvpacked_equals_slices(layout, dtype, dropout_p, force_triton):
+    _packed_vs_slices(layout, dtype, dropout_p, "cpu")
+
+
+@pytest.mark.interpret
+def test_triton_interp_qkvpacked_gradient_is_one_tensor(force_triton):
+    """The packed path's backward allocates one qkv-sized gradient and writes it in place:
+    no zero-filled per-slice gradients (select_backward) and no sums of them."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    qkv = torch.randn(2, 9, 3, 2, 32).requires_grad_()
+    out = xf.ops.attention_qkvpacked(qkv)
+    with Ops() as m:
+        out.backward(torch.ones_like(out))
+    assert "select_backward" not in m.names and "add" not in m.names, m.names
+    base = torch.randn(2, 9, 3, 2, 32).requires_grad_()
+    view = base.permute(2, 0, 3, 1, 4)
+    out = xf.ops.attention(view[0], view[1], view[2])
+    with Ops() as m:
+        out.backward(torch.ones_like(out))
+    assert "select_backward" in m.names  # what the slice path pays (the test's yardstick)
+
+
+def test_qkvpacked_validation():
+    with pytest.raises(ValueError, match=r"\(B, T, 3, H, D\)"):
+        xf.ops.attention_qkvpacked(torch.zeros(2, 4, 2, 2, 32))
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        xf.ops.attention_qkvpacked(torch.zeros(2, 4, 3, 2, 32),
+                                   cu_seqlens=torch.tensor([0, 2], dtype=torch.int32),
+                                   max_seqlen=2)
+    with pytest.raises(TypeError, match="qkv"):
+        xf.ops.attention_qkvpacked([1, 2, 3])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["padded", "varlen"])
+def test_gpu_qkvpacked_equals_slices(layout, force_triton):
+    _packed_vs_slices(layout, torch.bfloat16, 0.1, "cuda")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("B,H,T,D,dtype", GPU_CASES)
 def test_gpu_forward_backward(B, H, T, D, dtype, monkeypatch):

@@ -80,16 +80,15 @@ class XLMRLayer(nn.Module):
         H = x.shape[-1]
         if cu_seqlens is None:
             B, T, _ = x.shape
-            # (B, T, 3, heads, hd) -> three (B, heads, T, hd) views: attention takes any strides,
-            # so no copy is made here (the Triton path reads the interleaved layout directly).
-            qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim)
         else:
-            # packed: (N, 3, heads, hd) -> three (N, heads, hd) strided views
-            qkv = self.qkv(x).view(-1, 3, self.num_heads, self.head_dim).transpose(0, 1)
-        a = ops.attention(qkv[0], qkv[1], qkv[2], key_padding_mask=key_padding_mask_BT,
-                          cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
-                          dropout_p=self.attention_dropout if self.training else 0.0,
-                          softmax_scale=None)  # None = head_dim^-0.5, fairseq's q scaling
+            qkv = self.qkv(x).view(-1, 3, self.num_heads, self.head_dim)  # packed tokens
+        # The kernels read q, k, v as strided slices of the interleaved GEMM output (no copy)
+        # and, on the Triton path, write the three gradients into one dqkv tensor.
+        a = ops.attention_qkvpacked(qkv, key_padding_mask=key_padding_mask_BT,
+                                    cu_seqlens=cu_seqlens, max_seqlen=max_seqlen,
+                                    dropout_p=self.attention_dropout if self.training else 0.0,
+                                    softmax_scale=None)  # None = head_dim^-0.5 (fairseq)
         if cu_seqlens is None:
             a = a.transpose(1, 2).reshape(B, T, H)
         else:

@@ -1,5 +1,5 @@
 """xf.ops: the fused ops of xlmr_fast, each with a plain-torch reference beside it."""
-from .attention import attention, attention_reference  # noqa: F401
+from .attention import attention, attention_qkvpacked, attention_reference  # noqa: F401
 from .linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference  # noqa: F401
 from .mlm_mask import (  # noqa: F401
     mlm_mask,
