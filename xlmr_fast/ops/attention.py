@@ -368,9 +368,8 @@ class _EagerAttentionPacked(torch.autograd.Function):
 def _unpack(qkv, varlen):
     """q, k, v views of a packed tensor: (B, T, 3, H, D) -> three (B, H, T, D); varlen
     (total, 3, H, D) -> three (total, H, D)."""
-    if varlen:
-        return qkv[:, 0], qkv[:, 1], qkv[:, 2]
-    return tuple(qkv[:, :, i].transpose(1, 2) for i in range(3))
+    # unbind: one call for the three views (Python indexing costs ~5 us a slice, per layer)
+    return qkv.unbind(1) if varlen else qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
 
 # ---------------------------------------------------------------- public entry point
