@@ -457,6 +457,24 @@ def test_triton_interp_qkvpacked_gradient_is_one_tensor(force_triton):
     assert "select_backward" in m.names  # what the slice path pays (the test's yardstick)
 
 
+@pytest.mark.interpret
+def test_triton_interp_qkvpacked_compile_fullgraph(force_triton):
+    # under torch.compile the packed entry point traces to the custom op on the slices
+    qkv = torch.randn(2, 17, 3, 2, 32).requires_grad_()
+    kpm = make_mask(2, 17, "cpu")
+
+    def f(qkv, kpm):
+        return xf.ops.attention_qkvpacked(qkv, key_padding_mask=kpm, dropout_p=0.1, seed=9)
+
+    torch._dynamo.reset()
+    out = torch.compile(f, backend="aot_eager", fullgraph=True)(qkv, kpm)
+    dout = torch.randn_like(out)
+    (g,) = grads(out, (qkv,), dout)
+    out_e = f(qkv, kpm)
+    (g_e,) = grads(out_e, (qkv,), dout)
+    assert torch.equal(out, out_e) and torch.equal(g, g_e)
+
+
 def test_qkvpacked_validation():
     with pytest.raises(ValueError, match=r"\(B, T, 3, H, D\)"):
         xf.ops.attention_qkvpacked(torch.zeros(2, 4, 2, 2, 32))
