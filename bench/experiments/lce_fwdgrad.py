@@ -6,7 +6,8 @@ them in place into (softmax - onehot) / n_valid and writes the row loss, then
 dH_c = dZ W (cuBLAS) and dW += dZ^T h_c in fp32 (torch.mm out_dtype), db += colsum(dZ).
 The backward only scales by grad_output (device scalar, no sync).
 This is a measurement of the attainable speed at XLM-R shapes before building it into
-xf.ops.linear_cross_entropy; run:  python -m bench.experiments.lce_fwdgrad
+xf.ops.linear_cross_entropy; run:  python -m bench.experiments.lce_fwdgrad [--breakdown]
+(--breakdown: milliseconds per phase of the forward, from CUDA events)
 """
 from __future__ import annotations
 
@@ -101,11 +102,57 @@ class FwdGradLCE(torch.autograd.Function):
                 db.mul_(g) if ctx.has_b else None, None, None)
 
 
+def breakdown(h, w, b, t, chunk):
+    """ms per phase of one FwdGradLCE forward, summed over chunks (CUDA events around each
+    phase; phases serialise on the stream, so the sum is close to the whole): where the 2026-11-23
+    run's 59-64 ms at N=8192 H=1024 went, against ~21 ms of GEMMs at 600 TFLOP/s."""
+    N, H = h.shape
+    V = w.shape[0]
+    inv_n = (1.0 / (t != -100).sum().clamp(min=1).float()).reshape(1)
+    dw = torch.zeros(V, H, dtype=torch.float32, device=h.device)
+    dh = torch.empty_like(h)
+    loss = torch.empty(N, dtype=torch.float32, device=h.device)
+    names = ("logits GEMM", "softmax-grad rows", "dH GEMM", "dW GEMM fp32 +=", "db colsum")
+    spent = dict.fromkeys(names, 0.0)
+    for s in range(0, N, chunk):
+        e = min(N, s + chunk)
+        hc = h[s:e]
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(len(names) + 1)]
+        ev[0].record()
+        z = torch.addmm(b, hc, w.t())
+        ev[1].record()
+        _softmax_grad_rows[(e - s,)](z, t[s:e], loss[s:e], inv_n, z.stride(0), V, -100,
+                                    BLOCK=4096, num_warps=16)
+        ev[2].record()
+        torch.mm(z, w, out=dh[s:e])
+        ev[3].record()
+        _acc_fp32(dw, z.t(), hc)
+        ev[4].record()
+        z.sum(0, dtype=torch.float32)
+        ev[5].record()
+        torch.cuda.synchronize()
+        for i, n in enumerate(names):
+            spent[n] += ev[i].elapsed_time(ev[i + 1])
+    return spent
+
+
 def main():
     if not torch.cuda.is_available():
         print("needs CUDA")
         return 0
     rows = []
+    if "--breakdown" in sys.argv:
+        for N, H in ((4915, 768), (8192, 1024)):
+            h, w, b, t = make(N, H, 250002, torch.bfloat16)
+            for chunk in (1024, 4096):
+                breakdown(h, w, b, t, chunk)  # warm up (Triton compile, cuBLAS heuristics)
+                spent = breakdown(h, w, b, t, chunk)
+                print(f"N{N} H{H} chunk {chunk}: " + ", ".join(
+                    f"{k} {v:.2f} ms" for k, v in spent.items())
+                    + f"; total {sum(spent.values()):.2f} ms", flush=True)
+            del h, w, b, t
+            torch.cuda.empty_cache()
+        return 0
     for N, H in ((4915, 768), (8192, 1024)):
         V = 250002
         h, w, b, t = make(N, H, V, torch.bfloat16)
