@@ -45,6 +45,10 @@ PREFERENCE table below picks the faster one. XLMR_FAST_BACKEND=reference|triton|
 (an input the forced backend cannot run raises); XLMR_FAST_LCE_BACKEND does the same for this
 op alone and wins over XLMR_FAST_BACKEND. XLMR_FAST_LCE_CHUNK=<columns> sets the
 vocabulary chunk width of the chunked passes (0 or unset: each backend's default).
+Triton variants (kernels/triton/linear_cross_entropy.py; defaults there, set from device
+measurements): XLMR_FAST_LCE_MM=triton|cublas runs the backward's two GEMMs in Triton or on
+cuBLAS; XLMR_FAST_LCE_FLAT=1|0 turns the flattened tile loops of the forward and dlogits
+kernels on or off.
 """
 from __future__ import annotations
 
