@@ -338,10 +338,12 @@ class _EagerAttention(torch.autograd.Function):
 
 class _EagerAttentionPacked(torch.autograd.Function):
     """_EagerAttention on the three slices of one packed qkv tensor, whose gradient it returns
-    as ONE tensor written by the backward kernels in place. Through separate q/k/v views,
-    autograd would instead build three zero-filled qkv-sized gradients (select's backward),
-    copy each slice in and sum the three: ~11 qkv-sized passes over HBM per layer, about 0.3 ms
-    per layer of XLM-R base at 32 x 512 on an H100 (estimated from bytes, not measured)."""
+    as ONE tensor written by the backward kernels in place. Through q/k/v views taken by
+    indexing (qkv[0], qkv[1], qkv[2], as the model did), autograd builds three zero-filled
+    qkv-sized gradients (select's backward), copies each slice in and sums the three: ~11
+    qkv-sized passes over HBM per layer, about 0.3 ms per layer of XLM-R base at 32 x 512 on an
+    H100 (estimated from bytes, not measured); views from unbind() cost one stack (a qkv-sized
+    copy) instead. Here: no extra pass."""
 
     @staticmethod
     def forward(ctx, qkv, kpm, cu, max_seqlen, dropout_p, scale, seed):
