@@ -6,8 +6,8 @@
 
 Shapes (B*T = 32k tokens): (64, 512) pretraining blocks with 12 heads (base) and 16 (large),
 each with 0%, 30% and 50% random right padding (lengths uniform with that mean; the
-fine-tuning case where varlen should win), and short fine-tuning batches (128, 256) and
-(256, 128) with 30% padding.
+fine-tuning case where varlen should win), short fine-tuning batches (128, 256) and
+(256, 128) with 30% padding, and a host probe (2, 16) whose eager rows are host time per call.
 Providers (same inputs, one process):
     sdpa_flash_nomask   SDPA flash backend ignoring the padding (a mask disqualifies it):
                         an upper bound on speed, not the same math when there is padding
@@ -51,6 +51,9 @@ SHAPES = [  # (B, T, heads, mean padding fraction)
     (64, 512, 12, 0.0), (64, 512, 12, 0.3), (64, 512, 12, 0.5),
     (64, 512, 16, 0.0), (64, 512, 16, 0.3), (64, 512, 16, 0.5),
     (128, 256, 12, 0.3), (256, 128, 12, 0.3),
+    # host probe: so little work that the eager fwd / fwd+bwd rows are the host's time per
+    # call (Python, dispatch, launches) and the graph rows the device's floor
+    (2, 16, 12, 0.0),
 ]
 GRAPH_PROVIDERS = ("sdpa_flash_nomask", "sdpa_cudnn", "ours_mask", "ours_varlen",
                    "ours_mask_drop0.1", "ours_varlen_drop0.1", "ours_slices_of_qkv",
@@ -189,7 +192,8 @@ def run(shapes, tune=False, device="cuda", save=False):
               f"varlen work={work:.2f} of padded, backend={attention_backend(q)}", flush=True)
         shape = f"B{B}xT{T}xH{H}xD{D}" + (f" pad{pad_frac:.1f}" if pad_frac else "")
         flops = 4 * B * T * T * H * D
-        provs = _providers(q, k, v, kpm, lengths, T, compile_ref=cuda and pad_frac == 0)
+        provs = _providers(q, k, v, kpm, lengths, T,
+                           compile_ref=cuda and pad_frac == 0 and T >= 128)
         for name, (fn, inputs) in provs.items():
             note = f"real work {work:.2f} of padded" if "varlen" in name else ""
             try:
