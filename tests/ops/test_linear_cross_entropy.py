@@ -405,6 +405,22 @@ def test_triton_interpreter_flat_loops(backend, monkeypatch, case):
     compare(h, w, b, t, reduction, eps, dtype)
 
 
+@pytest.mark.interpret
+@pytest.mark.parametrize("which,i", [("fwd", i) for i in range(5)] + [("mm", j) for j in range(4)])
+def test_triton_interpreter_every_config(backend, monkeypatch, which, i):
+    # Every entry the sweep (and TUNED_BY_SHAPE) may pick computes the same thing: forward and
+    # dlogits configs (both kernels), then the backward GEMM configs; V with a tail tile.
+    from xlmr_fast.kernels.triton import linear_cross_entropy as kern
+    backend("triton", chunk=512)
+    if which == "fwd":
+        monkeypatch.setattr(kern, "FWD_CONFIG", kern.FWD_CONFIGS[i])
+        monkeypatch.setattr(kern, "DLOGITS_CONFIG", kern.FWD_CONFIGS[i])
+    else:
+        monkeypatch.setattr(kern, "MM_CONFIG", kern.MM_CONFIGS[i])
+    h, w, b, t = make_inputs(150, 64, 1003, torch.float16, bias=True, seed=i)
+    compare(h, w, b, t, "mean", 0.1, torch.float16)
+
+
 def test_flat_loops_choice(monkeypatch):
     from xlmr_fast.kernels.triton import linear_cross_entropy as kern
     monkeypatch.delenv("XLMR_FAST_LCE_FLAT", raising=False)
