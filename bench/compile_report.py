@@ -170,16 +170,21 @@ def launches_fused(op: str, defaults: bool):
     out = []
     M = 64 * 512
     ln = op == "add_dropout_layernorm"
-    for N in ((768, 1024) if ln else (3072, 4096)):
+    # add_dropout_layernorm also with a fp32 residual stream (y, dy, dresidual fp32): the model's
+    # case under autocast
+    cases = [(N, r32) for N in (768, 1024) for r32 in (False, True)] if ln else \
+        [(N, False) for N in (3072, 4096)]
+    for N, r32 in cases:
         x = torch.empty(M, N, dtype=torch.bfloat16)
-        w = torch.empty(N, dtype=torch.bfloat16)
+        r = torch.empty(M, N) if r32 else x  # residual, y, dy, dresidual
+        w = torch.empty(N, dtype=torch.float32 if r32 else torch.bfloat16)
         st = torch.empty(M)
         G = 4 * 132
         part = torch.empty(G, N)
         with recording() as rec:
             if ln:
-                mod.forward(x, x, w, w, x, st, st, 1, 2, 3, 1.1, 1e-5, True, tune=False)
-                mod.backward(x, x, x, w, st, st, x, x, part, part, triton.cdiv(M, G), 1, 2, 3,
+                mod.forward(x, r, w, w, r, st, st, 1, 2, 3, 1.1, 1e-5, True, tune=False)
+                mod.backward(r, x, r, w, st, st, x, r, part, part, triton.cdiv(M, G), 1, 2, 3,
                              1.1, True, tune=False)
             else:
                 mod.forward(x, w, x, tune=False)
@@ -189,7 +194,8 @@ def launches_fused(op: str, defaults: bool):
             for c, cfg in enumerate(tuned[fn].configs):
                 kw = {k: v for k, v in kwargs.items() if k not in cfg.kwargs}
                 kw.update(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-                out.append((f"T{M} N{N}", f"autotune {c}", (fn, args, kw)))
+                out.append((f"T{M} N{N}" + (" r32" if r32 else ""), f"autotune {c}",
+                            (fn, args, kw)))
     return out
 
 
@@ -264,7 +270,7 @@ def report(ops, defaults, out=sys.stdout):
     """Compile every recorded launch; print one line each. Returns the rows (dicts)."""
     rows = []
     seen = set()
-    print(f"{'op':<22}{'shape/layout':<16}{'launch':<14}{'kernel':<22}{'config':<34}"
+    print(f"{'op':<22}{'shape/layout':<18}{'launch':<14}{'kernel':<22}{'config':<34}"
           f"{'regs':>5}{'spill':>7}{'smem':>8}{'async':>6}  mma_wait", file=out)
     for op, shape, tag, (fn, args, kwargs) in collect(ops, defaults):
         cfg = _launch_config(fn, args, kwargs)
@@ -279,7 +285,7 @@ def report(ops, defaults, out=sys.stdout):
         row = dict(op=op, shape=shape, launch=tag, kernel=fn.__name__, config=cfg, regs=regs,
                    spill=spill, smem=k.metadata.shared, async_copies=copies, mma_wait=waits)
         rows.append(row)
-        print(f"{op:<22}{shape:<16}{tag:<14}{fn.__name__:<22}{cfg:<34}{regs:>5}{spill:>7}"
+        print(f"{op:<22}{shape:<18}{tag:<14}{fn.__name__:<22}{cfg:<34}{regs:>5}{spill:>7}"
               f"{k.metadata.shared:>8}{copies:>6}  {waits}", file=out, flush=True)
     return rows
 
