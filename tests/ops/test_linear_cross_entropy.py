@@ -332,13 +332,13 @@ def test_default_backend_on_cpu_is_reference_or_interpreter(monkeypatch):
 
 
 def test_preference_table(monkeypatch):
-    monkeypatch.setattr(lce_mod, "_device_name", lambda i: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(_backend, "_cuda_device_name", lambda i: "NVIDIA H100 80GB HBM3")
     monkeypatch.setattr(lce_mod, "PREFERENCE", [("H100", 768, torch.bfloat16, "cuda"),
                                                 ("H100", None, None, "triton")])
     dev = torch.device("cuda", 0)
     assert lce_mod.preferred_gpu_backend(dev, 768, torch.bfloat16) == "cuda"
     assert lce_mod.preferred_gpu_backend(dev, 1024, torch.bfloat16) == "triton"
-    monkeypatch.setattr(lce_mod, "_device_name", lambda i: "NVIDIA H200")
+    monkeypatch.setattr(_backend, "_cuda_device_name", lambda i: "NVIDIA H200")
     assert lce_mod.preferred_gpu_backend(dev, 768, torch.bfloat16) == lce_mod.DEFAULT_GPU_BACKEND
 
 

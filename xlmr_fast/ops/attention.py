@@ -447,6 +447,14 @@ def attention(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=Non
     dropout_p = float(dropout_p)
     backend, reason = attention_backend(q, key_padding_mask=key_padding_mask,
                                         cu_seqlens=cu_seqlens, dropout_p=dropout_p)
+    return _dispatch(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p,
+                     softmax_scale, seed, backend, reason)
+
+
+def _dispatch(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed,
+              backend, reason):
+    """attention() after validation and the backend choice: SDPA, the custom op under
+    torch.compile, or the eager autograd.Function."""
     if backend == "sdpa":
         if not torch.compiler.is_compiling():  # logging is a graph break under compile
             log.debug("attention: SDPA backend (%s)", reason)
@@ -477,13 +485,12 @@ def attention_qkvpacked(qkv, *, key_padding_mask=None, cu_seqlens=None, max_seql
     q, k, v = _unpack(qkv, varlen)
     _validate(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed)
     dropout_p = float(dropout_p)
-    backend, _ = attention_backend(q, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens,
-                                   dropout_p=dropout_p)
+    backend, reason = attention_backend(q, key_padding_mask=key_padding_mask,
+                                        cu_seqlens=cu_seqlens, dropout_p=dropout_p)
     if backend != "triton" or torch.compiler.is_compiling():
         # SDPA, or torch.compile (which sees the custom op and handles the slices itself)
-        return attention(q, k, v, key_padding_mask=key_padding_mask, cu_seqlens=cu_seqlens,
-                         max_seqlen=max_seqlen, dropout_p=dropout_p,
-                         softmax_scale=softmax_scale, seed=seed)
+        return _dispatch(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p,
+                         softmax_scale, seed, backend, reason)
     return _EagerAttentionPacked.apply(
         qkv, key_padding_mask, cu_seqlens,
         *_kernel_args(q, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed))

@@ -41,6 +41,7 @@ def faster_than_torch(device) -> bool:
     """The model's auto rule: use this op on `device` (see FASTER_ON)."""
     return _backend.device_listed(device, FASTER_ON)
 
+
 def _check(x, bias):
     for arg, t in (("x", x), ("bias", bias)):
         if not isinstance(t, torch.Tensor):

@@ -52,7 +52,6 @@ kernels on or off.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 
@@ -97,14 +96,10 @@ def linear_cross_entropy_reference(hidden, weight, bias, targets, ignore_index=-
 
 
 # ---------------------------------------------------------------- backend choice
-@functools.lru_cache(maxsize=None)
-def _device_name(index: int) -> str:
-    return torch.cuda.get_device_name(index)
-
-
 def preferred_gpu_backend(device: torch.device, H: int, dtype: torch.dtype) -> str:
     """The faster fused path on this GPU for (H, dtype) per PREFERENCE (default Triton)."""
-    name = _device_name(device.index if device.index is not None else torch.cuda.current_device())
+    name = _backend._cuda_device_name(device.index if device.index is not None
+                                      else torch.cuda.current_device())
     for sub, h, dt, backend in PREFERENCE:
         if sub in name and (h is None or h == H) and (dt is None or dt == dtype):
             return backend
