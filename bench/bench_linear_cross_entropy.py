@@ -9,7 +9,9 @@ Providers (same inputs, one process): torch eager (F.linear + F.cross_entropy), 
 of it, Liger LigerFusedLinearCrossEntropyLoss and Cut Cross-Entropy when importable (CCE
 25.x takes no bias: it runs without one, noted in the row), ours-triton, ours-triton-cublasmm
 (the same with the backward GEMMs on cuBLAS), ours-triton-flat and ours-triton-flat-cublasmm
-(the forward / dlogits kernels with their flattened tile loops, XLMR_FAST_LCE_FLAT=1), ours-cuda.
+(the forward / dlogits kernels with their flattened tile loops, XLMR_FAST_LCE_FLAT=1), ours-cuda,
+ours-triton-tokenchunk (the 6NHV token-chunk schedule, XLMR_FAST_LCE_SCHEDULE=tokenchunk: full
+mode only, as it computes the gradients in the forward; --rows adds -r<rows> variants).
 Modes: forward (no autograd) and full (forward + backward of all of hidden, weight, bias).
 TFLOP/s counts model FLOPs: 2NHV forward, 6NHV full (no recompute counted, so a recomputing
 kernel is charged for its extra work; kernels.md §1.5 target: >= 650 TFLOP/s). Peak memory is
@@ -73,6 +75,23 @@ def providers(args):
             return loss.sum() / (t != -100).sum().clamp(min=1)
         return fn
 
+    kern = importlib.import_module("xlmr_fast.kernels.triton.linear_cross_entropy")
+
+    def token_chunks(rows):
+        def fn(h, w, b, t):
+            saved = kern.TOKEN_CHUNK_BYTES
+            if rows:
+                kern.TOKEN_CHUNK_BYTES = rows * kern.padded_vocab(w.shape[0]) * h.element_size()
+            try:
+                return lce.linear_cross_entropy(h, w, b, t)
+            finally:
+                kern.TOKEN_CHUNK_BYTES = saved
+        return fn
+
+    for r in [0] + list(args.rows or []):
+        name = "ours-triton-tokenchunk" + (f"-r{r}" if r else "")
+        out[name] = (token_chunks(r), True,
+                     f"6NHV, grads in the forward, rows={r or 'default'}")
     chunks = args.chunk or [0]
     for c in chunks:
         tag = "" if c == 0 else f"-c{c}"
@@ -96,9 +115,13 @@ def _variant(provider):
     """The provider's Triton variant, set through the environment knobs that win over the
     module defaults (so a value in the caller's environment cannot make two differently named
     rows the same run): *cublasmm* runs the backward GEMMs on cuBLAS (XLMR_FAST_LCE_MM), *flat*
-    the flattened tile loops (XLMR_FAST_LCE_FLAT); every other provider neither."""
+    the flattened tile loops (XLMR_FAST_LCE_FLAT), *tokenchunk* the token-chunk schedule
+    (XLMR_FAST_LCE_SCHEDULE); every other provider none of them."""
     want = {"XLMR_FAST_LCE_MM": "cublas" if "cublasmm" in provider else "triton",
-            "XLMR_FAST_LCE_FLAT": "1" if "-flat" in provider else "0"}
+            "XLMR_FAST_LCE_FLAT": "1" if "-flat" in provider else "0",
+            "XLMR_FAST_LCE_SCHEDULE": "tokenchunk" if "tokenchunk" in provider else "recompute"}
+    if "tokenchunk" in provider:  # the public entry point: make sure it takes the Triton path
+        want["XLMR_FAST_LCE_BACKEND"] = "triton"
     saved = {k: os.environ.get(k) for k in want}
     os.environ.update(want)
     try:
@@ -180,6 +203,8 @@ def main(argv=None):
                    help="subset of provider names (prefix match), default all")
     p.add_argument("--chunk", type=int, nargs="*", default=None,
                    help="vocab chunk widths to try for ours-* (0 = default)")
+    p.add_argument("--rows", type=int, nargs="*", default=None,
+                   help="rows per chunk to try for ours-triton-tokenchunk (default budget too)")
     p.add_argument("--sweep", action="store_true", help="sweep the Triton block configs")
     p.add_argument("--rep", type=int, default=10)
     p.add_argument("--no-save", action="store_true")
@@ -203,6 +228,8 @@ def main(argv=None):
         for mode in args.modes:
             flops = (2 if mode == "forward" else 6) * N * H * V
             for name, (fn, use_bias, note) in provs.items():
+                if mode == "forward" and "tokenchunk" in name:
+                    continue  # under no_grad it runs ours-triton's forward
                 try:
                     with _variant(name):
                         ms, peak = bench_one(fn, use_bias, mode, h, w, b, t, args.rep)

@@ -1,5 +1,8 @@
 """`xlmr-fast bench`: lists the repository's benchmarks and refuses unknown names."""
+import os
+
 import pytest
+import torch
 
 from xlmr_fast import cli
 
@@ -34,6 +37,34 @@ def test_bench_attention_runs_under_the_interpreter(monkeypatch):
             assert {(p, m, shape) for m in ("fwd", "bwd", "fwd+bwd")} <= got, (p, shape)
     varlen = [r for r in rows if r["provider"] == "ours_varlen" and "pad" in r["shape"]]
     assert varlen and all(r["note"].startswith("real work 0.") for r in varlen)
+
+
+@pytest.mark.interpret
+def test_bench_linear_cross_entropy_providers_run_under_the_interpreter(monkeypatch):
+    # Our providers and their variant switches (XLMR_FAST_LCE_* set per row, then restored)
+    # at a tiny shape on the CPU: the token-chunk rows really take the token-chunk schedule.
+    import argparse
+
+    from bench import bench_linear_cross_entropy as B
+    from bench import harness
+    from xlmr_fast.kernels.triton import linear_cross_entropy as kern
+    monkeypatch.setattr(harness, "time_ms", lambda fn, **kw: (fn(), 1.0)[1])
+    monkeypatch.setattr(harness, "peak_mb", lambda fn: 0.0)
+    monkeypatch.delenv("XLMR_FAST_LCE_SCHEDULE", raising=False)
+    calls = []
+    real = kern.lce_fwdgrad
+    monkeypatch.setattr(kern, "lce_fwdgrad",
+                        lambda *a, **k: calls.append(kern.TOKEN_CHUNK_BYTES) or real(*a, **k))
+    provs = B.providers(argparse.Namespace(chunk=None, rows=[3]))
+    h, w, b, t = B.make(7, 32, 301, torch.bfloat16, device="cpu")
+    for name in ("torch-eager", "ours-triton", "ours-triton-cublasmm", "ours-triton-flat",
+                 "ours-triton-tokenchunk", "ours-triton-tokenchunk-r3"):
+        fn, use_bias, _ = provs[name]
+        with B._variant(name):
+            assert B.bench_one(fn, use_bias, "full", h, w, b, t, 1) == (1.0, 0.0)
+    budget = kern.TOKEN_CHUNK_BYTES
+    assert calls == [budget, 3 * kern.padded_vocab(301) * 2]  # default, then 3 rows
+    assert "XLMR_FAST_LCE_SCHEDULE" not in os.environ
 
 
 def test_keep_summary_verdict(capsys):

@@ -33,10 +33,11 @@ def test_every_default_launch_compiles_for_sm90():
     assert {("attention", k) for k in ("_attn_fwd", "_attn_bwd_pre", "_attn_bwd_dkdv",
                                        "_attn_bwd_dq")} <= kernels
     assert {("linear_cross_entropy", k) for k in ("_lce_fwd_kernel", "_lce_dlogits_kernel",
-                                                  "_mm_kernel")} <= kernels
+                                                  "_mm_kernel", "_tc_stats_kernel",
+                                                  "_tc_grad_kernel")} <= kernels
     assert ("mlm_mask", "_mlm_mask_kernel") in kernels
     # mask/varlen x dropout for attention; both XLM-R widths and dW/dX for the LM head
     assert len({r["shape"] for r in rows if r["op"] == "attention"}) == 4
     assert {r["launch"].split()[0] for r in rows if r["op"] == "linear_cross_entropy"} == {
-        "fwd", "dlogits", "dW", "dX"}
+        "fwd", "dlogits", "dW", "dX", "tc-stats", "tc-grad"}
     assert all(r["regs"] > 0 for r in rows), "ptxas did not report registers"

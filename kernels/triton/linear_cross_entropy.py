@@ -31,6 +31,24 @@ dlogits kernel keeps the logits out of HBM. Which is faster is a device measurem
 FLAT (XLMR_FAST_LCE_FLAT=1; off by default until measured): the forward and dlogits kernels
 run each program's vocab tiles as one flattened (tile, H step) loop, so the load pipeline
 does not drain and refill at every tile (see _lse_update).
+Token-chunk schedule (SCHEDULE = "tokenchunk", or XLMR_FAST_LCE_SCHEDULE=tokenchunk; for a
+summed or averaged loss under autograd): 6NHV FLOPs instead of the 8NHV above, the logits
+kept instead of recomputed (kernels.md §1.5, design consequence 2). lce_fwdgrad() computes the
+loss AND the gradients of the summed loss in the forward, R rows at a time:
+    torch.mm           Z = X_R @ W^T into an (R, V_pad) buffer in the compute dtype: V_pad, a
+                       multiple of 64, keeps every row 128-byte aligned (V = 250,002 rows of
+                       500,004 bytes are not even 16-byte aligned, which keeps cuBLAS off its
+                       fast kernels; the 2026-11-23 experiment with unpadded rows ran at ~200
+                       TFLOP/s).
+    _tc_stats_kernel   grid (row blocks, vocab splits): online (max, sum-exp, z_target, sum z)
+                       over the stored logits (+ bias, fp32); lse_combine() merges the splits.
+    _tc_grad_kernel    grid (vocab tiles): each program owns a column stripe over all R rows,
+                       turns Z into d = softmax - smoothed one-hot in place (0 on ignored rows)
+                       and accumulates the stripe's column sums: db written by one owner, no
+                       atomics.
+    torch.mm           dX_R = d @ W;  dW += d^T @ X_R  (fp32 accumulator: kernels.md §1.4)
+The autograd backward then only scales (dX, dW, db) by the upstream scalar. d is unscaled (row
+weight 1), so fp16 d does not underflow by 1/N.
 g_row = dL/dloss_row (0 on ignored rows). Only the (N, C) chunk of d exists at any time:
 §1.5 of kernels.md shows the logits GEMM recompute and the d round trip are both cheaper than
 any H-wide register accumulator, which Triton cannot hold for H = 768/1024.
@@ -106,6 +124,23 @@ def _lse_update(z, cols, col_ok, tgt, m, s, zt, sz, B,
 
 
 @triton.jit
+def _lse_init(BLOCK: tl.constexpr):
+    # Empty running (max, sum-exp, target logit, sum of logits) for BLOCK rows.
+    zero = tl.zeros((BLOCK,), dtype=tl.float32)
+    return tl.full((BLOCK,), float("-inf"), dtype=tl.float32), zero, zero, zero
+
+
+@triton.jit
+def _lse_store(PM, PS, PZT, PSZ, out, row_ok, m, s, zt, sz, SMOOTH: tl.constexpr):
+    # One split's partials for its rows (out: offsets into the (splits, rows) buffers).
+    tl.store(PM + out, m, mask=row_ok)
+    tl.store(PS + out, s, mask=row_ok)
+    tl.store(PZT + out, zt, mask=row_ok)
+    if SMOOTH:
+        tl.store(PSZ + out, sz, mask=row_ok)
+
+
+@triton.jit
 def _lce_fwd_kernel(
     X, W, B, T,         # X (N, H), W (V, H) compute dtype; B (V,) any float or dummy; T (N,) int
     PM, PS, PZT, PSZ,   # partials (splits, N) fp32: max, sum-exp, target logit, sum of logits
@@ -122,10 +157,7 @@ def _lce_fwd_kernel(
     # int32 targets and columns (V < 2^31): the per-element target compare below runs on every
     # logit of every tile, and 64-bit integer compares cost two 32-bit ones on the GPU.
     tgt = tl.load(T + rows, mask=row_ok, other=ignore_index).to(tl.int32)
-    m = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
-    s = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    zt = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    sz = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    m, s, zt, sz = _lse_init(BLOCK_N)
     v0 = pid_s * (TILES_PER_SPLIT * BLOCK_V)
     if FLAT:
         KT = H // BLOCK_H
@@ -151,12 +183,7 @@ def _lce_fwd_kernel(
             z = _logits_tile(X, W, rows, cols, row_ok, col_ok, H, stride_xn, stride_wv,
                              BLOCK_N, BLOCK_V, BLOCK_H, IEEE, UPCAST, EVEN_H)
             m, s, zt, sz = _lse_update(z, cols, col_ok, tgt, m, s, zt, sz, B, HAS_BIAS, SMOOTH)
-    out = pid_s * N + rows
-    tl.store(PM + out, m, mask=row_ok)
-    tl.store(PS + out, s, mask=row_ok)
-    tl.store(PZT + out, zt, mask=row_ok)
-    if SMOOTH:
-        tl.store(PSZ + out, sz, mask=row_ok)
+    _lse_store(PM, PS, PZT, PSZ, pid_s * N + rows, row_ok, m, s, zt, sz, SMOOTH)
 
 
 @triton.jit
@@ -286,6 +313,70 @@ def _mm_kernel(
     tl.store(c_ptrs, acc.to(Cm.dtype.element_ty), mask=c_mask)
 
 
+@triton.jit
+def _tc_stats_kernel(
+    Z, B, T,            # Z (R, >= V) stored logits without bias, row stride stride_z; B; T (R,)
+    PM, PS, PZT, PSZ,   # partials (splits, >= R) fp32 with row stride stride_p
+    R, V, stride_z, stride_p, ignore_index, TILES_PER_SPLIT,
+    HAS_BIAS: tl.constexpr, SMOOTH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    # The token-chunk schedule's softmax statistics: _lce_fwd_kernel's epilogue (_lse_update)
+    # over logits read from memory instead of computed by a K-loop.
+    pid_r = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < R
+    tgt = tl.load(T + rows, mask=row_ok, other=ignore_index).to(tl.int32)
+    m, s, zt, sz = _lse_init(BLOCK_R)
+    v0 = pid_s * (TILES_PER_SPLIT * BLOCK_V)
+    z_ptrs = Z + rows[:, None].to(tl.int64) * stride_z + (v0 + tl.arange(0, BLOCK_V))[None, :]
+    for t in range(TILES_PER_SPLIT):
+        cols = v0 + t * BLOCK_V + tl.arange(0, BLOCK_V)
+        col_ok = cols < V
+        z = tl.load(z_ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        m, s, zt, sz = _lse_update(z, cols, col_ok, tgt, m, s, zt, sz, B, HAS_BIAS, SMOOTH)
+        z_ptrs += BLOCK_V
+    _lse_store(PM, PS, PZT, PSZ, pid_s * stride_p + rows, row_ok, m, s, zt, sz, SMOOTH)
+
+
+@triton.jit
+def _tc_grad_kernel(
+    Z, B, T, STATS,     # Z (R, >= V) logits -> d in place; STATS (2, R) fp32 (row max, log s)
+    DB,                 # (V,) fp32 column sums of d, added over chunks (ACCUM_DB)
+    R, V, stride_z, ignore_index, eps_over_v, one_minus_eps,
+    HAS_BIAS: tl.constexpr, ACCUM_DB: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    # One program per column stripe, looping over every row of the chunk: the stripe's db is
+    # summed in registers and written once per chunk, with no atomics and no partial buffer.
+    pid_v = tl.program_id(0)
+    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    col_ok = cols < V
+    bias = tl.zeros((BLOCK_V,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
+    colsum = tl.zeros((BLOCK_V,), dtype=tl.float32)
+    for r0 in range(0, R, BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R)
+        row_ok = rows < R
+        tgt = tl.load(T + rows, mask=row_ok, other=ignore_index).to(tl.int32)
+        m = tl.load(STATS + rows, mask=row_ok, other=0.0)
+        ls = tl.load(STATS + R + rows, mask=row_ok, other=0.0)
+        ok = (row_ok & (tgt != ignore_index))[:, None] & col_ok[None, :]
+        ptrs = Z + rows[:, None].to(tl.int64) * stride_z + cols[None, :]
+        z = tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        # (z - m) - log s, as in _dlogits_store: exact near the max.
+        p = tl.exp(((z + bias[None, :]) - m[:, None]) - ls[:, None])
+        d = p - eps_over_v - tl.where(cols[None, :] == tgt[:, None], one_minus_eps, 0.0)
+        d = tl.where(ok, d, 0.0)
+        tl.store(ptrs, d.to(Z.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+        colsum += tl.sum(d, axis=0)
+    if HAS_BIAS:
+        if ACCUM_DB:
+            colsum += tl.load(DB + cols, mask=col_ok, other=0.0)
+        tl.store(DB + cols, colsum, mask=col_ok)
+
+
 # ----------------------------------------------------------------------------- configs
 # Simple rules, no autotuning (autotune would sync and compile many variants in training).
 # bench/bench_linear_cross_entropy.py --sweep times every entry of these lists on the device;
@@ -326,6 +417,18 @@ DLOGITS_TILES_PER_PROG = 4
 # ours-triton-fwdcfg* / -mmcfg*). Shapes not listed were not swept; FLAT keeps entry 0 (the
 # flat dlogits kernel spills 264 bytes with forward config 1 on sm_90).
 TUNED_BY_SHAPE: list[tuple[int, int, int, int]] = [(8192, 1024, 1, 1)]
+
+# Token-chunk schedule (lce_fwdgrad): which schedule the op runs ("recompute": lce_forward +
+# lce_backward, 8NHV; "tokenchunk": lce_fwdgrad, 6NHV), off until a device run shows it faster;
+# XLMR_FAST_LCE_SCHEDULE overrides. TOKEN_CHUNK_BYTES bounds the (R, V_pad) logits buffer
+# (512 MiB: R = 1024 rows at V = 250,002 in bf16).
+SCHEDULE = "recompute"
+SCHEDULES = ("recompute", "tokenchunk")
+TOKEN_CHUNK_BYTES = 512 * 2**20
+TC_STATS_CONFIG = dict(BLOCK_R=32, BLOCK_V=256, num_warps=8, num_stages=3)
+TC_GRAD_CONFIG = dict(BLOCK_R=32, BLOCK_V=128, num_warps=4, num_stages=3)
+_INTERP_TC_STATS = dict(BLOCK_R=4, BLOCK_V=32, num_warps=4, num_stages=1)
+_INTERP_TC_GRAD = dict(BLOCK_R=4, BLOCK_V=32, num_warps=4, num_stages=1)
 
 _INTERP_FWD = dict(BLOCK_N=16, BLOCK_V=64, BLOCK_H=32, num_warps=4, num_stages=1)
 _INTERP_MM = dict(BLOCK_M=32, BLOCK_NN=32, BLOCK_K=32, num_warps=4, num_stages=1)
@@ -572,3 +675,88 @@ def lce_backward(grad_rows, x, w, b, targets, stats, ignore_index: int, label_sm
             _mm(dc.t(), x, dw[c0:c0 + cs], into, mcfg)           # dW[chunk] (+)= d^T @ X, once
             _mm(dc, w[c0:c0 + cs], dx_acc, c0 > 0, mcfg)          # dX += d @ W[chunk]
     return dx_acc.to(x.dtype), dw, db
+
+
+def schedule(override: str | None = None) -> str:
+    """The op's schedule: override, else XLMR_FAST_LCE_SCHEDULE, else SCHEDULE."""
+    name = override or os.environ.get("XLMR_FAST_LCE_SCHEDULE", "").strip() or SCHEDULE
+    if name not in SCHEDULES:
+        raise ValueError(f"linear_cross_entropy: XLMR_FAST_LCE_SCHEDULE must be one of "
+                         f"{SCHEDULES}, got {name!r}")
+    return name
+
+
+def padded_vocab(V: int) -> int:
+    """Row length of the logits buffer: V rounded up to 64 columns (128-byte rows in 16 bits)."""
+    return triton.cdiv(V, 64) * 64
+
+
+def token_chunk_rows(n_rows: int, V: int, elt_bytes: int, rows: int | None = None) -> int:
+    """Rows per chunk of lce_fwdgrad: `rows`, else TOKEN_CHUNK_BYTES of padded logits (a
+    multiple of 128 rows when that many fit, the GEMMs' M tile), at most n_rows."""
+    if rows is None or rows <= 0:
+        rows = max(1, TOKEN_CHUNK_BYTES // (padded_vocab(V) * elt_bytes))
+        if rows >= 128:
+            rows -= rows % 128
+    return max(1, min(int(rows), n_rows))
+
+
+def lce_fwdgrad(x, w, b, targets, ignore_index: int, label_smoothing: float, *,
+                rows: int | None = None, need_dx: bool = True, need_dw: bool = True,
+                stats_config: dict | None = None, grad_config: dict | None = None):
+    """The token-chunk schedule: (loss_rows (N,) fp32, dX, dW, db) with the gradients of
+    loss_rows.sum(): dX (N, H) in x's dtype (None unless need_dx), dW (V, H) fp32 (None unless
+    need_dw), db (V,) fp32 (None when b is None). 6NHV FLOPs, no host sync.
+
+    x (N, H) and w (V, H) share a dtype; b (V,) any float dtype or None.
+    rows: rows per chunk (default token_chunk_rows()); the logits buffer is (rows, V_pad).
+    """
+    _check(x, w, b, targets)
+    N, H = x.shape
+    V = w.shape[0]
+    dev = x.device
+    R = token_chunk_rows(N, V, x.element_size(), rows)
+    interp = _interpret(x)
+    scfg = dict(stats_config or (_INTERP_TC_STATS if interp else TC_STATS_CONFIG))
+    gcfg = dict(grad_config or (_INTERP_TC_GRAD if interp else TC_GRAD_CONFIG))
+    buf = torch.empty((R, padded_vocab(V)), dtype=x.dtype, device=dev)
+    f32 = dict(dtype=torch.float32, device=dev)
+    loss = torch.empty((N,), **f32)
+    dx = torch.empty_like(x) if need_dx else None
+    dw = torch.empty((V, H), **f32) if need_dw else None
+    db = torch.empty((V,), **f32) if b is not None else None
+    smooth = label_smoothing > 0.0
+    eps = float(label_smoothing)
+    BR, BV = scfg["BLOCK_R"], scfg["BLOCK_V"]
+    vtiles = triton.cdiv(V, BV)
+    # Vocab splits as in lce_forward: about PROGRAMS_PER_SM programs per SM over a full chunk.
+    splits = max(1, min(vtiles, triton.cdiv(PROGRAMS_PER_SM * _num_sms(dev), triton.cdiv(R, BR))))
+    tiles_per_split = triton.cdiv(vtiles, splits)
+    splits = triton.cdiv(vtiles, tiles_per_split)  # every split owns at least one valid column
+    pm = torch.empty((splits, R), **f32)
+    ps = torch.empty((splits, R), **f32)
+    pzt = torch.empty((splits, R), **f32)
+    psz = torch.empty((splits, R), **f32) if smooth else pm
+    wt = w.t()
+    for r0 in range(0, N, R):
+        r = min(R, N - r0)
+        xr, tr = x[r0:r0 + r], targets[r0:r0 + r]
+        z = buf[:r, :V]                      # row stride V_pad: aligned for cuBLAS
+        _gemm(xr, wt, z, False)
+        _tc_stats_kernel[(triton.cdiv(r, BR), splits)](
+            z, b if b is not None else z, tr, pm, ps, pzt, psz, r, V, z.stride(0), R,
+            ignore_index, tiles_per_split, HAS_BIAS=b is not None, SMOOTH=smooth,
+            BLOCK_R=BR, BLOCK_V=BV, **_launch_kw(scfg))
+        part = (pm[:, :r], ps[:, :r], pzt[:, :r], psz[:, :r] if smooth else None)
+        loss_r, stats = lse_combine(*part, tr, ignore_index, label_smoothing, V)
+        loss[r0:r0 + r] = loss_r
+        _tc_grad_kernel[(triton.cdiv(V, gcfg["BLOCK_V"]),)](
+            z, b if b is not None else z, tr, stats, db if db is not None else loss,
+            r, V, z.stride(0), ignore_index, eps / V, 1.0 - eps,
+            HAS_BIAS=b is not None, ACCUM_DB=r0 > 0, BLOCK_R=gcfg["BLOCK_R"],
+            BLOCK_V=gcfg["BLOCK_V"], **_launch_kw(gcfg))
+        if need_dx:
+            _gemm(z, w, dx[r0:r0 + r], False)          # dX rows = d @ W
+        if need_dw:
+            _gemm(z.t(), xr, dw, accum=r0 > 0)       # dW (+)= d^T @ X rows, fp32
+    return loss, dx, dw, db

@@ -158,3 +158,32 @@ def test_no_vxh_buffer_when_triton_adds_into_grad(monkeypatch):
     assert len(first) == 1, first
     assert len(second) == 0, second  # the dW GEMM read and wrote .grad in place
     assert model.encoder.embed_tokens.weight.grad.data_ptr() == grad_ptr
+
+
+@pytest.mark.interpret
+def test_token_chunk_schedule(monkeypatch):
+    # XLMR_FAST_LCE_SCHEDULE=tokenchunk: dW is computed in the forward (fp32) and the backward
+    # only scales it into .grad: the same gradients as the plain path, over micro-batches. V x H
+    # storages over forward + backward: the forward's dW, which becomes .grad (first micro-batch)
+    # or is added into .grad in place and dropped (later ones: one transient V x H that the
+    # recompute schedule does not need).
+    monkeypatch.setenv("XLMR_FAST_LCE_SCHEDULE", "tokenchunk")
+    _compare("triton", False, monkeypatch, [_batch(1), _batch(2)])
+    model = _model()
+    table = model.encoder.embed_tokens.weight
+
+    def new_vxh(batch):
+        before = {t.untyped_storage().data_ptr() for t in (table, table.grad) if t is not None}
+        with _VxH() as seen:
+            model(batch[0], labels=batch[1]).loss.backward()
+        return seen.storages - before
+
+    with monkeypatch.context() as m:
+        _backend(m, "triton")
+        model.zero_grad(set_to_none=True)
+        first = new_vxh(_batch(1))
+        grad_ptr = table.grad.untyped_storage().data_ptr()
+        second = new_vxh(_batch(2))
+    assert first == {grad_ptr}, first
+    assert len(second) == 1 and grad_ptr not in second, second
+    assert table.grad.untyped_storage().data_ptr() == grad_ptr

@@ -48,7 +48,15 @@ vocabulary chunk width of the chunked passes (0 or unset: each backend's default
 Triton variants (kernels/triton/linear_cross_entropy.py; defaults there, set from device
 measurements): XLMR_FAST_LCE_MM=triton|cublas runs the backward's two GEMMs in Triton or on
 cuBLAS; XLMR_FAST_LCE_FLAT=1|0 turns the flattened tile loops of the forward and dlogits
-kernels on or off.
+kernels on or off; XLMR_FAST_LCE_SCHEDULE=recompute|tokenchunk picks the schedule.
+"tokenchunk" (Triton backend, reduction "mean" or "sum", under autograd with an input that
+requires grad; else "recompute" runs): the loss and the gradients of the summed loss are
+computed in the forward, R rows at a time (cuBLAS logits into an aligned buffer, Triton
+softmax statistics and d in place, cuBLAS dX and fp32 dW), 6NHV FLOPs instead of 8NHV; the
+backward only scales them by the upstream gradient. It holds dW in fp32 (V x H) from forward to
+backward (with accumulate_weight_grad and no .grad yet, that buffer becomes .grad; with a .grad
+it is added in place and dropped: one transient V x H the recompute schedule does not need), and
+runs the gradient work even if backward is never called.
 """
 from __future__ import annotations
 
@@ -286,6 +294,100 @@ def _backward(ctx, grad_loss, grad_stats):
 _lce_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+# ---------------------------------------------------------------- token-chunk schedule
+@torch.library.custom_op("xlmr_fast::linear_cross_entropy_fwdgrad", mutates_args=())
+def _lce_fwdgrad(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 targets: torch.Tensor, ignore_index: int, label_smoothing: float, need_dx: bool,
+                 need_dw: bool, rows: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss_sum () fp32, dX like hidden, dW (V, H) fp32, db (V,) fp32): the gradients of
+    loss_sum, computed in the forward (Triton backend's token-chunk schedule). A gradient not
+    asked for (need_dx / need_dw False, no bias) is an empty (0,) tensor."""
+    x = hidden.contiguous()
+    w = weight.to(x.dtype).contiguous()
+    b = bias.contiguous() if bias is not None else None
+    loss, dx, dw, db = _kernels().lce_fwdgrad(x, w, b, targets.contiguous(), ignore_index,
+                                              label_smoothing, rows=rows or None,
+                                              need_dx=need_dx, need_dw=need_dw)
+    def empty(dtype=torch.float32):  # a fresh one each: outputs may not alias each other
+        return hidden.new_empty((0,), dtype=dtype)
+    return (loss.sum(), dx if dx is not None else empty(hidden.dtype),
+            dw if dw is not None else empty(), db if db is not None else empty())
+
+
+@_lce_fwdgrad.register_fake
+def _(hidden, weight, bias, targets, ignore_index, label_smoothing, need_dx, need_dw, rows):
+    f32 = dict(dtype=torch.float32)
+    V, H = weight.shape
+    return (hidden.new_empty((), **f32),
+            torch.empty_like(hidden) if need_dx else hidden.new_empty((0,)),
+            hidden.new_empty((V, H) if need_dw else (0,), **f32),
+            hidden.new_empty((V,) if bias is not None else (0,), **f32))
+
+
+def _fwdgrad_setup_context(ctx, inputs, output):
+    hidden, weight, bias, _, _, _, need_dx, need_dw, _ = inputs
+    _, dx, dw, db = output
+    ctx.save_for_backward(dx, dw, db)
+    ctx.meta = (need_dx, need_dw, weight.dtype, bias.dtype if bias is not None else None)
+    ctx.mark_non_differentiable(dx, dw, db)
+
+
+def _scaled(grads, g, need_dx, need_dw, wdtype, bdtype):
+    """The saved gradients of the summed loss times the upstream scalar g (device tensor)."""
+    dx, dw, db = grads
+    return (dx * g if need_dx else None, (dw * g).to(wdtype) if need_dw else None,
+            (db * g).to(bdtype) if bdtype is not None else None)
+
+
+def _fwdgrad_backward(ctx, grad_loss, *_):
+    gx, gw, gb = _scaled(ctx.saved_tensors, grad_loss, *ctx.meta)
+    return gx, gw, gb, None, None, None, None, None, None
+
+
+_lce_fwdgrad.register_autograd(_fwdgrad_backward, setup_context=_fwdgrad_setup_context)
+
+
+class _TokenChunkIntoGrad(torch.autograd.Function):
+    """accumulate_weight_grad=True with the token-chunk schedule, eager: the backward adds
+    g * dW into weight.grad in place (or hands the saved fp32 dW over as .grad) and gives
+    autograd no weight gradient."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, label_smoothing, need_dx):
+        total, dx, dw, db = _lce_fwdgrad(hidden, weight, bias, targets, ignore_index,
+                                         label_smoothing, need_dx, True, 0)
+        ctx.save_for_backward(dx, dw, db)
+        ctx.weight = weight
+        ctx.meta = (need_dx, True, weight.dtype, bias.dtype if bias is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        dx, dw, db = ctx.saved_tensors
+        weight = ctx.weight
+        need_dx, _, wdtype, bdtype = ctx.meta
+        gx, _, gb = _scaled((dx, dw, db), grad_loss, need_dx, False, wdtype, bdtype)
+        if not _engine_accumulates(weight):  # torch.autograd.grad: return dW as usual
+            return gx, (dw * grad_loss).to(wdtype), gb, None, None, None, None
+        grad = weight.grad
+        if (grad is not None and grad.shape == weight.shape and grad.is_contiguous()
+                and grad.layout == torch.strided):
+            grad.addcmul_(dw, grad_loss)   # one pass, no V x H temporary
+        elif grad is None:
+            # Scaling the saved dW in place bumps its version: a second backward through a
+            # retained graph then raises instead of reusing a scaled dW.
+            weight.grad = dw.mul_(grad_loss).to(wdtype)
+        else:
+            weight.grad = grad + (dw * grad_loss).to(wdtype)
+        return gx, None, gb, None, None, None, None
+
+
+@torch.compiler.assume_constant_result
+def _schedule() -> str:
+    return _kernels().schedule()
+
+
 def _engine_accumulates(weight: torch.Tensor) -> bool:
     """True when the running backward will accumulate into weight.grad (loss.backward()),
     False under torch.autograd.grad, which returns gradients instead of writing .grad.
@@ -405,6 +507,20 @@ def linear_cross_entropy(hidden, weight, bias, targets, ignore_index=-100, reduc
     t = targets.long()
     into_grad = (accumulate_weight_grad and weight.is_leaf and weight.requires_grad
                  and torch.is_grad_enabled() and not torch.compiler.is_compiling())
+    need_dx = hidden.requires_grad
+    need_dw = weight.requires_grad
+    need_any = need_dx or need_dw or (bias is not None and bias.requires_grad)
+    if (backend == "triton" and reduction != "none" and torch.is_grad_enabled() and need_any
+            and _schedule() == "tokenchunk"):
+        if into_grad:
+            total = _TokenChunkIntoGrad.apply(hidden, weight, bias, t, int(ignore_index),
+                                              float(label_smoothing), need_dx)
+        else:
+            total = _lce_fwdgrad(hidden, weight, bias, t, int(ignore_index),
+                                 float(label_smoothing), need_dx, need_dw, 0)[0]
+        if reduction == "sum":
+            return total
+        return total / (t != ignore_index).sum().clamp(min=1)
     if into_grad:
         loss_rows = _WeightGradIntoGrad.apply(hidden, weight, bias, t, int(ignore_index),
                                               float(label_smoothing), backend, _chunk())
