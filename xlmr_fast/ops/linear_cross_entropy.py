@@ -333,11 +333,16 @@ def _fwdgrad_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(dx, dw, db)
 
 
+def _times(t, g, dtype):
+    """t * g written in dtype in one pass (no t-sized fp32 temporary for a 16-bit result)."""
+    return torch.mul(t, g, out=torch.empty_like(t, dtype=dtype))
+
+
 def _scaled(grads, g, need_dx, need_dw, wdtype, bdtype):
     """The saved gradients of the summed loss times the upstream scalar g (device tensor)."""
     dx, dw, db = grads
-    return (dx * g if need_dx else None, (dw * g).to(wdtype) if need_dw else None,
-            (db * g).to(bdtype) if bdtype is not None else None)
+    return (dx * g if need_dx else None, _times(dw, g, wdtype) if need_dw else None,
+            _times(db, g, bdtype) if bdtype is not None else None)
 
 
 def _fwdgrad_backward(ctx, grad_loss, *_):
@@ -369,7 +374,7 @@ class _TokenChunkIntoGrad(torch.autograd.Function):
         need_dx, _, wdtype, bdtype = ctx.meta
         gx, _, gb = _scaled((dx, dw, db), grad_loss, need_dx, False, wdtype, bdtype)
         if not _engine_accumulates(weight):  # torch.autograd.grad: return dW as usual
-            return gx, (dw * grad_loss).to(wdtype), gb, None, None, None, None
+            return gx, _times(dw, grad_loss, wdtype), gb, None, None, None, None
         grad = weight.grad
         if (grad is not None and grad.shape == weight.shape and grad.is_contiguous()
                 and grad.layout == torch.strided):
@@ -379,7 +384,7 @@ class _TokenChunkIntoGrad(torch.autograd.Function):
             # retained graph then raises instead of reusing a scaled dW.
             weight.grad = dw.mul_(grad_loss).to(wdtype)
         else:
-            weight.grad = grad + (dw * grad_loss).to(wdtype)
+            weight.grad = grad + _times(dw, grad_loss, wdtype)
         return gx, None, gb, None, None, None, None
 
 
