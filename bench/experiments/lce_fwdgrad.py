@@ -7,7 +7,12 @@ dH_c = dZ W (cuBLAS) and dW += dZ^T h_c in fp32 (torch.mm out_dtype), db += cols
 The backward only scales by grad_output (device scalar, no sync).
 This is a measurement of the attainable speed at XLM-R shapes before building it into
 xf.ops.linear_cross_entropy; run:  python -m bench.experiments.lce_fwdgrad [--breakdown]
-(--breakdown: milliseconds per phase of the forward, from CUDA events)
+(--breakdown: milliseconds per phase of the forward, from CUDA events, with logits rows of
+V = 250,002 columns as here and with rows padded to 250,048 columns as the built-in schedule
+has them: 500,004-byte rows are not 16-byte aligned, the suspected cause of the ~200 TFLOP/s
+this experiment measured on 2026-11-23).
+The schedule is now built in: XLMR_FAST_LCE_SCHEDULE=tokenchunk (kernels/triton/
+linear_cross_entropy.py lce_fwdgrad; bench row ours-triton-tokenchunk).
 """
 from __future__ import annotations
 
@@ -102,7 +107,7 @@ class FwdGradLCE(torch.autograd.Function):
                 db.mul_(g) if ctx.has_b else None, None, None)
 
 
-def breakdown(h, w, b, t, chunk):
+def breakdown(h, w, b, t, chunk, pad=False):
     """ms per phase of one FwdGradLCE forward, summed over chunks (CUDA events around each
     phase; phases serialise on the stream, so the sum is close to the whole): where the 2026-11-23
     run's 59-64 ms at N=8192 H=1024 went, against ~21 ms of GEMMs at 600 TFLOP/s."""
@@ -114,12 +119,14 @@ def breakdown(h, w, b, t, chunk):
     loss = torch.empty(N, dtype=torch.float32, device=h.device)
     names = ("logits GEMM", "softmax-grad rows", "dH GEMM", "dW GEMM fp32 +=", "db colsum")
     spent = dict.fromkeys(names, 0.0)
+    vp = (V + 63) // 64 * 64 if pad else V
+    buf = torch.empty(chunk, vp, dtype=h.dtype, device=h.device)
     for s in range(0, N, chunk):
         e = min(N, s + chunk)
         hc = h[s:e]
         ev = [torch.cuda.Event(enable_timing=True) for _ in range(len(names) + 1)]
         ev[0].record()
-        z = torch.addmm(b, hc, w.t())
+        z = torch.addmm(b, hc, w.t(), out=buf[:e - s, :V])
         ev[1].record()
         _softmax_grad_rows[(e - s,)](z, t[s:e], loss[s:e], inv_n, z.stride(0), V, -100,
                                     BLOCK=4096, num_warps=16)
@@ -144,10 +151,11 @@ def main():
     if "--breakdown" in sys.argv:
         for N, H in ((4915, 768), (8192, 1024)):
             h, w, b, t = make(N, H, 250002, torch.bfloat16)
-            for chunk in (1024, 4096):
-                breakdown(h, w, b, t, chunk)  # warm up (Triton compile, cuBLAS heuristics)
-                spent = breakdown(h, w, b, t, chunk)
-                print(f"N{N} H{H} chunk {chunk}: " + ", ".join(
+            for chunk, pad in ((1024, False), (1024, True), (4096, True)):
+                breakdown(h, w, b, t, chunk, pad)  # warm up (Triton compile, cuBLAS heuristics)
+                spent = breakdown(h, w, b, t, chunk, pad)
+                print(f"N{N} H{H} chunk {chunk} {'padded' if pad else 'V-wide'} rows: "
+                      + ", ".join(
                     f"{k} {v:.2f} ms" for k, v in spent.items())
                     + f"; total {sum(spent.values()):.2f} ms", flush=True)
             del h, w, b, t
