@@ -309,6 +309,7 @@ def _lce_fwdgrad(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     loss, dx, dw, db = _kernels().lce_fwdgrad(x, w, b, targets.contiguous(), ignore_index,
                                               label_smoothing, rows=rows or None,
                                               need_dx=need_dx, need_dw=need_dw)
+
     def empty(dtype=torch.float32):  # a fresh one each: outputs may not alias each other
         return hidden.new_empty((0,), dtype=dtype)
     return (loss.sum(), dx if dx is not None else empty(hidden.dtype),
