@@ -8,6 +8,10 @@ Providers (same weights, same batch, one process):
   ours_fused, ours_unpad_fused
                 the two above with config.fused_layer_ops=True (residual + dropout + LayerNorm
                 and bias + GELU as Triton kernels): the model-level A/B of those ops
+  ours_lce_tokenchunk
+                ours_padded with the LM head's token-chunk schedule (XLMR_FAST_LCE_SCHEDULE=
+                tokenchunk: 6NHV, grads in the forward); steps accumulate into .grad, so its
+                transient fp32 V x H dW is in the peak
 Batches: B x T with a padding fraction (right padding, random lengths), 15% of the real tokens
 as targets. Tokens/s counts real (non-pad) tokens. Run: python -m bench.bench_model [--quick]
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 import torch
@@ -59,6 +64,18 @@ def main(argv=None):
         models[name] = xf.XLMRForMaskedLM(dataclasses.replace(cfg, **over)).cuda().train()
         models[name].load_state_dict(ours.state_dict())
     provs = {name: (lambda i, lab, m=m: m(i, labels=lab).loss) for name, m in models.items()}
+
+    def tokenchunk(i, lab):
+        saved = os.environ.get("XLMR_FAST_LCE_SCHEDULE")
+        os.environ["XLMR_FAST_LCE_SCHEDULE"] = "tokenchunk"
+        try:
+            return ours(i, labels=lab).loss  # the schedule's gradient work runs in the forward
+        finally:
+            if saved is None:
+                os.environ.pop("XLMR_FAST_LCE_SCHEDULE")
+            else:
+                os.environ["XLMR_FAST_LCE_SCHEDULE"] = saved
+    provs["ours_lce_tokenchunk"] = tokenchunk
     try:
         from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
         hf = XLMRobertaForMaskedLM(XLMRobertaConfig(**cfg.to_hf_dict()),
