@@ -56,6 +56,7 @@ any H-wide register accumulator, which Triton cannot hold for H = 768/1024.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import triton
@@ -584,6 +585,9 @@ def _mm(a, b, c, accum: bool, cfg: dict):
                      BLOCK_NN=cfg["BLOCK_NN"], BLOCK_K=cfg["BLOCK_K"], **_launch_kw(cfg))
 
 
+_ADDMM_OUT_DTYPE = [True]  # False once torch.addmm(..., out_dtype=, out=) has failed here
+
+
 def _gemm(a, b, out, accum: bool):
     """out (+)= a @ b through torch (cuBLAS on CUDA) with fp32 accumulation, written in out's
     dtype: a 16-bit product into an fp32 out uses the out_dtype overloads (one rounding, like
@@ -594,8 +598,16 @@ def _gemm(a, b, out, accum: bool):
         else:
             torch.mm(a, b, out=out)
     elif out.device.type == "cuda":
+        if accum and _ADDMM_OUT_DTYPE[0]:
+            try:
+                torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
+                return
+            except (RuntimeError, TypeError) as e:  # a torch without this overload
+                _ADDMM_OUT_DTYPE[0] = False
+                warnings.warn(f"linear_cross_entropy: torch.addmm(out_dtype=, out=) failed "
+                              f"({e}); accumulating through a temporary instead")
         if accum:
-            torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
+            out.add_(torch.mm(a, b, out_dtype=out.dtype))
         else:
             torch.mm(a, b, out_dtype=out.dtype, out=out)
     else:
