@@ -188,16 +188,21 @@ def _lce_fwd_kernel(
 
 
 @triton.jit
+def _softmax_grad(z, m, ls, cols, tgt, eps_over_v, one_minus_eps):
+    # dloss_row / dz = softmax - smoothed one-hot, from the row's max m and log sum-exp(z - m).
+    # (z - m) - log s, not z - lse: z - m is exact near the max, while lse = m + log s would
+    # round at the logits' magnitude (|z| ~ 30 -> 2e-6) and perturb every probability.
+    p = tl.exp((z - m[:, None]) - ls[:, None])
+    return p - eps_over_v - tl.where(cols[None, :] == tgt[:, None], one_minus_eps, 0.0)
+
+
+@triton.jit
 def _dlogits_store(z, rows, row_ok, lcols, cols, col_ok, tgt, m, ls, g, D, DBP, pid_n, C,
                    stride_dn, eps_over_v, one_minus_eps):
     # One tile: d = softmax - smoothed one-hot, times the row's upstream grad, stored in the
     # compute dtype, plus the tile's fp32 column sums as this row block's db partial (z: the
     # logits with the bias).
-    # (z - m) - log s, not z - lse: z - m is exact near the max, while lse = m + log s would
-    # round at the logits' magnitude (|z| ~ 30 -> 2e-6) and perturb every probability.
-    p = tl.exp((z - m[:, None]) - ls[:, None])
-    d = p - eps_over_v - tl.where(cols[None, :] == tgt[:, None], one_minus_eps, 0.0)
-    d = d * g[:, None]
+    d = _softmax_grad(z, m, ls, cols, tgt, eps_over_v, one_minus_eps) * g[:, None]
     d = tl.where(row_ok[:, None] & col_ok[None, :], d, 0.0)
     tl.store(D + rows[:, None].to(tl.int64) * stride_dn + lcols[None, :],
              d.to(D.dtype.element_ty), mask=row_ok[:, None] & (lcols < C)[None, :])
@@ -366,9 +371,7 @@ def _tc_grad_kernel(
         ok = (row_ok & (tgt != ignore_index))[:, None] & col_ok[None, :]
         ptrs = Z + rows[:, None].to(tl.int64) * stride_z + cols[None, :]
         z = tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-        # (z - m) - log s, as in _dlogits_store: exact near the max.
-        p = tl.exp(((z + bias[None, :]) - m[:, None]) - ls[:, None])
-        d = p - eps_over_v - tl.where(cols[None, :] == tgt[:, None], one_minus_eps, 0.0)
+        d = _softmax_grad(z + bias[None, :], m, ls, cols, tgt, eps_over_v, one_minus_eps)
         d = tl.where(ok, d, 0.0)
         tl.store(ptrs, d.to(Z.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
         colsum += tl.sum(d, axis=0)
@@ -514,6 +517,23 @@ def _check(x, w, b, t):
     assert b is None or (b.dim() == 1 and b.shape[0] == w.shape[0] and b.stride(0) == 1)
 
 
+def _split_partials(vtiles: int, row_blocks: int, rows: int, device, smooth: bool,
+                    splits: int | None = None):
+    """(splits, tiles per split, partial buffers) of a (row blocks, vocab splits) statistics
+    grid: about PROGRAMS_PER_SM programs per SM unless splits is given, and every split owning
+    at least one valid column (_lse_update relies on it). Buffers: (splits, rows) fp32 max,
+    sum-exp, target logit, sum of logits (the last a dummy pointer without smoothing)."""
+    if splits is None:
+        splits = triton.cdiv(PROGRAMS_PER_SM * _num_sms(device), row_blocks)
+    splits = max(1, min(int(splits), vtiles))
+    tiles_per_split = triton.cdiv(vtiles, splits)
+    splits = triton.cdiv(vtiles, tiles_per_split)
+    f32 = dict(dtype=torch.float32, device=device)
+    pm, ps, pzt = (torch.empty((splits, rows), **f32) for _ in range(3))
+    psz = torch.empty((splits, rows), **f32) if smooth else pm
+    return splits, tiles_per_split, (pm, ps, pzt, psz)
+
+
 def lce_forward(x, w, b, targets, ignore_index: int, label_smoothing: float, *,
                 splits: int | None = None, config: dict | None = None, flat: bool | None = None):
     """Per-row loss (N,) fp32 (0 on ignored rows) and stats (2, N) fp32 (row max, log sum-exp).
@@ -528,18 +548,9 @@ def lce_forward(x, w, b, targets, ignore_index: int, label_smoothing: float, *,
     cfg = _fwd_config(x, N, config if config is not None else FWD_CONFIG, flat_requested(flat))
     BN, BV, BH = cfg["BLOCK_N"], cfg["BLOCK_V"], cfg["BLOCK_H"]
     row_blocks = triton.cdiv(N, BN)
-    vtiles = triton.cdiv(V, BV)
-    if splits is None:
-        splits = triton.cdiv(PROGRAMS_PER_SM * _num_sms(x.device), row_blocks)
-    splits = max(1, min(int(splits), vtiles))
-    tiles_per_split = triton.cdiv(vtiles, splits)
-    splits = triton.cdiv(vtiles, tiles_per_split)  # every split owns at least one valid column
     smooth = label_smoothing > 0.0
-    f32 = dict(dtype=torch.float32, device=x.device)
-    pm = torch.empty((splits, N), **f32)
-    ps = torch.empty((splits, N), **f32)
-    pzt = torch.empty((splits, N), **f32)
-    psz = torch.empty((splits, N), **f32) if smooth else pm  # dummy pointer when unused
+    splits, tiles_per_split, (pm, ps, pzt, psz) = _split_partials(
+        triton.cdiv(V, BV), row_blocks, N, x.device, smooth, splits)
     _lce_fwd_kernel[(row_blocks, splits)](
         x, w, b if b is not None else x, targets, pm, ps, pzt, psz,
         N, V, H, x.stride(0), w.stride(0), ignore_index,
@@ -740,15 +751,9 @@ def lce_fwdgrad(x, w, b, targets, ignore_index: int, label_smoothing: float, *,
     smooth = label_smoothing > 0.0
     eps = float(label_smoothing)
     BR, BV = scfg["BLOCK_R"], scfg["BLOCK_V"]
-    vtiles = triton.cdiv(V, BV)
-    # Vocab splits as in lce_forward: about PROGRAMS_PER_SM programs per SM over a full chunk.
-    splits = max(1, min(vtiles, triton.cdiv(PROGRAMS_PER_SM * _num_sms(dev), triton.cdiv(R, BR))))
-    tiles_per_split = triton.cdiv(vtiles, splits)
-    splits = triton.cdiv(vtiles, tiles_per_split)  # every split owns at least one valid column
-    pm = torch.empty((splits, R), **f32)
-    ps = torch.empty((splits, R), **f32)
-    pzt = torch.empty((splits, R), **f32)
-    psz = torch.empty((splits, R), **f32) if smooth else pm
+    # splits sized for a full chunk; the buffers are reused by every chunk
+    splits, tiles_per_split, (pm, ps, pzt, psz) = _split_partials(
+        triton.cdiv(V, BV), triton.cdiv(R, BR), R, dev, smooth)
     wt = w.t()
     for r0 in range(0, N, R):
         r = min(R, N - r0)

@@ -96,6 +96,7 @@ def faster_than_torch(device) -> bool:
     """The model's auto rule: use this op on `device` (see FASTER_ON)."""
     return _backend.device_listed(device, FASTER_ON)
 
+
 # ---- input checks and backend choice ---------------------------------------------------------
 def _check(x, residual, weight, bias, dropout_p, eps):
     name = "add_dropout_layernorm"
