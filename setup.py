@@ -76,8 +76,11 @@ setup(
         "xlmr_fast.finetune",
         "xlmr_fast.kernels",
         "xlmr_fast.kernels.triton",
+        "xlmr_fast.tuned",
     ],
     package_dir={"xlmr_fast.kernels": "kernels"},
+    # Tuning files measured on our GPUs (`xlmr-fast tune`), read by xlmr_fast.tuning.
+    package_data={"xlmr_fast.tuned": ["*.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

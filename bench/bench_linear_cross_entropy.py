@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
 from bench import harness
+from xlmr_fast.tune import scoped_env
 
 OP = "linear_cross_entropy"
 
@@ -122,16 +122,8 @@ def _variant(provider):
             "XLMR_FAST_LCE_SCHEDULE": "tokenchunk" if "tokenchunk" in provider else "recompute"}
     if "tokenchunk" in provider:  # the public entry point: make sure it takes the Triton path
         want["XLMR_FAST_LCE_BACKEND"] = "triton"
-    saved = {k: os.environ.get(k) for k in want}
-    os.environ.update(want)
-    try:
+    with scoped_env(**want):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def bench_one(fn, use_bias, mode, h, w, b, t, rep):

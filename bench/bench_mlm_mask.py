@@ -26,12 +26,12 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import statistics
 import time
 
 import torch
 
 from bench import harness as H
+from xlmr_fast.tune import time_ms
 
 OP = "mlm_mask"
 V = 250002
@@ -60,14 +60,7 @@ def _bytes(x, capacity):
 
 
 def _cpu_time_ms(fn, warmup=3, rep=20):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(rep):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts)
+    return time_ms(fn, torch.device("cpu"), warmup, rep)
 
 
 class _StubTokenizer:

@@ -9,9 +9,7 @@ import csv
 import datetime as _dt
 import os
 import re
-import statistics
 import subprocess
-import time
 
 import torch
 
@@ -49,36 +47,12 @@ def triton_version() -> str:
 
 
 def time_ms(fn, *, warmup: int = 5, rep: int = 30) -> float:
-    """Median time of fn() in ms: CUDA events on GPU, perf_counter on CPU.
-
-    On the GPU the calls are enqueued back to back and synchronised once at the end (as
-    triton.testing.do_bench does), so a call is timed from its first to its last kernel
-    while the host runs ahead, as in a training loop; per-call host overhead shows only when
-    the host is slower than the device. XLMR_FAST_BENCH_SYNC=1 synchronises after every call
-    (latency including host dispatch) instead.
-    """
-    for _ in range(warmup):
-        fn()
-    if torch.cuda.is_available():
-        sync_each = os.environ.get("XLMR_FAST_BENCH_SYNC") == "1"
-        torch.cuda.synchronize()
-        events = []
-        for _ in range(rep):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            events.append((a, b))
-            if sync_each:
-                torch.cuda.synchronize()
-        torch.cuda.synchronize()
-        return statistics.median(a.elapsed_time(b) for a, b in events)
-    times = []
-    for _ in range(rep):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    """Median time of fn() in ms: CUDA events on GPU, perf_counter on CPU (xlmr_fast.tune's
+    timer: calls enqueued back to back, one sync at the end, as triton.testing.do_bench).
+    XLMR_FAST_BENCH_SYNC=1 synchronises after every call (latency including host dispatch)."""
+    from xlmr_fast.tune import time_ms as timer
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return timer(fn, device, warmup, rep, sync_each=os.environ.get("XLMR_FAST_BENCH_SYNC") == "1")
 
 
 def graph_replay(fn, calls: int):

@@ -2,7 +2,8 @@
 # GPU check on a CUDA machine (the device machine: torch 2.11+cu130, triton 3.6, no network).
 # Builds the CUDA extension, runs every test (GPU tests included) and every benchmark, and
 # leaves logs + result CSVs in $OUT (default ./gpu_out).
-#   usage: bash scripts/gpu_check.sh [build|test|bench|all]   (default all)
+#   usage: bash scripts/gpu_check.sh [build|test|bench|tune|all]   (default all; tune is not in all)
+#   tune: `xlmr-fast tune` (TUNE_ARGS) -> $OUT/tuning.json: commit it as xlmr_fast/tuned/<slug>.json
 #   BENCHES="attention train" runs only those bench/bench_<name>.py, in that order (default: all);
 #   TEST_ARGS="-n 8 tests/ops" replaces the test selection (default: tests, serial).
 # Baseline wheels (Liger, Cut Cross-Entropy) are installed from ./.whl when present.
@@ -32,6 +33,11 @@ if [[ "$WHAT" == test || "$WHAT" == all ]]; then
   timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -m "${TEST_MARK:-not interpret}" ${TEST_ARGS:-tests} -p no:cacheprovider \
       --durations=15 > "$OUT/tests.log" 2>&1
   echo "tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -40
+fi
+if [[ "$WHAT" == tune ]]; then
+  timeout "${TUNE_TIMEOUT:-300}" $PY -m xlmr_fast tune --out "$OUT/tuning.json" ${TUNE_ARGS:-} \
+      > "$OUT/tune.log" 2>&1
+  echo "tune rc=$?"; tail -25 "$OUT/tune.log"
 fi
 if [[ "$WHAT" == bench || "$WHAT" == all ]]; then
   export XLMR_FAST_BENCH_OUT="$OUT/results.csv"

@@ -7,6 +7,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.environ.get("XLMR_FAST_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# The ops' built-in choices, whatever `xlmr-fast tune` left in this user's cache (tests of the
+# tuning files set their own XLMR_FAST_TUNING).
+os.environ.setdefault("XLMR_FAST_TUNING", "off")
 
 
 def pytest_collection_modifyitems(config, items):

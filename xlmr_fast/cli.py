@@ -114,6 +114,7 @@ from .data import preprocess as _preprocess  # noqa: E402,F401  (registers `prep
 from . import tokenizer as _tokenizer  # noqa: E402,F401  (registers `train-tokenizer`)
 from .train import cli as _train_cli  # noqa: E402,F401  (registers `pretrain`)
 from .finetune import run as _finetune  # noqa: E402,F401  (registers `finetune`, `evaluate`)
+from . import tune as _tune  # noqa: E402,F401  (registers `tune`)
 
 
 # ---------------------------------------------------------------- entry point

@@ -63,8 +63,9 @@ class XLMRConfig:
                              choice, not part of the model: never written to config.json
     fused_layer_ops          the layers' residual + dropout + LayerNorm and bias + GELU through
                              xf.ops.add_dropout_layernorm / bias_gelu (Triton kernels): None =
-                             auto, each op only on GPUs where its benchmark beat eager and
-                             torch.compile (the ops' FASTER_ON tables); True = always (on the
+                             auto, each op only where it was measured faster than eager and
+                             torch.compile on this GPU for this width and dtype (a tuning file
+                             of `xlmr-fast tune`, else the ops' FASTER_ON tables); True = always (on the
                              CPU: the Triton interpreter under TRITON_INTERPRET=1, else the ops'
                              fp32 reference math); False = never. Never under torch.compile (it
                              fuses these itself). The residual stream keeps the plain path's

@@ -424,7 +424,8 @@ TUNED_BY_SHAPE: list[tuple[int, int, int, int]] = [(8192, 1024, 1, 1)]
 
 # Token-chunk schedule (lce_fwdgrad): which schedule the op runs ("recompute": lce_forward +
 # lce_backward, 8NHV; "tokenchunk": lce_fwdgrad, 6NHV), off until a device run shows it faster;
-# XLMR_FAST_LCE_SCHEDULE overrides. TOKEN_CHUNK_BYTES bounds the (R, V_pad) logits buffer
+# XLMR_FAST_LCE_SCHEDULE overrides, and on a GPU so does a tuning file's choice (the op passes it
+# to schedule(); `xlmr-fast tune`). TOKEN_CHUNK_BYTES bounds the (R, V_pad) logits buffer
 # (512 MiB: R = 1024 rows at V = 250,002 in bf16).
 SCHEDULE = "recompute"
 SCHEDULES = ("recompute", "tokenchunk")

@@ -186,13 +186,50 @@ def test_auto_rule(monkeypatch):
     assert calls == {"add_dropout_layernorm": 0, "bias_gelu": 0}
     # The rule itself, as a layer applies it to a (pretend) GPU tensor.
     layer = model.encoder.layers[0]
-    x_gpu = type("T", (), {"device": gpu})()
-    monkeypatch.setattr(importlib.import_module("xlmr_fast.ops.add_dropout_layernorm"),
-                        "FASTER_ON", ["H100"])
-    assert layer._fused(xlmr_module._adln_faster, x_gpu)
-    assert not layer._fused(xlmr_module._bias_gelu_faster, x_gpu)  # its table is empty
+    adln = importlib.import_module("xlmr_fast.ops.add_dropout_layernorm")
+    monkeypatch.setattr(adln, "FASTER_ON", ["H100"])
+    assert layer._fused(xlmr_module._adln_faster, gpu, 768, torch.bfloat16, torch.float32)
+    assert not layer._fused(xlmr_module._bias_gelu_faster, gpu, 768, torch.bfloat16)  # empty
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert not layer._fused(xlmr_module._adln_faster, x_gpu)
+    assert not layer._fused(xlmr_module._adln_faster, gpu, 768, torch.bfloat16, torch.float32)
+
+
+def test_auto_rule_tuning_file(monkeypatch, tmp_path):
+    """A tuning file's choice for the layer's (width, dtypes) wins over FASTER_ON; other widths
+    keep the table's answer; the model asks with its own width and dtypes."""
+    from xlmr_fast import tuning
+    name = "NVIDIA H100 80GB HBM3"
+    monkeypatch.setattr(_backend, "_cuda_device_name", lambda index: name)
+    path = tmp_path / "t.json"
+    tuning.write({"format": 1, "device": name, "choices": {
+        "add_dropout_layernorm": {"768,bfloat16,float32": "fused",
+                                  "1024,bfloat16,float32": "torch"},
+        "bias_gelu": {"768,bfloat16": "fused"}}}, path)
+    monkeypatch.setenv("XLMR_FAST_TUNING", str(path))
+    tuning.clear_cache()
+    adln = importlib.import_module("xlmr_fast.ops.add_dropout_layernorm")
+    monkeypatch.setattr(adln, "FASTER_ON", ["H100"])
+    gpu = torch.device("cuda", 0)
+    f = xlmr_module._adln_faster
+    assert f(gpu, 768, torch.bfloat16, torch.float32)
+    assert not f(gpu, 1024, torch.bfloat16, torch.float32)      # tuned: torch
+    assert f(gpu, 1024, torch.bfloat16, torch.bfloat16)         # not tuned: FASTER_ON
+    assert xlmr_module._bias_gelu_faster(gpu, 768, torch.bfloat16)
+    assert not xlmr_module._bias_gelu_faster(gpu, 1024, torch.bfloat16)
+    assert not f(torch.device("cpu"), 768, torch.bfloat16, torch.float32)
+    # What a layer asks: spy on the rule while a CPU model runs with the rule patched in.
+    seen = []
+    monkeypatch.setattr(xlmr_module, "_adln_faster", lambda *a: seen.append(("adln", a)) or False)
+    monkeypatch.setattr(xlmr_module, "_bias_gelu_faster",
+                        lambda *a: seen.append(("gelu", a)) or False)
+    cfg = xf.XLMRConfig.tiny(vocab_size=300)
+    model = xf.XLMRForMaskedLM(cfg).train()
+    ids, _ = batch((3, 5), seed=1, vocab=300)
+    model(ids)
+    H = cfg.hidden_size
+    assert ("adln", (torch.device("cpu"), H, torch.float32, torch.float32)) in seen
+    assert ("gelu", (torch.device("cpu"), H, torch.float32)) in seen
+    tuning.clear_cache()
 
 
 def test_config():

@@ -55,6 +55,13 @@ def make_positions(input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
     return (torch.cumsum(not_pad, dim=1) * not_pad).long() + pad_id
 
 
+def _gemm_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a Linear on x computes in: autocast's on CUDA under autocast, else x's."""
+    if x.is_cuda and torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return x.dtype
+
+
 class XLMRLayer(nn.Module):
     """One post-LN Transformer layer: attention block, then FFN block, each LN(residual + f(x))."""
 
@@ -94,7 +101,7 @@ class XLMRLayer(nn.Module):
         else:
             a = a.reshape(-1, H)
         x = self._join(self.attn_ln, self.attn_out(a), x)
-        if self._fused(_bias_gelu_faster, x):
+        if self._fused(_bias_gelu_faster, x.device, H, _gemm_dtype(x)):
             # the bias joins the GELU kernel instead of the GEMM's epilogue
             h = ops.bias_gelu(F.linear(x, self.fc1.weight), self.fc1.bias)
         else:
@@ -102,12 +109,13 @@ class XLMRLayer(nn.Module):
         h = F.dropout(h, self.activation_dropout, self.training)
         return self._join(self.ffn_ln, self.fc2(h), x)
 
-    def _fused(self, faster_than_torch, x: torch.Tensor) -> bool:
-        """config.fused_layer_ops: True/False, or None = where the op's benchmark won."""
+    def _fused(self, faster_than_torch, device: torch.device, *layer) -> bool:
+        """config.fused_layer_ops: True/False, or None = where the op was measured faster on
+        this GPU for this layer (width and dtypes: `layer`; a tuning file, else the op's table)."""
         if torch.compiler.is_compiling():
             return False  # inductor fuses the plain ops itself (and the seed draw would break)
         if self.fused_layer_ops is None:
-            return faster_than_torch(x.device)
+            return faster_than_torch(device, *layer)
         return self.fused_layer_ops
 
     def _join(self, ln: nn.LayerNorm, y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -115,7 +123,8 @@ class XLMRLayer(nn.Module):
         p = self.hidden_dropout if self.training else 0.0
         # Under autocast y is 16-bit and the residual stream fp32 (LayerNorm's output): the op
         # reads both as they are and returns fp32, exactly the plain path's precision.
-        if residual.dtype in (y.dtype, torch.float32) and self._fused(_adln_faster, y):
+        if residual.dtype in (y.dtype, torch.float32) and self._fused(
+                _adln_faster, y.device, y.shape[-1], y.dtype, residual.dtype):
             return ops.add_dropout_layernorm(y, residual, ln.weight, ln.bias, dropout_p=p,
                                              eps=ln.eps)
         return ln(residual + F.dropout(y, p, self.training))

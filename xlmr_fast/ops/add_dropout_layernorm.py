@@ -31,6 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .. import tuning
 from . import _backend
 from .mlm_mask import M32, mix32, mix32_int
 
@@ -92,8 +93,14 @@ def add_dropout_layernorm_reference(x, residual, weight, bias, *, dropout_p: flo
 FASTER_ON: list[str] = []
 
 
-def faster_than_torch(device) -> bool:
-    """The model's auto rule: use this op on `device` (see FASTER_ON)."""
+def faster_than_torch(device, width: int | None = None, dtype=None, residual_dtype=None) -> bool:
+    """The model's auto rule: use this op on `device`? A tuning file's choice for this layer
+    (xlmr_fast.tuning, `xlmr-fast tune`) when there is one, else FASTER_ON.
+    width, dtype, residual_dtype: the layer's hidden size, x's dtype and the residual's."""
+    if width is not None:
+        tuned = tuning.choice("add_dropout_layernorm", device, tuning.key(width, dtype, residual_dtype))
+        if tuned is not None:
+            return tuned == "fused"
     return _backend.device_listed(device, FASTER_ON)
 
 

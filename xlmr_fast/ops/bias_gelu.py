@@ -19,6 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .. import tuning
 from . import _backend
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -37,8 +38,14 @@ def bias_gelu_reference(x, bias):
 FASTER_ON: list[str] = []
 
 
-def faster_than_torch(device) -> bool:
-    """The model's auto rule: use this op on `device` (see FASTER_ON)."""
+def faster_than_torch(device, width: int | None = None, dtype=None) -> bool:
+    """The model's auto rule: use this op on `device`? A tuning file's choice for this layer
+    (xlmr_fast.tuning, `xlmr-fast tune`) when there is one, else FASTER_ON.
+    width, dtype: the layer's hidden size (the FFN is 4x wider) and the fc1 GEMM's dtype."""
+    if width is not None:
+        tuned = tuning.choice("bias_gelu", device, tuning.key(width, dtype))
+        if tuned is not None:
+            return tuned == "fused"
     return _backend.device_listed(device, FASTER_ON)
 
 

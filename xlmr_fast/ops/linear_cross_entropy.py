@@ -40,15 +40,17 @@ Backends (linear_cross_entropy_backend() returns the choice and the reason):
                dW = d^T X written once, dX accumulated in fp32). CUDA tensors, or CPU under
                TRITON_INTERPRET=1.
     reference  linear_cross_entropy_reference (plain torch, fp32 math, materialises logits).
-Order: cuda > triton > reference by availability; on a GPU where both fused paths run, the
-PREFERENCE table below picks the faster one. XLMR_FAST_BACKEND=reference|triton|cuda forces one
+Order: cuda > triton > reference by availability; on a GPU where both fused paths run, a tuning
+file's choice for (H, dtype) (xlmr_fast.tuning, written by `xlmr-fast tune` on that GPU) or else
+the PREFERENCE table below picks the faster one. XLMR_FAST_BACKEND=reference|triton|cuda forces one
 (an input the forced backend cannot run raises); XLMR_FAST_LCE_BACKEND does the same for this
 op alone and wins over XLMR_FAST_BACKEND. XLMR_FAST_LCE_CHUNK=<columns> sets the
 vocabulary chunk width of the chunked passes (0 or unset: each backend's default).
 Triton variants (kernels/triton/linear_cross_entropy.py; defaults there, set from device
 measurements): XLMR_FAST_LCE_MM=triton|cublas runs the backward's two GEMMs in Triton or on
 cuBLAS; XLMR_FAST_LCE_FLAT=1|0 turns the flattened tile loops of the forward and dlogits
-kernels on or off; XLMR_FAST_LCE_SCHEDULE=recompute|tokenchunk picks the schedule.
+kernels on or off; XLMR_FAST_LCE_SCHEDULE=recompute|tokenchunk picks the schedule (else a
+tuning file's choice for (H, dtype) on a GPU, else the kernels' SCHEDULE).
 "tokenchunk" (Triton backend, reduction "mean" or "sum", under autograd with an input that
 requires grad; else "recompute" runs): the loss and the gradients of the summed loss are
 computed in the forward, R rows at a time (cuBLAS logits into an aligned buffer, Triton
@@ -66,7 +68,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .. import _ext
+from .. import _ext, tuning
 from . import _backend
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,11 @@ def linear_cross_entropy_reference(hidden, weight, bias, targets, ignore_index=-
 
 # ---------------------------------------------------------------- backend choice
 def preferred_gpu_backend(device: torch.device, H: int, dtype: torch.dtype) -> str:
-    """The faster fused path on this GPU for (H, dtype) per PREFERENCE (default Triton)."""
+    """The faster fused path on this GPU for (H, dtype): a tuning file's choice
+    (xlmr_fast.tuning, `xlmr-fast tune`), else PREFERENCE, else DEFAULT_GPU_BACKEND."""
+    tuned = tuning.choice("linear_cross_entropy.backend", device, tuning.key(H, dtype))
+    if tuned is not None:
+        return tuned
     name = _backend._cuda_device_name(device.index if device.index is not None
                                       else torch.cuda.current_device())
     for sub, h, dt, backend in PREFERENCE:
@@ -176,7 +182,7 @@ def _choose_backend(dev_type: str, dev_index, H: int, h_dtype, w_dtype):
                                        f"{no_triton}")
         return "triton", "XLMR_FAST_BACKEND=triton"
     if not no_cuda and not no_triton:
-        return preferred_gpu_backend(device, H, _compute_dtype(h_dtype, w_dtype)), "PREFERENCE"
+        return preferred_gpu_backend(device, H, _compute_dtype(h_dtype, w_dtype)), "tuning file or PREFERENCE"
     if not no_cuda:
         return "cuda", f"triton unavailable: {no_triton}"
     if not no_triton:
@@ -390,8 +396,15 @@ class _TokenChunkIntoGrad(torch.autograd.Function):
 
 
 @torch.compiler.assume_constant_result
-def _schedule() -> str:
-    return _kernels().schedule()
+def _schedule(dev_type: str, dev_index, H: int, dtype) -> str:
+    """XLMR_FAST_LCE_SCHEDULE, else a tuning file's choice for (H, dtype) on this GPU, else the
+    kernels' SCHEDULE."""
+    kern = _kernels()
+    if dev_type != "cuda" or os.environ.get("XLMR_FAST_LCE_SCHEDULE", "").strip():
+        return kern.schedule()
+    device = torch.device(dev_type, dev_index) if dev_index is not None else torch.device(dev_type)
+    return kern.schedule(tuning.choice("linear_cross_entropy.schedule", device,
+                                       tuning.key(H, dtype)))
 
 
 def _engine_accumulates(weight: torch.Tensor) -> bool:
@@ -517,7 +530,8 @@ def linear_cross_entropy(hidden, weight, bias, targets, ignore_index=-100, reduc
     need_dw = weight.requires_grad
     need_any = need_dx or need_dw or (bias is not None and bias.requires_grad)
     if (backend == "triton" and reduction != "none" and torch.is_grad_enabled() and need_any
-            and _schedule() == "tokenchunk"):
+            and _schedule(hidden.device.type, hidden.device.index, hidden.shape[-1],
+                          cdt) == "tokenchunk"):
         if into_grad:
             total = _TokenChunkIntoGrad.apply(hidden, weight, bias, t, int(ignore_index),
                                               float(label_smoothing), need_dx)

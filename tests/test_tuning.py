@@ -1,0 +1,222 @@
+"""Tuning files (xlmr_fast.tuning) and `xlmr-fast tune` (xlmr_fast.tune): format checks, where
+the ops look and in which order, the choice rules, and that each op follows a tuned choice."""
+import importlib
+import json
+
+import pytest
+import torch
+
+from xlmr_fast import tuning, tune
+from xlmr_fast.cli import main as cli_main
+from xlmr_fast.ops import _backend
+
+NAME = "NVIDIA H100 80GB HBM3"
+GPU = torch.device("cuda", 0)
+lce_mod = importlib.import_module("xlmr_fast.ops.linear_cross_entropy")
+
+
+def doc(choices, device=NAME):
+    return {"format": 1, "device": device, "choices": choices}
+
+
+@pytest.fixture
+def places(monkeypatch, tmp_path):
+    """Packaged and user tuning directories in tmp_path, this 'GPU' named NAME, no override."""
+    packaged, cache = tmp_path / "packaged", tmp_path / "cache"
+    packaged.mkdir()
+    monkeypatch.setattr(tuning, "PACKAGED_DIR", packaged)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.delenv("XLMR_FAST_TUNING", raising=False)
+    monkeypatch.setattr(_backend, "_cuda_device_name", lambda index: NAME)
+    tuning.clear_cache()
+    yield packaged, cache / "xlmr_fast" / "tuning"
+    tuning.clear_cache()
+
+
+def test_slug_and_key():
+    assert tuning.slug(NAME) == "NVIDIA_H100_80GB_HBM3"
+    assert tuning.slug("  ") == "unknown"
+    assert tuning.key(1024, torch.bfloat16, torch.float32) == "1024,bfloat16,float32"
+
+
+@pytest.mark.parametrize("bad,why", [
+    ([], "not a JSON object"),
+    ({"format": 2, "device": NAME, "choices": {}}, "format 2"),
+    ({"format": 1, "choices": {}}, "no 'device'"),
+    ({"format": 1, "device": NAME}, "no 'choices'"),
+    (doc({"bias_gelu": ["fused"]}), "is not an object"),
+    (doc({"bias_gelu": {"768,bfloat16": "yes"}}), r"'yes', expected one of \('fused', 'torch'\)"),
+])
+def test_validate_names_file_and_problem(tmp_path, bad, why):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=why) as e:
+        tuning.read(path)
+    assert str(path) in str(e.value)
+    assert not (tmp_path / "w.json").exists()
+    with pytest.raises(ValueError, match=why):   # write() checks before writing anything
+        tuning.write(bad, tmp_path / "w.json")
+    assert not (tmp_path / "w.json").exists()
+
+
+def test_read_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        tuning.read(tmp_path / "absent.json")
+    (tmp_path / "t.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"t.json: unreadable \(JSONDecodeError"):
+        tuning.read(tmp_path / "t.json")
+
+
+def test_unknown_knob_is_ignored(places):
+    packaged, _ = places
+    tuning.write(doc({"future_op": {"x": "anything"}, "bias_gelu": {"768,bfloat16": "fused"}}),
+                 packaged / "NVIDIA_H100_80GB_HBM3.json")
+    assert tuning.choices(NAME) == {"bias_gelu": {"768,bfloat16": "fused"}}
+    with pytest.raises(KeyError, match="unknown tuning knob"):
+        tuning.choice("future_op", GPU, "x")
+
+
+def test_user_file_overrides_packaged_key_by_key(places, monkeypatch, tmp_path):
+    packaged, user = places
+    tuning.write(doc({"bias_gelu": {"768,bfloat16": "fused", "1024,bfloat16": "fused"},
+                      "linear_cross_entropy.schedule": {"1024,bfloat16": "tokenchunk"}}),
+                 packaged / "NVIDIA_H100_80GB_HBM3.json")
+    assert tuning.choice("bias_gelu", GPU, "1024,bfloat16") == "fused"
+    tuning.write(doc({"bias_gelu": {"1024,bfloat16": "torch"}}), tuning.user_path(NAME))
+    assert tuning.user_path(NAME).parent == user
+    assert tuning.choice("bias_gelu", GPU, "1024,bfloat16") == "torch"      # user's
+    assert tuning.choice("bias_gelu", GPU, "768,bfloat16") == "fused"       # packaged
+    assert tuning.choice("linear_cross_entropy.schedule", GPU, "1024,bfloat16") == "tokenchunk"
+    assert tuning.choice("bias_gelu", GPU, "512,bfloat16") is None          # not tuned
+    assert tuning.choice("bias_gelu", torch.device("cpu"), "768,bfloat16") is None
+    # Another GPU whose name has the same slug: its file is not this GPU's.
+    tuning.write(doc({"bias_gelu": {"768,bfloat16": "torch"}}, device="NVIDIA-H100-80GB-HBM3"),
+                 tuning.user_path(NAME))
+    assert tuning.choice("bias_gelu", GPU, "768,bfloat16") == "fused"
+    # XLMR_FAST_TUNING=off: no file; =path: only that file, which must be this GPU's.
+    monkeypatch.setenv("XLMR_FAST_TUNING", "off")
+    assert tuning.choices(NAME) == {}
+    one = tuning.write(doc({"bias_gelu": {"768,bfloat16": "torch"}}), tmp_path / "one.json")
+    monkeypatch.setenv("XLMR_FAST_TUNING", str(one))
+    assert tuning.choices(NAME) == {"bias_gelu": {"768,bfloat16": "torch"}}
+    other = tuning.write(doc({}, device="NVIDIA A100-SXM4-80GB"), tmp_path / "a100.json")
+    monkeypatch.setenv("XLMR_FAST_TUNING", str(other))
+    with pytest.raises(ValueError, match="a100.json .* measured on 'NVIDIA A100-SXM4-80GB'"):
+        tuning.choices(NAME)
+    monkeypatch.setenv("XLMR_FAST_TUNING", str(tmp_path / "missing.json"))
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        tuning.choices(NAME)
+
+
+def test_lce_follows_tuned_backend_and_schedule(places, monkeypatch):
+    pytest.importorskip("triton")
+    packaged, _ = places
+    monkeypatch.setattr(lce_mod, "PREFERENCE", [("H100", None, None, "cuda")])
+    monkeypatch.delenv("XLMR_FAST_LCE_SCHEDULE", raising=False)
+    assert lce_mod.preferred_gpu_backend(GPU, 1024, torch.bfloat16) == "cuda"   # the table
+    kern = lce_mod._kernels()
+    assert lce_mod._schedule("cuda", 0, 1024, torch.bfloat16) == kern.SCHEDULE
+    tuning.write(doc({"linear_cross_entropy.backend": {"1024,bfloat16": "triton"},
+                      "linear_cross_entropy.schedule": {"1024,bfloat16": "tokenchunk",
+                                                        "768,bfloat16": "recompute"}}),
+                 packaged / "NVIDIA_H100_80GB_HBM3.json")
+    assert lce_mod.preferred_gpu_backend(GPU, 1024, torch.bfloat16) == "triton"  # tuned
+    assert lce_mod.preferred_gpu_backend(GPU, 768, torch.bfloat16) == "cuda"     # not tuned
+    assert lce_mod._schedule("cuda", 0, 1024, torch.bfloat16) == "tokenchunk"
+    assert lce_mod._schedule("cuda", 0, 768, torch.bfloat16) == "recompute"
+    assert lce_mod._schedule("cpu", None, 1024, torch.bfloat16) == kern.SCHEDULE  # CPU: no file
+    monkeypatch.setenv("XLMR_FAST_LCE_SCHEDULE", "recompute")                     # env wins
+    assert lce_mod._schedule("cuda", 0, 1024, torch.bfloat16) == "recompute"
+
+
+# ---------------------------------------------------------------- choice rules
+def test_pick_rules():
+    assert tune.fastest({"a": 2.0, "b": 1.0, "c": "error: OOM"}) == "b"
+    assert tune.fastest({"a": 2.0, "b": 1.0}, among=("a",)) == "a"
+    assert tune.fastest({"c": "error: x"}) is None
+    lce = tune.pick_lce
+    assert lce({"triton/recompute": 3.0, "triton/tokenchunk": 2.0}) == {
+        "linear_cross_entropy.schedule": "tokenchunk"}          # no cuda: backend not chosen
+    assert lce({"triton/recompute": 3.0, "triton/tokenchunk": 2.0, "cuda": 1.0}) == {
+        "linear_cross_entropy.schedule": "tokenchunk", "linear_cross_entropy.backend": "cuda"}
+    assert lce({"triton/recompute": 3.0, "triton/tokenchunk": "error: OOM", "cuda": 4.0}) == {
+        "linear_cross_entropy.schedule": "recompute", "linear_cross_entropy.backend": "triton"}
+    assert lce({"triton/recompute": "error: a", "triton/tokenchunk": "error: b"}) == {}
+    fused = tune.pick_fused
+    assert fused({"fused": 1.0, "eager": 2.0, "compile": 1.5}) == "fused"
+    assert fused({"fused": 1.0, "eager": 2.0, "compile": 0.9}) == "torch"   # must beat both
+    assert fused({"fused": 1.0, "eager": 2.0, "compile": "error: no compiler"}) == "fused"
+    assert fused({"fused": "error: x", "eager": 2.0}) == "torch"
+    assert fused({"fused": 1.0, "eager": "error: y"}) is None
+
+
+def test_measure_records_failures_and_goes_on():
+    def boom():
+        raise RuntimeError("CUDA out of memory.\nmore")
+    times = tune.measure({"bad": boom, "ok": lambda: None}, torch.device("cpu"), 0, 2,
+                         timer=lambda fn, dev, w, r: (fn(), 1.5)[1])
+    assert times == {"bad": "error: RuntimeError: CUDA out of memory.", "ok": 1.5}
+    assert tune.time_ms(lambda: None, torch.device("cpu"), 1, 3) >= 0.0
+
+
+def test_merge_keeps_unmeasured_keys():
+    old = {"choices": {"bias_gelu": {"768,bfloat16": "fused", "1024,bfloat16": "fused"}},
+           "timings_ms": {"bias_gelu": {"768,bfloat16": {"fused": 1.0}}}}
+    new = {"format": 1, "device": NAME, "choices": {"bias_gelu": {"1024,bfloat16": "torch"}},
+           "timings_ms": {"bias_gelu": {"1024,bfloat16": {"fused": 2.0}}}}
+    m = tune.merge(old, new)
+    assert m["choices"] == {"bias_gelu": {"768,bfloat16": "fused", "1024,bfloat16": "torch"}}
+    assert set(m["timings_ms"]["bias_gelu"]) == {"768,bfloat16", "1024,bfloat16"}
+    assert m["device"] == NAME
+
+
+def test_cli_errors_and_unusable_paths(tmp_path, monkeypatch, capsys):
+    """Without CUDA the command refuses the default device. On the CPU without the Triton
+    interpreter every fused candidate fails or is skipped with its reason, and nothing is chosen
+    for it; the file records why."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if not torch.cuda.is_available():
+        assert cli_main(["tune"]) == 1
+        assert "no CUDA device here" in capsys.readouterr().err
+    assert cli_main(["tune", "--device", "cpu", "--rows", "0"]) == 1
+    assert "--rows must be >= 1" in capsys.readouterr().err
+    out = tmp_path / "t.json"
+    assert cli_main(["tune", "--device", "cpu", "--hidden", "32", "--rows", "5", "--vocab", "70",
+                     "--tokens", "8", "--rep", "1", "--warmup", "0", "--out", str(out)]) == 0
+    d = tuning.read(out)
+    assert d["device"] == "cpu" and d["choices"] == {}
+    t = d["timings_ms"]["linear_cross_entropy"]["32,bfloat16"]
+    assert set(t) == {"triton/recompute", "triton/tokenchunk"}
+    assert all(v.startswith("error: Unsupported") for v in t.values()), t
+    assert set(d["skipped"]) == {"add_dropout_layernorm", "bias_gelu"}
+    assert d["settings"]["rows"] == 5 and d["versions"]["torch"] == torch.__version__
+
+
+@pytest.mark.interpret
+def test_cli_runs_every_candidate_interpreter(tmp_path, monkeypatch):
+    """The whole command on the CPU through the Triton interpreter (its times mean nothing):
+    each LCE candidate runs its own schedule, the layer ops are timed against both baselines,
+    a second run updates the file it finds."""
+    kern = lce_mod._kernels()
+    ran = []
+    for fn in ("lce_forward", "lce_fwdgrad"):
+        real = getattr(kern, fn)
+        monkeypatch.setattr(kern, fn, lambda *a, _f=real, _n=fn, **k: ran.append(_n) or _f(*a, **k))
+    out = tmp_path / "t.json"
+    args = ["tune", "--device", "cpu", "--hidden", "32", "--rows", "9", "--vocab", "300",
+            "--tokens", "16", "--rep", "1", "--warmup", "0", "--out", str(out)]
+    assert cli_main(args + ["--ops", "linear_cross_entropy"]) == 0
+    assert ran == ["lce_forward", "lce_fwdgrad"]      # recompute, then tokenchunk
+    d = tuning.read(out)
+    assert set(d["choices"]) == {"linear_cross_entropy.schedule"}
+    assert d["choices"]["linear_cross_entropy.schedule"]["32,bfloat16"] in ("recompute",
+                                                                            "tokenchunk")
+    assert cli_main(args + ["--ops", "add_dropout_layernorm", "bias_gelu", "--no-compile-baseline"]
+                    ) == 0
+    d = tuning.read(out)
+    assert set(d["choices"]) == {"linear_cross_entropy.schedule", "add_dropout_layernorm",
+                                 "bias_gelu"}
+    assert set(d["choices"]["add_dropout_layernorm"]) == {"32,bfloat16,float32",
+                                                         "32,bfloat16,bfloat16"}
+    assert set(d["timings_ms"]["bias_gelu"]["32,bfloat16"]) == {"fused", "eager"}
+    assert not d["settings"]["compile_baseline"]

@@ -1,0 +1,392 @@
+"""`xlmr-fast tune`: time each op's candidate paths on this GPU, keep the fastest.
+
+Writes the tuning file that xlmr_fast.tuning reads (see its doc for the format and where the
+ops look), so the choices below follow the GPU the job runs on instead of the tables measured
+on ours:
+
+  linear_cross_entropy   N masked rows (--rows) x H x V (--vocab), in training's layout: 16-bit
+                         hidden, fp32 master weight and bias, loss.backward() with the gradient
+                         added into weight.grad. Candidates: triton/recompute,
+                         triton/tokenchunk, cuda (when the extension has CUDA kernels). Knobs:
+                         .backend (fastest overall) and .schedule (fastest Triton schedule).
+  add_dropout_layernorm  --tokens rows x H, dropout 0.1, forward + backward; x 16-bit and the
+                         residual fp32 (the model under autocast) or 16-bit (a 16-bit model).
+  bias_gelu              in context: the fc1 GEMM (H -> 4H) with its bias in the GEMM epilogue
+                         + GELU, against the GEMM without bias + the fused bias-GELU kernel;
+                         under autocast, forward + backward.
+For the two layer ops the candidates are the fused op, eager PyTorch and torch.compile of the
+same code; "fused" is kept only when it beats both (issue 5's rule), else "torch".
+
+Times are medians of CUDA-event timings of back-to-back calls (as triton.testing.do_bench).
+A candidate that fails (out of memory, a refused input) is recorded with its error and skipped.
+An existing file at --out is updated: keys measured now replace theirs, others stay.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from . import tuning
+from .cli import register
+
+OPS = ("linear_cross_entropy", "add_dropout_layernorm", "bias_gelu")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DROPOUT = 0.1   # XLM-R's hidden dropout
+EPS = 1e-5
+
+
+@contextlib.contextmanager
+def scoped_env(**values):
+    """Set environment variables for the block (None unsets), then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def time_ms(fn, device: torch.device, warmup: int = 3, rep: int = 10,
+            sync_each: bool = False) -> float:
+    """Median time of fn() in ms: perf_counter on the CPU; on the GPU CUDA events around each
+    of `rep` calls enqueued back to back and synchronised once at the end (as
+    triton.testing.do_bench does), so a call is timed from its first to its last kernel while
+    the host runs ahead, as in a training loop (host overhead shows only where the host is
+    slower than the device); sync_each=True synchronises after every call instead."""
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        events = []
+        for _ in range(rep):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            events.append((a, b))
+            if sync_each:
+                torch.cuda.synchronize(device)
+        torch.cuda.synchronize(device)
+        return statistics.median(a.elapsed_time(b) for a, b in events)
+    times = []
+    for _ in range(rep):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def measure(candidates: dict, device: torch.device, warmup: int, rep: int, timer=time_ms) -> dict:
+    """{name: median ms, or 'error: ...'} for each candidate (a failure does not stop the rest)."""
+    out = {}
+    for name, fn in candidates.items():
+        try:
+            out[name] = round(float(timer(fn, device, warmup, rep)), 4)
+        except Exception as e:
+            first = (str(e).splitlines() or [""])[0][:200]
+            out[name] = f"error: {type(e).__name__}: {first}"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+def fastest(times: dict, among=None) -> str | None:
+    """The candidate with the smallest time (among `among` if given); None if none ran."""
+    ok = {k: v for k, v in times.items()
+          if isinstance(v, float) and (among is None or k in among)}
+    return min(ok, key=ok.get) if ok else None
+
+
+def pick_lce(times: dict) -> dict:
+    """{knob: value} from linear_cross_entropy's times: the backend only when both backends
+    ran (else there is nothing to choose), the schedule from the Triton candidates."""
+    out = {}
+    best_triton = fastest(times, ("triton/recompute", "triton/tokenchunk"))
+    if best_triton is not None:
+        out["linear_cross_entropy.schedule"] = best_triton.split("/")[1]
+        if isinstance(times.get("cuda"), float):
+            best = fastest(times, ("cuda", best_triton))
+            out["linear_cross_entropy.backend"] = "cuda" if best == "cuda" else "triton"
+    return out
+
+
+def pick_fused(times: dict) -> str | None:
+    """'fused' when the fused op beat every baseline that ran, 'torch' otherwise; None when no
+    baseline ran (nothing to compare against)."""
+    base = [v for k, v in times.items() if k != "fused" and isinstance(v, float)]
+    if not base:
+        return None
+    f = times.get("fused")
+    return "fused" if isinstance(f, float) and f < min(base) else "torch"
+
+
+# ---------------------------------------------------------------- candidates per op
+def lce_candidates(device, H: int, dtype, rows: int, vocab: int) -> dict:
+    from . import _ext
+    from .ops import linear_cross_entropy as lce
+
+    g = torch.Generator(device=device).manual_seed(0)
+    h = torch.randn(rows, H, device=device, generator=g).to(dtype).requires_grad_()
+    w = (0.02 * torch.randn(vocab, H, device=device, generator=g)).requires_grad_()
+    b = torch.zeros(vocab, device=device, requires_grad=True)
+    t = torch.randint(0, vocab, (rows,), device=device, generator=g)
+
+    def run(backend, schedule):
+        def step():
+            with scoped_env(XLMR_FAST_LCE_BACKEND=backend, XLMR_FAST_LCE_SCHEDULE=schedule):
+                lce(h, w, b, t, accumulate_weight_grad=True).backward()
+            h.grad = w.grad = b.grad = None
+        return step
+
+    cands = {"triton/recompute": run("triton", "recompute"),
+             "triton/tokenchunk": run("triton", "tokenchunk")}
+    if device.type == "cuda" and _ext.has_kernel("linear_cross_entropy_fwd", "CUDA"):
+        cands["cuda"] = run("cuda", None)
+    return cands
+
+
+def _adln_plain(x, r, w, b):
+    return F.layer_norm(r + F.dropout(x, DROPOUT, training=True), (x.shape[-1],), w, b, EPS)
+
+
+def _gelu_plain(x, w, b):
+    return F.gelu(F.linear(x, w, b))
+
+
+def _gelu_fused(x, w, b):
+    from .ops import bias_gelu
+    return bias_gelu(F.linear(x, w), b)
+
+
+def _grad_step(fn, inputs, dy, autocast_dtype=None):
+    def step():
+        ctx = (torch.autocast(inputs[0].device.type, dtype=autocast_dtype) if autocast_dtype
+               else contextlib.nullcontext())
+        with ctx:
+            y = fn(*inputs)
+        torch.autograd.grad(y, inputs, dy)
+    return step
+
+
+def _with_baselines(fused, plain, compile_baseline: bool) -> dict:
+    cands = {"fused": fused, "eager": plain}
+    if compile_baseline:
+        cands["compile"] = torch.compile(plain, dynamic=False)
+    return cands
+
+
+def adln_candidates(device, H: int, dtype, rdtype, tokens: int, compile_baseline=True) -> dict:
+    from .ops import add_dropout_layernorm as op
+    pdtype = torch.float32 if rdtype == torch.float32 else dtype  # LayerNorm params
+    x = torch.randn(tokens, H, device=device, dtype=dtype, requires_grad=True)
+    r = torch.randn(tokens, H, device=device, dtype=rdtype, requires_grad=True)
+    w = (1 + 0.1 * torch.randn(H, device=device)).to(pdtype).requires_grad_()
+    b = (0.1 * torch.randn(H, device=device)).to(pdtype).requires_grad_()
+    dy = torch.randn(tokens, H, device=device, dtype=rdtype)
+
+    def fused(x, r, w, b):
+        return op(x, r, w, b, dropout_p=DROPOUT, eps=EPS)
+    fns = _with_baselines(fused, _adln_plain, compile_baseline)
+    return {k: _grad_step(f, (x, r, w, b), dy) for k, f in fns.items()}
+
+
+def bias_gelu_candidates(device, H: int, dtype, tokens: int, compile_baseline=True) -> dict:
+    # The layer's tensors under autocast: fp32 residual-stream input, fp32 master weights.
+    x = torch.randn(tokens, H, device=device, requires_grad=True)
+    w = (0.02 * torch.randn(4 * H, H, device=device)).requires_grad_()
+    b = (0.02 * torch.randn(4 * H, device=device)).requires_grad_()
+    dy = torch.randn(tokens, 4 * H, device=device, dtype=dtype)
+    fns = _with_baselines(_gelu_fused, _gelu_plain, compile_baseline)
+    return {k: _grad_step(f, (x, w, b), dy, autocast_dtype=dtype) for k, f in fns.items()}
+
+
+def _fused_op_runs(device, op: str) -> str | None:
+    """Why the fused op cannot run its kernel here (then there is nothing to tune), or None."""
+    from .ops import _backend
+    if not _backend.triton_usable(device):
+        return f"{op}: triton cannot run on {device} (CUDA, or the CPU with TRITON_INTERPRET=1)"
+    if _backend.forced() == "reference":
+        return f"{op}: XLMR_FAST_BACKEND=reference"
+    return None
+
+
+# ---------------------------------------------------------------- the run
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        from .ops import _backend
+        return _backend._cuda_device_name(device.index if device.index is not None
+                                          else torch.cuda.current_device())
+    return device.type
+
+
+def _versions() -> dict:
+    import subprocess
+    v = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    try:
+        import triton
+        v["triton"] = triton.__version__
+    except Exception:
+        v["triton"] = None
+    try:
+        from importlib.metadata import version
+        v["xlmr_fast"] = version("xlmr_fast")
+    except Exception:
+        v["xlmr_fast"] = None
+    commit = os.environ.get("XLMR_FAST_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True, cwd=os.path.dirname(__file__),
+                                    timeout=10).stdout.strip() or None
+        except Exception:
+            commit = None
+    v["commit"] = commit
+    return v
+
+
+def tune(device: torch.device, ops=OPS, hidden=(768, 1024), dtypes=(torch.bfloat16,),
+         rows: int = 8192, vocab: int = 250002, tokens: int = 64 * 512, warmup: int = 3,
+         rep: int = 10, compile_baseline: bool = True, timer=time_ms, log=print) -> dict:
+    """Time every candidate and return the tuning document (choices, timings, settings)."""
+    unknown = [o for o in ops if o not in OPS]
+    if unknown:
+        raise ValueError(f"tune: unknown op(s) {unknown}; known: {', '.join(OPS)}")
+    choices: dict[str, dict[str, str]] = {}
+    timings: dict[str, dict[str, dict]] = {}
+    skipped: dict[str, str] = {}
+
+    def record(op, key, times, picked: dict):
+        timings.setdefault(op, {})[key] = times
+        for knob, value in picked.items():
+            choices.setdefault(knob, {})[key] = value
+        cells = "  ".join(f"{k} {v:.3f} ms" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in times.items())
+        log(f"{op:22s} {key:24s} {cells}  ->  "
+            f"{', '.join(f'{k}={v}' for k, v in picked.items()) or 'no choice'}")
+
+    def tune_fused(op, key, cands):
+        times = measure(cands, device, warmup, rep, timer)
+        p = pick_fused(times)
+        record(op, key, times, {op: p} if p else {})
+
+    for dtype in dtypes:
+        for H in hidden:
+            if "linear_cross_entropy" in ops:
+                key = tuning.key(H, dtype)
+                times = measure(lce_candidates(device, H, dtype, rows, vocab), device, warmup,
+                                rep, timer)
+                record("linear_cross_entropy", key, times, pick_lce(times))
+            if "add_dropout_layernorm" in ops:
+                why = _fused_op_runs(device, "add_dropout_layernorm")
+                if why:
+                    skipped["add_dropout_layernorm"] = why
+                else:
+                    for rdtype in (torch.float32, dtype):
+                        tune_fused("add_dropout_layernorm", tuning.key(H, dtype, rdtype),
+                                   adln_candidates(device, H, dtype, rdtype, tokens,
+                                                   compile_baseline))
+            if "bias_gelu" in ops:
+                why = _fused_op_runs(device, "bias_gelu")
+                if why:
+                    skipped["bias_gelu"] = why
+                else:
+                    tune_fused("bias_gelu", tuning.key(H, dtype),
+                               bias_gelu_candidates(device, H, dtype, tokens, compile_baseline))
+    for op, why in skipped.items():
+        log(f"{op:22s} skipped: {why}")
+    return {
+        "format": tuning.FORMAT,
+        "device": device_name(device),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "settings": {"rows": rows, "vocab": vocab, "tokens": tokens, "dropout": DROPOUT,
+                     "warmup": warmup, "rep": rep, "compile_baseline": compile_baseline},
+        "choices": choices,
+        "timings_ms": timings,
+        "skipped": skipped,
+    }
+
+
+def merge(old: dict, new: dict) -> dict:
+    """new's measured keys over old's (same device): choices and timings key by key."""
+    doc = dict(new)
+    for field in ("choices", "timings_ms"):
+        merged = {k: dict(v) for k, v in old.get(field, {}).items()}
+        for k, v in new.get(field, {}).items():
+            merged.setdefault(k, {}).update(v)
+        doc[field] = merged
+    return doc
+
+
+# ---------------------------------------------------------------- command line
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS, help="ops to tune")
+    p.add_argument("--hidden", nargs="+", type=int, default=[768, 1024],
+                   help="model widths (768 base, 1024 large)")
+    p.add_argument("--dtype", nargs="+", default=["bf16"], choices=sorted(DTYPES),
+                   help="16-bit compute dtypes")
+    p.add_argument("--rows", type=int, default=8192, help="masked rows for linear_cross_entropy")
+    p.add_argument("--vocab", type=int, default=250002, help="vocabulary size")
+    p.add_argument("--tokens", type=int, default=64 * 512, help="tokens for the layer ops")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rep", type=int, default=10, help="timed calls per candidate (median)")
+    p.add_argument("--device", default="cuda",
+                   help="cuda, cuda:N (cpu only checks the command under TRITON_INTERPRET=1: "
+                        "its times mean nothing)")
+    p.add_argument("--no-compile-baseline", action="store_true",
+                   help="skip torch.compile baselines of the layer ops (faster; the fused op "
+                        "then only has to beat eager)")
+    p.add_argument("--out", default=None, help="tuning file to write (default: the user cache "
+                                               "file the ops read for this GPU)")
+    p.add_argument("--show", action="store_true",
+                   help="print the tuned choices in effect for this GPU and the files read; "
+                        "measure nothing")
+
+
+def _run(a: argparse.Namespace) -> int:
+    device = torch.device(a.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device here; tuning times the GPU paths")
+    name = device_name(device)
+    if a.show:
+        for path in tuning.sources(name):
+            print(f"{path}: {'read' if path.is_file() else 'absent'}")
+        for knob, table in tuning.choices(name).items():
+            for k, v in sorted(table.items()):
+                print(f"{knob:32s} {k:24s} {v}")
+        return 0
+    for flag in ("rows", "vocab", "tokens", "rep"):
+        if getattr(a, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(a, flag)}")
+    if any(h < 1 for h in a.hidden):
+        raise ValueError(f"--hidden must be positive, got {a.hidden}")
+    out = a.out or tuning.user_path(name)
+    doc = tune(device, ops=tuple(a.ops), hidden=tuple(a.hidden),
+               dtypes=tuple(DTYPES[d] for d in a.dtype), rows=a.rows, vocab=a.vocab,
+               tokens=a.tokens, warmup=a.warmup, rep=a.rep,
+               compile_baseline=not a.no_compile_baseline)
+    if os.path.isfile(out):
+        old = tuning.read(out)
+        if old["device"] == doc["device"]:
+            doc = merge(old, doc)
+    print("wrote", tuning.write(doc, out))
+    return 0
+
+
+register("tune", "time each op's paths on this GPU and write the tuning file the ops read",
+         _args, _run)
