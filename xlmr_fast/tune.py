@@ -148,9 +148,11 @@ def lce_candidates(device, H: int, dtype, rows: int, vocab: int) -> dict:
 
     def run(backend, schedule):
         def step():
-            with scoped_env(XLMR_FAST_LCE_BACKEND=backend, XLMR_FAST_LCE_SCHEDULE=schedule):
-                lce(h, w, b, t, accumulate_weight_grad=True).backward()
-            h.grad = w.grad = b.grad = None
+            try:
+                with scoped_env(XLMR_FAST_LCE_BACKEND=backend, XLMR_FAST_LCE_SCHEDULE=schedule):
+                    lce(h, w, b, t, accumulate_weight_grad=True).backward()
+            finally:  # every call (and the next candidate, after a failure) starts without .grad
+                h.grad = w.grad = b.grad = None
         return step
 
     cands = {"triton/recompute": run("triton", "recompute"),
@@ -384,6 +386,8 @@ def _run(a: argparse.Namespace) -> int:
         old = tuning.read(out)
         if old["device"] == doc["device"]:
             doc = merge(old, doc)
+        else:
+            print(f"{out} held {old['device']!r}'s choices: replaced by this GPU's")
     print("wrote", tuning.write(doc, out))
     return 0
 
