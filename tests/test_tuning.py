@@ -129,6 +129,23 @@ def test_lce_follows_tuned_backend_and_schedule(places, monkeypatch):
     assert lce_mod._schedule("cuda", 0, 1024, torch.bfloat16) == "recompute"
 
 
+def test_describe_reports_tuned_paths(places):
+    """The trainer's start-up line: what the LM head and layer ops will run on this GPU."""
+    pytest.importorskip("triton")
+    packaged, _ = places
+    path = packaged / "NVIDIA_H100_80GB_HBM3.json"
+    tuning.write(doc({"linear_cross_entropy.schedule": {"1024,bfloat16": "tokenchunk"},
+                      "add_dropout_layernorm": {"1024,bfloat16,float32": "fused"},
+                      "bias_gelu": {"1024,bfloat16": "torch"}}), path)
+    line = tune.describe(GPU, 1024, torch.bfloat16)
+    assert "tokenchunk schedule" in line, line
+    assert "residual+dropout+LayerNorm: fused; bias+GELU: torch" in line
+    assert str(path) in line
+    line = tune.describe(GPU, 768, torch.bfloat16, fused_layer_ops=False)
+    assert "recompute schedule" in line and "LayerNorm: torch" in line
+    assert "tuning files: none" in tune.describe(torch.device("cpu"), 1024, torch.bfloat16)
+
+
 # ---------------------------------------------------------------- choice rules
 def test_pick_rules():
     assert tune.fastest({"a": 2.0, "b": 1.0, "c": "error: OOM"}) == "b"

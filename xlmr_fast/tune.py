@@ -335,6 +335,30 @@ def merge(old: dict, new: dict) -> dict:
     return doc
 
 
+def describe(device: torch.device, hidden: int, dtype, fused_layer_ops=None) -> str:
+    """One line: which path the LM head and the layer ops take for a model of width `hidden`
+    computing in `dtype` on `device` (16-bit dtype: under autocast, fp32 residual stream), as
+    the ops will choose (forcing variables, tuning files, tables)."""
+    import importlib
+    lce = importlib.import_module("xlmr_fast.ops.linear_cross_entropy")
+    adln = importlib.import_module("xlmr_fast.ops.add_dropout_layernorm")
+    bg = importlib.import_module("xlmr_fast.ops.bias_gelu")
+    backend, why = lce._choose_backend(device.type, device.index, hidden, dtype, torch.float32)
+    head = f"{backend} ({why})"
+    if backend == "triton":
+        head = (f"triton, {lce._schedule(device.type, device.index, hidden, dtype)} schedule "
+                f"({why})")
+
+    def layer_op(faster, *key):
+        on = faster(device, hidden, dtype, *key) if fused_layer_ops is None else fused_layer_ops
+        return "fused" if on else "torch"
+    files = [str(p) for p in tuning.sources(device_name(device)) if p.is_file()]
+    return (f"LM head + CE: {head}; residual+dropout+LayerNorm: "
+            f"{layer_op(adln.faster_than_torch, torch.float32)}; bias+GELU: "
+            f"{layer_op(bg.faster_than_torch)} (hidden {hidden}, {str(dtype)[6:]}; tuning files: "
+            f"{', '.join(files) if files and device.type == 'cuda' else 'none'})")
+
+
 # ---------------------------------------------------------------- command line
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS, help="ops to tune")
@@ -371,6 +395,9 @@ def _run(a: argparse.Namespace) -> int:
         for knob, table in tuning.choices(name).items():
             for k, v in sorted(table.items()):
                 print(f"{knob:32s} {k:24s} {v}")
+        for h in a.hidden:
+            for d in a.dtype:
+                print(describe(device, h, DTYPES[d]))
         return 0
     for flag in ("rows", "vocab", "tokens", "rep"):
         if getattr(a, flag) < 1:

@@ -598,6 +598,12 @@ class Trainer:
                  self.device, self.dist.world_size, self.precision, self.dist.mode, batch,
                  d.seq_len, d.micro_batch, o.grad_accum, self.dist.world_size, o.max_steps,
                  self.run_dir)
+        from ..tune import describe
+        log.info("kernels: %s", describe(self.device, self.model_cfg.hidden_size,
+                                         torch.bfloat16 if self.precision == "bf16"
+                                         else torch.float32,
+                                         False if c.model.compile  # inductor fuses them itself
+                                         else self.model_cfg.fused_layer_ops))
         for x in self.languages:
             p, q = self.loader.probs[x]
             log.info("  language %-8s p %.4f  q %.4f", x, p, q)
