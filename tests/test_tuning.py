@@ -237,3 +237,20 @@ def test_cli_runs_every_candidate_interpreter(tmp_path, monkeypatch):
                                                          "32,bfloat16,bfloat16"}
     assert set(d["timings_ms"]["bias_gelu"]["32,bfloat16"]) == {"fused", "eager"}
     assert not d["settings"]["compile_baseline"]
+
+
+@pytest.mark.gpu
+def test_tune_on_gpu_every_candidate_runs(tmp_path):
+    """On a GPU every candidate runs (no error entries) and a choice is made for every key."""
+    dev = torch.device("cuda")
+    d = tune.tune(dev, hidden=(64,), rows=70, vocab=1003, tokens=300, warmup=1, rep=2,
+                  compile_baseline=False, log=lambda *a: None)
+    for op, table in d["timings_ms"].items():
+        for key, times in table.items():
+            assert all(isinstance(v, float) for v in times.values()), (op, key, times)
+    assert set(d["choices"]["linear_cross_entropy.schedule"]) == {"64,bfloat16"}
+    assert set(d["choices"]["add_dropout_layernorm"]) == {"64,bfloat16,float32",
+                                                          "64,bfloat16,bfloat16"}
+    assert set(d["choices"]["bias_gelu"]) == {"64,bfloat16"}
+    assert d["device"] == torch.cuda.get_device_name()
+    tuning.write(d, tmp_path / "t.json")
