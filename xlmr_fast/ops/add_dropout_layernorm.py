@@ -98,7 +98,8 @@ def faster_than_torch(device, width: int | None = None, dtype=None, residual_dty
     (xlmr_fast.tuning, `xlmr-fast tune`) when there is one, else FASTER_ON.
     width, dtype, residual_dtype: the layer's hidden size, x's dtype and the residual's."""
     if width is not None:
-        tuned = tuning.choice("add_dropout_layernorm", device, tuning.key(width, dtype, residual_dtype))
+        tuned = tuning.choice("add_dropout_layernorm", device, width, dtype,
+                              residual_dtype)
         if tuned is not None:
             return tuned == "fused"
     return _backend.device_listed(device, FASTER_ON)

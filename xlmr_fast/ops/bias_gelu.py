@@ -43,7 +43,7 @@ def faster_than_torch(device, width: int | None = None, dtype=None) -> bool:
     (xlmr_fast.tuning, `xlmr-fast tune`) when there is one, else FASTER_ON.
     width, dtype: the layer's hidden size (the FFN is 4x wider) and the fc1 GEMM's dtype."""
     if width is not None:
-        tuned = tuning.choice("bias_gelu", device, tuning.key(width, dtype))
+        tuned = tuning.choice("bias_gelu", device, width, dtype)
         if tuned is not None:
             return tuned == "fused"
     return _backend.device_listed(device, FASTER_ON)

@@ -109,7 +109,7 @@ def linear_cross_entropy_reference(hidden, weight, bias, targets, ignore_index=-
 def preferred_gpu_backend(device: torch.device, H: int, dtype: torch.dtype) -> str:
     """The faster fused path on this GPU for (H, dtype): a tuning file's choice
     (xlmr_fast.tuning, `xlmr-fast tune`), else PREFERENCE, else DEFAULT_GPU_BACKEND."""
-    tuned = tuning.choice("linear_cross_entropy.backend", device, tuning.key(H, dtype))
+    tuned = tuning.choice("linear_cross_entropy.backend", device, H, dtype)
     if tuned is not None:
         return tuned
     name = _backend._cuda_device_name(device.index if device.index is not None
@@ -182,7 +182,8 @@ def _choose_backend(dev_type: str, dev_index, H: int, h_dtype, w_dtype):
                                        f"{no_triton}")
         return "triton", "XLMR_FAST_BACKEND=triton"
     if not no_cuda and not no_triton:
-        return preferred_gpu_backend(device, H, _compute_dtype(h_dtype, w_dtype)), "tuning file or PREFERENCE"
+        return (preferred_gpu_backend(device, H, _compute_dtype(h_dtype, w_dtype)),
+                "tuning file or PREFERENCE")
     if not no_cuda:
         return "cuda", f"triton unavailable: {no_triton}"
     if not no_triton:
@@ -403,8 +404,7 @@ def _schedule(dev_type: str, dev_index, H: int, dtype) -> str:
     if dev_type != "cuda" or os.environ.get("XLMR_FAST_LCE_SCHEDULE", "").strip():
         return kern.schedule()
     device = torch.device(dev_type, dev_index) if dev_index is not None else torch.device(dev_type)
-    return kern.schedule(tuning.choice("linear_cross_entropy.schedule", device,
-                                       tuning.key(H, dtype)))
+    return kern.schedule(tuning.choice("linear_cross_entropy.schedule", device, H, dtype))
 
 
 def _engine_accumulates(weight: torch.Tensor) -> bool:
