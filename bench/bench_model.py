@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 
 import torch
 
 from bench import harness
+from xlmr_fast.tune import scoped_env
 
 
 def _batch(B, T, pad_frac, V, seed=0):
@@ -66,15 +66,8 @@ def main(argv=None):
     provs = {name: (lambda i, lab, m=m: m(i, labels=lab).loss) for name, m in models.items()}
 
     def tokenchunk(i, lab):
-        saved = os.environ.get("XLMR_FAST_LCE_SCHEDULE")
-        os.environ["XLMR_FAST_LCE_SCHEDULE"] = "tokenchunk"
-        try:
+        with scoped_env(XLMR_FAST_LCE_SCHEDULE="tokenchunk"):
             return ours(i, labels=lab).loss  # the schedule's gradient work runs in the forward
-        finally:
-            if saved is None:
-                os.environ.pop("XLMR_FAST_LCE_SCHEDULE")
-            else:
-                os.environ["XLMR_FAST_LCE_SCHEDULE"] = saved
     provs["ours_lce_tokenchunk"] = tokenchunk
     try:
         from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM

@@ -9,9 +9,10 @@ import csv
 import datetime as _dt
 import os
 import re
-import subprocess
 
 import torch
+
+from xlmr_fast import tune
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 FIELDS = ["op", "provider", "mode", "shape", "median_ms", "tflops", "gbps", "peak_mb",
@@ -19,40 +20,25 @@ FIELDS = ["op", "provider", "mode", "shape", "median_ms", "tflops", "gbps", "pea
 
 
 def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return "cpu"
+    return tune.device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def commit() -> str:
-    """XLMR_FAST_COMMIT when set (the device machine's copy of the tree can carry a stale
-    .git, so the caller passes the real commit), else git's HEAD."""
-    env = os.environ.get("XLMR_FAST_COMMIT")
-    if env:
-        return env
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"],
-                                       cwd=os.path.dirname(RESULTS_DIR),
-                                       stderr=subprocess.DEVNULL).decode().strip()
-    except Exception:
-        return "unknown"
+    """xlmr_fast.tune.source_commit(): XLMR_FAST_COMMIT, else git's HEAD; "unknown" if none."""
+    return tune.source_commit() or "unknown"
 
 
 def triton_version() -> str:
-    try:
-        import triton
-        return triton.__version__
-    except Exception:
-        return "none"
+    return tune.triton_version() or "none"
 
 
 def time_ms(fn, *, warmup: int = 5, rep: int = 30) -> float:
     """Median time of fn() in ms: CUDA events on GPU, perf_counter on CPU (xlmr_fast.tune's
     timer: calls enqueued back to back, one sync at the end, as triton.testing.do_bench).
     XLMR_FAST_BENCH_SYNC=1 synchronises after every call (latency including host dispatch)."""
-    from xlmr_fast.tune import time_ms as timer
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return timer(fn, device, warmup, rep, sync_each=os.environ.get("XLMR_FAST_BENCH_SYNC") == "1")
+    sync_each = os.environ.get("XLMR_FAST_BENCH_SYNC") == "1"
+    return tune.time_ms(fn, device, warmup, rep, sync_each=sync_each)
 
 
 def graph_replay(fn, calls: int):

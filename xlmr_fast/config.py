@@ -65,13 +65,13 @@ class XLMRConfig:
                              xf.ops.add_dropout_layernorm / bias_gelu (Triton kernels): None =
                              auto, each op only where it was measured faster than eager and
                              torch.compile on this GPU for this width and dtype (a tuning file
-                             of `xlmr-fast tune`, else the ops' FASTER_ON tables); True = always (on the
-                             CPU: the Triton interpreter under TRITON_INTERPRET=1, else the ops'
-                             fp32 reference math); False = never. Never under torch.compile (it
-                             fuses these itself). The residual stream keeps the plain path's
-                             dtype (fp32 under autocast); dropout masks come from the ops'
-                             counter-based hash, seeded from torch's CPU generator, so they
-                             differ from torch's F.dropout masks. An execution choice: never
+                             of `xlmr-fast tune`, else the ops' FASTER_ON tables); True =
+                             always (on the CPU: the Triton interpreter under TRITON_INTERPRET=1,
+                             else the ops' fp32 reference math); False = never. Never under
+                             torch.compile (it fuses these itself). The residual stream keeps the
+                             plain path's dtype (fp32 under autocast); dropout masks come from
+                             the ops' counter-based hash, seeded from torch's CPU generator, so
+                             they differ from torch's F.dropout masks. An execution choice: never
                              written to config.json
     """
 

@@ -42,23 +42,24 @@ DROPOUT = 0.1   # XLM-R's hidden dropout
 EPS = 1e-5
 
 
+def _put_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 @contextlib.contextmanager
 def scoped_env(**values):
     """Set environment variables for the block (None unsets), then restore them."""
     old = {k: os.environ.get(k) for k in values}
     try:
         for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            _put_env(k, v)
         yield
     finally:
         for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            _put_env(k, v)
 
 
 def time_ms(fn, device: torch.device, warmup: int = 3, rep: int = 10,
@@ -236,29 +237,37 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
-def _versions() -> dict:
-    import subprocess
-    v = {"torch": torch.__version__, "cuda": torch.version.cuda}
+def triton_version() -> str | None:
     try:
         import triton
-        v["triton"] = triton.__version__
+        return triton.__version__
     except Exception:
-        v["triton"] = None
+        return None
+
+
+def source_commit() -> str | None:
+    """XLMR_FAST_COMMIT when set (the device machine's copy of the tree can carry a stale
+    .git, so the caller passes the real commit), else git's HEAD of this checkout, else None."""
+    import subprocess
+    env = os.environ.get("XLMR_FAST_COMMIT")
+    if env:
+        return env
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
+                              timeout=10).stdout.strip() or None
+    except Exception:
+        return None
+
+
+def _versions() -> dict:
     try:
         from importlib.metadata import version
-        v["xlmr_fast"] = version("xlmr_fast")
+        package = version("xlmr_fast")
     except Exception:
-        v["xlmr_fast"] = None
-    commit = os.environ.get("XLMR_FAST_COMMIT")
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True, cwd=os.path.dirname(__file__),
-                                    timeout=10).stdout.strip() or None
-        except Exception:
-            commit = None
-    v["commit"] = commit
-    return v
+        package = None
+    return {"torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton_version(),
+            "xlmr_fast": package, "commit": source_commit()}
 
 
 def tune(device: torch.device, ops=OPS, hidden=(768, 1024), dtypes=(torch.bfloat16,),
