@@ -34,7 +34,9 @@ short T) and graph (fwd+bwd, 10 calls replayed from one CUDA graph: device time 
 ours and the SDPA backends, so a host-bound provider shows as graph << fwd+bwd.
 FLOPs are nominal for the padded shape: 4*B*T^2*H*D forward, x2.5 backward, x3.5 both
 (padding is not subtracted, so varlen's real work is lower than its TFLOP/s suggests; the
-note of each varlen row gives the real fraction sum(L^2) / (B T^2)).
+note of each varlen row gives the real fraction sum(L^2) / (B T^2); the note of each ours_*
+row at a padded shape gives the fraction of 64-key blocks the mask path still visits, since
+it skips every row's trailing all-padding key blocks).
 """
 from __future__ import annotations
 
@@ -188,14 +190,20 @@ def run(shapes, tune=False, device="cuda", save=False):
         q, k, v = (torch.randn(B, T, H, D, device=device, dtype=torch.bfloat16)
                    .transpose(1, 2).requires_grad_() for _ in range(3))
         work = (lengths.double() ** 2).sum().item() / (B * T * T)
+        # the mask path skips each row's trailing all-padding key blocks (64 keys by default)
+        mask_work = (lengths + 63).div(64, rounding_mode="floor").double().mean().item() / (
+            -(-T // 64))
         print(f"# B={B} T={T} H={H} D={D} padding={1 - lengths.float().mean().item() / T:.2f} "
-              f"varlen work={work:.2f} of padded, backend={attention_backend(q)}", flush=True)
+              f"varlen work={work:.2f} of padded, mask path key blocks={mask_work:.2f}, "
+              f"backend={attention_backend(q)}", flush=True)
         shape = f"B{B}xT{T}xH{H}xD{D}" + (f" pad{pad_frac:.1f}" if pad_frac else "")
         flops = 4 * B * T * T * H * D
         provs = _providers(q, k, v, kpm, lengths, T,
                            compile_ref=cuda and pad_frac == 0 and T >= 128)
         for name, (fn, inputs) in provs.items():
-            note = f"real work {work:.2f} of padded" if "varlen" in name else ""
+            note = (f"real work {work:.2f} of padded" if "varlen" in name else
+                    f"key blocks {mask_work:.2f} of padded" if "ours" in name and pad_frac
+                    else "")
             try:
                 f_ms, b_ms, fb_ms, peak = _time_modes(fn, inputs)
             except Exception as e:  # a backend refusing the input is a result, not a crash

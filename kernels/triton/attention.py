@@ -13,7 +13,10 @@ counter-based hash, never stored.
 
 Layouts (one kernel body for both, selected by the IS_VARLEN constexpr):
     padded: q/k/v (B, H, T, D) with any strides (last dim unit); key_padding_mask (B, T),
-            True (1) where the KEY is padding; arbitrary masks, loaded per key block.
+            True (1) where the KEY is padding; arbitrary masks, loaded per key block. Key
+            blocks past a row's last non-padding key are skipped (a right-padded batch
+            pays no key-side work for its padding; padding query rows are still computed,
+            as the reference computes them).
     varlen: q/k/v (total_tokens, H, D); cu_seqlens int32 (B+1,); max_seqlen sizes the grid;
             a program whose block starts past its sequence returns at once.
 LSE / Delta: padded (B, H, T), varlen (H, total_tokens); fp32.
@@ -78,6 +81,11 @@ TUNED_BY_SEQLEN: list[tuple[int, int, int]] = []
 # several key and query blocks (and their tails) at T ~ 40.
 _INTERP_FWD = dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1)
 _INTERP_BWD = dict(BLOCK_M1=16, BLOCK_N1=32, BLOCK_M2=32, BLOCK_N2=16, num_warps=4, num_stages=1)
+
+# Keys of the padding mask read per load when the kernels look for the last non-padding key
+# (_kv_end): one load covers XLM-R's longest sequence (512), the same value for every T so
+# that no new compile is needed per padded length.
+KV_SCAN = 512
 
 _override = {"fwd": None, "bwd": None}
 
@@ -187,6 +195,31 @@ def _key_valid(KPM, b, smb, cols, seqlen, HAS_MASK: tl.constexpr):
     return valid
 
 
+@triton.jit
+def _kv_end(KPM, b, smb, seqlen, HAS_MASK: tl.constexpr, KV_SCAN: tl.constexpr):
+    """One past the last key that is not padding (0 when every key is): the key blocks at or
+    past it are all padding, so the loops over keys stop there and those keys' dK and dV are
+    zero. This skips a right-padded batch's padding blocks, work the mask alone would still do
+    (their scores are computed, then set to -inf); padding elsewhere stays masked per element.
+    KV_SCAN keys per load: one load for T <= KV_SCAN, before any K/V traffic."""
+    if HAS_MASK:
+        end = 0
+        for s in range(0, seqlen, KV_SCAN):
+            cols = s + tl.arange(0, KV_SCAN)
+            pad = tl.load(KPM + b * smb + cols, mask=cols < seqlen, other=1)
+            end = tl.maximum(end, tl.max(tl.where(pad == 0, cols + 1, 0), 0))
+        return end
+    else:
+        return seqlen
+
+
+@triton.jit
+def _store_rows(X, base, toks, stride_t, offs_d, val, ok):
+    """val (rows, HEAD_DIM) fp32 into X[base + toks * stride_t + d] in X's dtype, rows where ok."""
+    ptrs = X + base + toks[:, None] * stride_t + offs_d[None, :]
+    tl.store(ptrs, val.to(X.dtype.element_ty), mask=ok[:, None])
+
+
 # ----------------------------------------------------------------------------- forward
 @triton.jit(do_not_specialize=["seed_key", "drop_thresh"])
 def _attn_fwd(
@@ -199,7 +232,7 @@ def _attn_fwd(
     seed_key, drop_thresh, rp_scale,  # dropout: uint32 key and threshold (as int32), 1/(1-p)
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
-    DOT_MODE: tl.constexpr, STORE_LO: tl.constexpr,
+    DOT_MODE: tl.constexpr, STORE_LO: tl.constexpr, KV_SCAN: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -227,7 +260,8 @@ def _attn_fwd(
     if DROPOUT:
         hr = _row_hash(seed_key, bh, offs_m)
 
-    for start_n in range(0, seqlen, BLOCK_N):
+    kv_end = _kv_end(KPM, b64, smb, seqlen, HAS_MASK, KV_SCAN)
+    for start_n in range(0, kv_end, BLOCK_N):
         cols = start_n + offs_n
         col_in = cols < seqlen
         k = tl.load(k_base + cols[:, None] * skt + offs_d[None, :], mask=col_in[:, None], other=0.0)
@@ -302,7 +336,7 @@ def _attn_bwd_dkdv(
     seed_key, drop_thresh, rp_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
-    DOT_MODE: tl.constexpr,
+    DOT_MODE: tl.constexpr, KV_SCAN: tl.constexpr,
 ):
     # Key-major: this program owns BLOCK_N keys and walks every query block, so dK and dV
     # are summed in registers and written once (deterministic).
@@ -320,6 +354,12 @@ def _attn_bwd_dkdv(
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     col_in = cols < seqlen
+    if pid_n * BLOCK_N >= _kv_end(KPM, b64, smb, seqlen, HAS_MASK, KV_SCAN):
+        # every key of this block is padding: no score reaches them, dK = dV = 0
+        zero = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        _store_rows(DK, b64 * sdkb + h64 * sdkh, tok0 + cols, sdkt, offs_d, zero, col_in)
+        _store_rows(DV, b64 * sdvb + h64 * sdvh, tok0 + cols, sdvt, offs_d, zero, col_in)
+        return
     k = tl.load(K + b64 * skb + h64 * skh + (tok0 + cols)[:, None] * skt + offs_d[None, :],
                 mask=col_in[:, None], other=0.0)
     v = tl.load(V + b64 * svb + h64 * svh + (tok0 + cols)[:, None] * svt + offs_d[None, :],
@@ -353,11 +393,9 @@ def _attn_bwd_dkdv(
         dv += _dot(pdT.to(do.dtype), do, DOT_MODE)
         dsT = pT * (dpT - delta[None, :])
         dk += _dot(dsT.to(q.dtype), q, DOT_MODE)
-    dk = dk * sm_scale
-    tl.store(DK + b64 * sdkb + h64 * sdkh + (tok0 + cols)[:, None] * sdkt + offs_d[None, :],
-             dk.to(DK.dtype.element_ty), mask=col_in[:, None])
-    tl.store(DV + b64 * sdvb + h64 * sdvh + (tok0 + cols)[:, None] * sdvt + offs_d[None, :],
-             dv.to(DV.dtype.element_ty), mask=col_in[:, None])
+    # (pointers built here, not before the loop: held across it they cost registers)
+    _store_rows(DK, b64 * sdkb + h64 * sdkh, tok0 + cols, sdkt, offs_d, dk * sm_scale, col_in)
+    _store_rows(DV, b64 * sdvb + h64 * sdvh, tok0 + cols, sdvt, offs_d, dv, col_in)
 
 
 @triton.jit(do_not_specialize=["seed_key", "drop_thresh"])
@@ -369,7 +407,7 @@ def _attn_bwd_dq(
     seed_key, drop_thresh, rp_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
-    DOT_MODE: tl.constexpr,
+    DOT_MODE: tl.constexpr, KV_SCAN: tl.constexpr,
 ):
     # Query-major: this program owns BLOCK_M queries and walks every key block (no atomics).
     pid_m = tl.program_id(0)
@@ -398,7 +436,8 @@ def _attn_bwd_dq(
         hr = _row_hash(seed_key, bh, rows)
 
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    for start_n in range(0, seqlen, BLOCK_N):
+    kv_end = _kv_end(KPM, b64, smb, seqlen, HAS_MASK, KV_SCAN)
+    for start_n in range(0, kv_end, BLOCK_N):
         cols = start_n + offs_n
         col_in = cols < seqlen
         k = tl.load(k_base + cols[:, None] * skt + offs_d[None, :], mask=col_in[:, None], other=0.0)
@@ -492,7 +531,7 @@ def attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_sca
         _as_i32(seed_key), _as_i32(drop_thresh), 1.0 / (1.0 - dropout_p),
         HEAD_DIM=D, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         IS_VARLEN=varlen, HAS_MASK=has_mask, DROPOUT=dropout_p > 0.0,
-        DOT_MODE=_dot_mode(q.dtype), STORE_LO=store_lo,
+        DOT_MODE=_dot_mode(q.dtype), STORE_LO=store_lo, KV_SCAN=KV_SCAN,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out, lse, out_lo
@@ -527,7 +566,7 @@ def attention_bwd(do, q, k, v, out, out_lo, lse, key_padding_mask, cu_seqlens, m
     )
     cfg = bwd_config(D, T, q.dtype)
     common = dict(HEAD_DIM=D, IS_VARLEN=varlen, HAS_MASK=has_mask, DROPOUT=dropout_p > 0.0,
-                  DOT_MODE=_dot_mode(q.dtype), num_warps=cfg["num_warps"],
+                  DOT_MODE=_dot_mode(q.dtype), KV_SCAN=KV_SCAN, num_warps=cfg["num_warps"],
                   num_stages=cfg["num_stages"])
     rng = (_as_i32(seed_key), _as_i32(drop_thresh), 1.0 / (1.0 - dropout_p))
     strides_in = (*_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen),

@@ -316,6 +316,41 @@ def test_triton_interp_backward_is_the_forwards_derivative(layout, force_triton)
 
 
 @pytest.mark.interpret
+@pytest.mark.parametrize("kv_scan", [512, 16])
+def test_triton_interp_trailing_padding_blocks_are_skipped(kv_scan, force_triton, monkeypatch):
+    # Right padding: the key blocks past a row's last valid key are never read (NaN there
+    # leaves every output bit as with clean inputs, where the old kernels computed 0 * NaN),
+    # their dK / dV are written as zeros (buffers pre-filled with NaN), and the results
+    # match the reference. kv_scan=16 scans the mask in several loads (T > KV_SCAN).
+    from xlmr_fast.kernels.triton import attention as kern
+    monkeypatch.setattr(kern, "KV_SCAN", kv_scan)
+    lengths, H, T, D = [5, 33, 70, 0, 64], 2, 70, 32
+    B = len(lengths)
+    q, k, v = make_qkv(B, H, T, D, torch.float16, "cpu", seed=31)
+    kpm = torch.arange(T)[None, :] >= torch.tensor(lengths)[:, None]
+    check_against_reference(q, k, v, kpm, dropout_p=0.1, seed=8)
+    # keys at or past the next multiple of 32 (every kernel's key tile here divides 32)
+    beyond = torch.arange(T)[None, :] >= (torch.tensor(lengths)[:, None] + 31) // 32 * 32
+    assert beyond[0].sum() == 38 and beyond[1].sum() == 6 and beyond[3].all()
+    nan_kv = [x.detach().transpose(1, 2).masked_fill(beyond[:, :, None, None], float("nan"))
+              .transpose(1, 2) for x in (k, v)]
+    q0, k0, v0 = (x.detach() for x in (q, k, v))
+    scale, p, key, thresh = D ** -0.5, 0.1, 12345, int(0.1 * 2**32)
+    dout = torch.randn_like(q0)
+    results = []
+    for kk, vv in ((k0, v0), nan_kv):
+        out, lse, out_lo = kern.attention_fwd(q0, kk, vv, kpm, None, T, scale, p, key, thresh)
+        dq, dk, dv = (torch.full_like(q0, float("nan")) for _ in range(3))
+        kern.attention_bwd(dout, q0, kk, vv, out, out_lo, lse, kpm, None, T, scale, p, key,
+                           thresh, dq=dq, dk=dk, dv=dv)
+        results.append((out, lse, dq, dk, dv))
+    for name, clean, nan in zip(("out", "lse", "dq", "dk", "dv"), *results):
+        assert torch.equal(clean, nan), f"{name}: a skipped key block was read"
+    for g in results[0][3:]:  # dK, dV of padding keys: exactly zero, never left unwritten
+        assert (g.transpose(1, 2)[kpm] == 0).all()
+
+
+@pytest.mark.interpret
 def test_triton_interp_every_block_config(force_triton):
     # Every entry the tuning sweep (and TUNED_BY_SEQLEN) may pick computes the same thing:
     # mask with padding, dropout and tails shorter than every tile, forward and gradients.
