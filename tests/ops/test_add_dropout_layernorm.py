@@ -270,7 +270,29 @@ def test_compile_traces_whole_graph(monkeypatch):
         assert all(torch.allclose(a.grad, c.grad) for a, c in zip(leaves, leaves2))
 
 
-# ---- input errors -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "backend", ["reference", pytest.param("triton", marks=pytest.mark.interpret)], indirect=True)
+def test_eager_path_equals_custom_op(backend):
+    if (backend == "triton") != INTERP:
+        pytest.skip("runs in the other pass")
+    # Eager calls take the autograd.Function (no custom-op dispatch cost); it must give the
+    # custom op's bits, forward and all four gradients (fp32 and the autocast mix).
+    for dtype, rdtype in ((torch.float32, None), (torch.bfloat16, torch.float32)):
+        x, r, w, b = _inputs(9, 40, dtype, "cpu", wdtype=torch.float32, rdtype=rdtype)
+        for p, seed in ((0.0, 0), (0.2, SEED)):
+            dy = torch.randn(x.shape)
+            a = [t.clone().requires_grad_() for t in (x, r, w, b)]
+            y = add_dropout_layernorm(*a, dropout_p=p, seed=seed)
+            assert type(y.grad_fn).__name__ == "_EagerBackward"
+            y.backward(dy)
+            c = [t.clone().requires_grad_() for t in (x, r, w, b)]
+            y2 = torch.ops.xlmr_fast.add_dropout_layernorm_fwd(*c, p, 1e-5, seed, backend)[0]
+            y2.backward(dy)
+            assert torch.equal(y, y2)
+            for t1, t2 in zip(a, c):
+                assert torch.equal(t1.grad, t2.grad)
+
+
 def test_input_errors():
     x, r, w, b = _inputs(4, 8, torch.float32, "cpu")
     with pytest.raises(ValueError, match="residual shape"):

@@ -155,6 +155,26 @@ def test_compile_traces_whole_graph(monkeypatch):
     assert bl.grad is not None and xl.grad is not None
 
 
+@pytest.mark.parametrize(
+    "backend", ["reference", pytest.param("triton", marks=pytest.mark.interpret)], indirect=True)
+def test_eager_path_equals_custom_op(backend):
+    if (backend == "triton") != INTERP:
+        pytest.skip("runs in the other pass")
+    # Eager calls take the autograd.Function (no custom-op dispatch cost): same bits as the op.
+    for dtype in (torch.float32, torch.bfloat16):
+        x, b = _inputs((3, 5, 40), dtype, "cpu")
+        dy = torch.randn(x.shape).to(dtype)
+        xa, ba = x.clone().requires_grad_(), b.clone().requires_grad_()
+        y = bias_gelu(xa, ba)
+        assert type(y.grad_fn).__name__ == "_EagerBackward"
+        y.backward(dy)
+        xc, bc = x.clone().requires_grad_(), b.clone().requires_grad_()
+        y2 = torch.ops.xlmr_fast.bias_gelu_fwd(xc, bc, backend)
+        y2.backward(dy)
+        assert torch.equal(y, y2) and torch.equal(xa.grad, xc.grad)
+        assert torch.equal(ba.grad, bc.grad)
+
+
 def test_input_errors(monkeypatch):
     x, b = _inputs((4, 8), torch.float32, "cpu")
     with pytest.raises(ValueError, match="bias must have shape"):
