@@ -18,6 +18,9 @@ Columns:
     regs, spill   registers per thread and spill-store bytes (ptxas); spills mean slow
     smem          shared memory bytes (Triton's metadata)
     async         cp.async / TMA copies in the IR: > 0 means the loads are pipelined
+    narrow        global loads/stores in the PTX that move 1 or 2 bytes per thread (scalar,
+                  not vector): one per element of a 16-bit tile means the mask or the
+                  addresses kept Triton from vectorising, a few is a bias/target/mask load
     mma_wait      pending-group counts of the wgmma waits: a 1 inside the loop means the MMA
                   of one iteration overlaps the next; only 0 means each MMA is waited for
 This is Triton's compiler on this machine (the newest Triton here, 3.6 on the device), and
@@ -272,6 +275,14 @@ def ir_facts(kernel) -> tuple[int, str]:
     return copies, ",".join(waits) if waits else "-"
 
 
+_NARROW = re.compile(r"\b(?:ld|st)\.global(?:\.[A-Za-z0-9_:]+)*?\.(?:[bus]8|[bus]16|f16)\b")
+
+
+def narrow_accesses(kernel) -> int:
+    """Global loads/stores of 1 or 2 bytes per thread (no .v2/.v4) in the kernel's PTX."""
+    return sum(1 for m in _NARROW.finditer(kernel.asm["ptx"]) if ".v" not in m.group(0))
+
+
 def _launch_config(fn, args, kwargs) -> str:
     keys = [p.name for p in fn.params if p.is_constexpr and p.name.startswith("BLOCK")]
     vals = dict(zip([p.name for p in fn.params], args))
@@ -285,7 +296,7 @@ def report(ops, defaults, out=sys.stdout):
     rows = []
     seen = set()
     print(f"{'op':<22}{'shape/layout':<18}{'launch':<18}{'kernel':<24}{'config':<34}"
-          f"{'regs':>5}{'spill':>7}{'smem':>8}{'async':>6}  mma_wait", file=out)
+          f"{'regs':>5}{'spill':>7}{'smem':>8}{'async':>6}{'narrow':>7}  mma_wait", file=out)
     for op, shape, tag, (fn, args, kwargs) in collect(ops, defaults):
         cfg = _launch_config(fn, args, kwargs)
         key = (op, shape, tag, fn.__name__, cfg, tuple(sorted(
@@ -296,11 +307,13 @@ def report(ops, defaults, out=sys.stdout):
         k = compile_launch(fn, args, kwargs)
         regs, spill = ptxas_usage(k)
         copies, waits = ir_facts(k)
+        narrow = narrow_accesses(k)
         row = dict(op=op, shape=shape, launch=tag, kernel=fn.__name__, config=cfg, regs=regs,
-                   spill=spill, smem=k.metadata.shared, async_copies=copies, mma_wait=waits)
+                   spill=spill, smem=k.metadata.shared, async_copies=copies, narrow=narrow,
+                   mma_wait=waits)
         rows.append(row)
         print(f"{op:<22}{shape:<18}{tag:<18}{fn.__name__:<24}{cfg:<34}{regs:>5}{spill:>7}"
-              f"{k.metadata.shared:>8}{copies:>6}  {waits}", file=out, flush=True)
+              f"{k.metadata.shared:>8}{copies:>6}{narrow:>7}  {waits}", file=out, flush=True)
     return rows
 
 

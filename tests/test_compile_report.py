@@ -3,7 +3,9 @@ without a GPU: bench/compile_report.py records the launches of the host wrappers
 shapes and compiles them with Triton's own specialisation. The interpreter tests check what
 the kernels compute; this checks that the real compiler accepts them at the real configs
 (the interpreter runs Python semantics and misses, e.g., layout or type errors in codegen).
-Speed figures from the report (registers, spills, pipelining) are printed, never asserted."""
+Speed figures from the report (registers, spills, pipelining) are printed, never asserted; the
+one code-shape property asserted is that the token-chunk passes over the stored logits use
+vector accesses (a mask by V = 250,002 made them one 2-byte access per element)."""
 import io
 
 import pytest
@@ -41,3 +43,5 @@ def test_every_default_launch_compiles_for_sm90():
     assert {r["launch"].split()[0] for r in rows if r["op"] == "linear_cross_entropy"} == {
         "fwd", "dlogits", "dW", "dX", "tc-stats", "tc-grad"}
     assert all(r["regs"] > 0 for r in rows), "ptxas did not report registers"
+    tc = [r for r in rows if r["kernel"] in ("_tc_stats_kernel", "_tc_grad_kernel")]
+    assert tc and all(r["narrow"] <= 2 for r in tc), [(r["kernel"], r["narrow"]) for r in tc]

@@ -321,13 +321,19 @@ def _mm_kernel(
 
 @triton.jit
 def _tc_stats_kernel(
-    Z, B, T,            # Z (R, >= V) stored logits without bias, row stride stride_z; B; T (R,)
+    Z, B, T,            # Z (R, >= VL) stored logits without bias, row stride stride_z; B; T (R,)
     PM, PS, PZT, PSZ,   # partials (splits, >= R) fp32 with row stride stride_p
-    R, V, stride_z, stride_p, ignore_index, TILES_PER_SPLIT,
+    R, V, VL, stride_z, stride_p, ignore_index, TILES_PER_SPLIT,
     HAS_BIAS: tl.constexpr, SMOOTH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     # The token-chunk schedule's softmax statistics: _lce_fwd_kernel's epilogue (_lse_update)
     # over logits read from memory instead of computed by a K-loop.
+    # Loads are masked by VL, the buffer's padded width (a multiple of 16, which Triton's
+    # specialisation sees), not by V = 250,002: a mask that may change at any column forces
+    # one 2-byte load per element, one that holds for 16-column groups allows 16-byte vector
+    # loads (sm_90 PTX: ld.global.b16 x 32 -> ld.global.v4 x 4 per thread and tile). The
+    # columns in [V, VL) are read (unwritten memory: any bits, signalling NaNs included, which
+    # is why they are zeroed before any arithmetic) and dropped by col_ok in _lse_update.
     pid_r = tl.program_id(0)
     pid_s = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -339,7 +345,9 @@ def _tc_stats_kernel(
     for t in range(TILES_PER_SPLIT):
         cols = v0 + t * BLOCK_V + tl.arange(0, BLOCK_V)
         col_ok = cols < V
-        z = tl.load(z_ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        z = tl.load(z_ptrs, mask=row_ok[:, None] & (cols < VL)[None, :],
+                    other=0.0).to(tl.float32)
+        z = tl.where(col_ok[None, :], z, 0.0)  # padding columns: unwritten memory, any bits
         m, s, zt, sz = _lse_update(z, cols, col_ok, tgt, m, s, zt, sz, B, HAS_BIAS, SMOOTH)
         z_ptrs += BLOCK_V
     _lse_store(PM, PS, PZT, PSZ, pid_s * stride_p + rows, row_ok, m, s, zt, sz, SMOOTH)
@@ -347,14 +355,16 @@ def _tc_stats_kernel(
 
 @triton.jit
 def _tc_grad_kernel(
-    Z, B, T, STATS,     # Z (R, >= V) logits -> d in place; STATS (2, R) fp32 (row max, log s)
+    Z, B, T, STATS,     # Z (R, >= VL) logits -> d in place; STATS (2, R) fp32 (row max, log s)
     DB,                 # (V,) fp32 column sums of d, added over chunks (ACCUM_DB)
-    R, V, stride_z, ignore_index, eps_over_v, one_minus_eps,
+    R, V, VL, stride_z, ignore_index, eps_over_v, one_minus_eps,
     HAS_BIAS: tl.constexpr, ACCUM_DB: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
     # One program per column stripe, looping over every row of the chunk: the stripe's db is
     # summed in registers and written once per chunk, with no atomics and no partial buffer.
+    # Z is loaded and stored under a mask by VL (a multiple of 16), not V, for vector accesses
+    # (see _tc_stats_kernel); the padding columns [V, VL) get d = 0.
     pid_v = tl.program_id(0)
     cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     col_ok = cols < V
@@ -370,10 +380,12 @@ def _tc_grad_kernel(
         ls = tl.load(STATS + R + rows, mask=row_ok, other=0.0)
         ok = (row_ok & (tgt != ignore_index))[:, None] & col_ok[None, :]
         ptrs = Z + rows[:, None].to(tl.int64) * stride_z + cols[None, :]
-        z = tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        io = row_ok[:, None] & (cols < VL)[None, :]
+        z = tl.load(ptrs, mask=io, other=0.0).to(tl.float32)
+        z = tl.where(col_ok[None, :], z, 0.0)  # padding columns: unwritten memory, any bits
         d = _softmax_grad(z + bias[None, :], m, ls, cols, tgt, eps_over_v, one_minus_eps)
         d = tl.where(ok, d, 0.0)
-        tl.store(ptrs, d.to(Z.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+        tl.store(ptrs, d.to(Z.dtype.element_ty), mask=io)
         colsum += tl.sum(d, axis=0)
     if HAS_BIAS:
         if ACCUM_DB:
@@ -743,7 +755,8 @@ def lce_fwdgrad(x, w, b, targets, ignore_index: int, label_smoothing: float, *,
     interp = _interpret(x)
     scfg = dict(stats_config or (_INTERP_TC_STATS if interp else TC_STATS_CONFIG))
     gcfg = dict(grad_config or (_INTERP_TC_GRAD if interp else TC_GRAD_CONFIG))
-    buf = torch.empty((R, padded_vocab(V)), dtype=x.dtype, device=dev)
+    VL = padded_vocab(V)  # the kernels read and write whole 16-column groups of buf's rows
+    buf = torch.empty((R, VL), dtype=x.dtype, device=dev)
     f32 = dict(dtype=torch.float32, device=dev)
     loss = torch.empty((N,), **f32)
     dx = torch.empty_like(x) if need_dx else None
@@ -762,7 +775,7 @@ def lce_fwdgrad(x, w, b, targets, ignore_index: int, label_smoothing: float, *,
         z = buf[:r, :V]                      # row stride V_pad: aligned for cuBLAS
         _gemm(xr, wt, z, False)
         _tc_stats_kernel[(triton.cdiv(r, BR), splits)](
-            z, b if b is not None else z, tr, pm, ps, pzt, psz, r, V, z.stride(0), R,
+            z, b if b is not None else z, tr, pm, ps, pzt, psz, r, V, VL, z.stride(0), R,
             ignore_index, tiles_per_split, HAS_BIAS=b is not None, SMOOTH=smooth,
             BLOCK_R=BR, BLOCK_V=BV, **_launch_kw(scfg))
         part = (pm[:, :r], ps[:, :r], pzt[:, :r], psz[:, :r] if smooth else None)
@@ -770,7 +783,7 @@ def lce_fwdgrad(x, w, b, targets, ignore_index: int, label_smoothing: float, *,
         loss[r0:r0 + r] = loss_r
         _tc_grad_kernel[(triton.cdiv(V, gcfg["BLOCK_V"]),)](
             z, b if b is not None else z, tr, stats, db if db is not None else loss,
-            r, V, z.stride(0), ignore_index, eps / V, 1.0 - eps,
+            r, V, VL, z.stride(0), ignore_index, eps / V, 1.0 - eps,
             HAS_BIAS=b is not None, ACCUM_DB=r0 > 0, BLOCK_R=gcfg["BLOCK_R"],
             BLOCK_V=gcfg["BLOCK_V"], **_launch_kw(gcfg))
         if need_dx:

@@ -646,6 +646,34 @@ def test_triton_interpreter_token_chunk_all_ignored(tokenchunk):
 
 
 @pytest.mark.interpret
+@pytest.mark.parametrize("fill", [float("nan"), float("inf")])
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy on the planted NaN/inf: intended
+def test_triton_interpreter_token_chunk_padding_columns_never_leak(monkeypatch, fill):
+    # The stats and grad kernels read and write the logits buffer's padding columns [V, V_pad)
+    # (whole 16-column groups, for vector accesses): what those columns hold, never written
+    # by the logits GEMM, must not reach the loss or any gradient. Every torch.empty of the
+    # call (the buffer included) is pre-filled with NaN or +inf; results stay bit-identical.
+    from xlmr_fast.kernels.triton import linear_cross_entropy as kern
+    V = 70                                  # V_pad 128: 58 padding columns
+    assert kern.padded_vocab(V) > V
+    h, w, b, t = make_inputs(9, 32, V, torch.float16, seed=21)
+    args = (h, w, b, t, -100, 0.1)
+    clean = kern.lce_fwdgrad(*args, rows=4)
+    real_empty = torch.empty
+
+    def dirty_empty(*a, **k):
+        x = real_empty(*a, **k)
+        return x.fill_(fill) if x.is_floating_point() else x
+
+    monkeypatch.setattr(torch, "empty", dirty_empty)
+    dirty = kern.lce_fwdgrad(*args, rows=4)
+    monkeypatch.undo()
+    for name, c, d in zip(("loss", "dx", "dw", "db"), clean, dirty):
+        assert torch.isfinite(c).all(), name
+        assert torch.equal(c, d), name
+
+
+@pytest.mark.interpret
 def test_triton_interpreter_token_chunk_opcheck():
     for bias, need in ((True, (True, True)), (False, (False, True)), (True, (True, False))):
         h, w, b, t = make_inputs(6, 32, 70, seed=8, bias=bias)
