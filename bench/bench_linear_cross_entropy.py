@@ -4,6 +4,7 @@
     python -m bench.bench_linear_cross_entropy --N 8192 --H 1024 --modes full --providers ours torch
     python -m bench.bench_linear_cross_entropy --chunk 1024 2048 4096 8192   # chunk sweep (ours)
     python -m bench.bench_linear_cross_entropy --sweep             # Triton block-config sweep
+    python -m bench.bench_linear_cross_entropy --breakdown         # token-chunk phases (ms, rates)
 
 Providers (same inputs, one process): torch eager (F.linear + F.cross_entropy), torch.compile
 of it, Liger LigerFusedLinearCrossEntropyLoss and Cut Cross-Entropy when importable (CCE
@@ -23,6 +24,7 @@ import argparse
 import contextlib
 import importlib
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -146,6 +148,62 @@ def bench_one(fn, use_bias, mode, h, w, b, t, rep):
     return ms, peak
 
 
+def breakdown(h, w, b, t, rows=None):
+    """ms per phase of the token-chunk schedule (kern.lce_fwdgrad: its forward computes every
+    gradient), summed over the chunks: CUDA events at each phase boundary (perf_counter on the
+    CPU, where each launch runs to completion). Where the 6NHV schedule's time goes against the
+    ~23 ms estimate at N8192 H1024 (GEMMs at ~650 TFLOP/s + three logits passes at HBM speed)."""
+    kern = importlib.import_module("xlmr_fast.kernels.triton.linear_cross_entropy")
+    cuda = h.is_cuda
+    marks = []
+
+    def phase(name):
+        if cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            marks.append((name, ev))
+        else:
+            marks.append((name, time.perf_counter()))
+
+    kern.lce_fwdgrad(h, w, b, t, -100, 0.0, rows=rows)  # warm-up: JIT, cuBLAS heuristics
+    kern.lce_fwdgrad(h, w, b, t, -100, 0.0, rows=rows, phase=phase)
+    if cuda:
+        torch.cuda.synchronize()
+    spent = dict.fromkeys(kern.PHASES, 0.0)
+    for (name, start), (_, end) in zip(marks, marks[1:]):
+        spent[name] += start.elapsed_time(end) if cuda else (end - start) * 1e3
+    return spent
+
+
+def breakdown_rows(h, w, b, t, shape, rows=None):
+    """breakdown() as harness rows (mode "phase"), rates included, and printed."""
+    kern = importlib.import_module("xlmr_fast.kernels.triton.linear_cross_entropy")
+    N, H = h.shape
+    V = w.shape[0]
+    logits_bytes = N * kern.padded_vocab(V) * h.element_size()  # the (rows, V_pad) buffers
+    gemm = 2 * N * H * V
+    work = {"logits GEMM": dict(flops=gemm), "dX GEMM": dict(flops=gemm),
+            "dW GEMM": dict(flops=gemm), "stats": dict(bytes_moved=logits_bytes),
+            "grad": dict(bytes_moved=2 * logits_bytes)}   # read, then write d in place
+    spent = breakdown(h, w, b, t, rows)
+    hbm = harness.hbm_gbps() if h.is_cuda else float("nan")
+    tag = f"rows={rows or kern.token_chunk_rows(N, V, h.element_size())}"
+    out = []
+    for name, ms in spent.items():
+        kw = work.get(name, {})
+        note = tag
+        if "bytes_moved" in kw and ms > 0 and h.is_cuda:
+            note += f", {kw['bytes_moved'] / ms / 1e6 / hbm:.0%} of HBM copy bandwidth"
+        out.append(harness.row(OP, f"tokenchunk:{name}", "phase", shape, ms, note=note, **kw))
+    total = sum(spent.values())
+    out.append(harness.row(OP, "tokenchunk:total", "phase", shape, total, flops=6 * N * H * V,
+                           note=f"{tag}, sum of the phases (6NHV over it)"))
+    for r in out:
+        print(f"  {r['provider']:<26}{float(r['median_ms']):>9.3f} ms {r['tflops']:>7} TFLOP/s "
+              f"{r['gbps']:>8} GB/s  {r['note']}", flush=True)
+    return out
+
+
 def sweep_triton(args, h, w, b, t, shape, rows):
     """Time every Triton forward / dlogits / matmul config (module lists) in 'full' mode."""
     from xlmr_fast.kernels.triton import linear_cross_entropy as K
@@ -198,6 +256,8 @@ def main(argv=None):
     p.add_argument("--rows", type=int, nargs="*", default=None,
                    help="rows per chunk to try for ours-triton-tokenchunk (default budget too)")
     p.add_argument("--sweep", action="store_true", help="sweep the Triton block configs")
+    p.add_argument("--breakdown", action="store_true",
+                   help="ms and rate per phase of the token-chunk schedule (--rows: per size)")
     p.add_argument("--rep", type=int, default=10)
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args(argv)
@@ -216,6 +276,15 @@ def main(argv=None):
         shape = f"N{N}_H{H}_V{V}_{args.dtype}"
         if args.sweep:
             sweep_triton(args, h, w, b, t, shape, rows)
+            continue
+        if args.breakdown:
+            for r in [None] + list(args.rows or []):
+                print(f"# token-chunk phases {shape}", flush=True)
+                rows += breakdown_rows(h, w, b, t, shape, r)
+            del h, w, b, t
+            torch.cuda.empty_cache()
+            if not args.no_save:
+                saved = harness.append_new(rows, saved)
             continue
         for mode in args.modes:
             flops = (2 if mode == "forward" else 6) * N * H * V

@@ -67,6 +67,33 @@ def test_bench_linear_cross_entropy_providers_run_under_the_interpreter(monkeypa
     assert "XLMR_FAST_LCE_SCHEDULE" not in os.environ
 
 
+@pytest.mark.interpret
+def test_bench_linear_cross_entropy_breakdown_under_the_interpreter(monkeypatch):
+    # --breakdown's code at a tiny shape on the CPU: every phase of every chunk is timed and
+    # the phases add up to the total; then, with the timings replaced by known ones, the
+    # rates: 2NHV FLOPs per GEMM, the logits buffer's bytes once for the stats pass and twice
+    # (read, write) for the grad pass.
+    from bench import bench_linear_cross_entropy as B
+    from xlmr_fast.kernels.triton import linear_cross_entropy as kern
+    h, w, b, t = B.make(7, 32, 301, torch.float16, device="cpu")
+    spent = B.breakdown(h, w, b, t, rows=3)                        # 3 chunks: 3 + 3 + 1 rows
+    assert list(spent) == list(kern.PHASES) and all(v > 0 for v in spent.values())
+    rows = B.breakdown_rows(h, w, b, t, "tiny", rows=3)
+    assert [r["provider"] for r in rows] == [f"tokenchunk:{p}" for p in kern.PHASES] + [
+        "tokenchunk:total"]
+    assert all(r["mode"] == "phase" and r["shape"] == "tiny" for r in rows)
+    ms = {p: (i + 1) * 1e-4 for i, p in enumerate(kern.PHASES)}
+    monkeypatch.setattr(B, "breakdown", lambda *a, **k: dict(ms))
+    by = {r["provider"]: r for r in B.breakdown_rows(h, w, b, t, "tiny", rows=3)}
+    gemm, buf = 2 * 7 * 32 * 301, 7 * kern.padded_vocab(301) * 2
+    for p in ("logits GEMM", "dX GEMM", "dW GEMM"):
+        assert by[f"tokenchunk:{p}"]["tflops"] == f"{gemm / ms[p] / 1e9:.1f}"
+    assert by["tokenchunk:stats"]["gbps"] == f"{buf / ms['stats'] / 1e6:.1f}"
+    assert by["tokenchunk:grad"]["gbps"] == f"{2 * buf / ms['grad'] / 1e6:.1f}"
+    assert by["tokenchunk:total"]["median_ms"] == f"{sum(ms.values()):.4f}"
+    assert by["tokenchunk:total"]["tflops"] == f"{3 * gemm / sum(ms.values()) / 1e9:.1f}"
+
+
 def test_keep_summary_verdict(capsys):
     """The fused-op benches end with the FASTER_ON verdict: add the GPU only when ours beats
     every must-beat provider in every fwd+bwd device-time row (of the chosen shapes)."""

@@ -441,6 +441,8 @@ TUNED_BY_SHAPE: list[tuple[int, int, int, int]] = [(8192, 1024, 1, 1)]
 # (512 MiB: R = 1024 rows at V = 250,002 in bf16).
 SCHEDULE = "recompute"
 SCHEDULES = ("recompute", "tokenchunk")
+# lce_fwdgrad's phases per chunk, in order (its `phase` hook; bench --breakdown)
+PHASES = ("logits GEMM", "stats", "combine", "grad", "dX GEMM", "dW GEMM")
 TOKEN_CHUNK_BYTES = 512 * 2**20
 TC_STATS_CONFIG = dict(BLOCK_R=32, BLOCK_V=256, num_warps=8, num_stages=3)
 TC_GRAD_CONFIG = dict(BLOCK_R=32, BLOCK_V=128, num_warps=4, num_stages=3)
@@ -739,14 +741,19 @@ def token_chunk_rows(n_rows: int, V: int, elt_bytes: int, rows: int | None = Non
 
 def lce_fwdgrad(x, w, b, targets, ignore_index: int, label_smoothing: float, *,
                 rows: int | None = None, need_dx: bool = True, need_dw: bool = True,
-                stats_config: dict | None = None, grad_config: dict | None = None):
+                stats_config: dict | None = None, grad_config: dict | None = None,
+                phase=None):
     """The token-chunk schedule: (loss_rows (N,) fp32, dX, dW, db) with the gradients of
     loss_rows.sum(): dX (N, H) in x's dtype (None unless need_dx), dW (V, H) fp32 (None unless
     need_dw), db (V,) fp32 (None when b is None). 6NHV FLOPs, no host sync.
 
     x (N, H) and w (V, H) share a dtype; b (V,) any float dtype or None.
     rows: rows per chunk (default token_chunk_rows()); the logits buffer is (rows, V_pad).
+    phase: optional callable, called with each phase's name just before the phase is enqueued
+    (PHASES, once per chunk) and with None after the last: bench_linear_cross_entropy
+    --breakdown records a CUDA event at each call to time the phases on the device.
     """
+    mark = phase or (lambda name: None)
     _check(x, w, b, targets)
     N, H = x.shape
     V = w.shape[0]
@@ -773,21 +780,28 @@ def lce_fwdgrad(x, w, b, targets, ignore_index: int, label_smoothing: float, *,
         r = min(R, N - r0)
         xr, tr = x[r0:r0 + r], targets[r0:r0 + r]
         z = buf[:r, :V]                      # row stride V_pad: aligned for cuBLAS
+        mark("logits GEMM")
         _gemm(xr, wt, z, False)
+        mark("stats")
         _tc_stats_kernel[(triton.cdiv(r, BR), splits)](
             z, b if b is not None else z, tr, pm, ps, pzt, psz, r, V, VL, z.stride(0), R,
             ignore_index, tiles_per_split, HAS_BIAS=b is not None, SMOOTH=smooth,
             BLOCK_R=BR, BLOCK_V=BV, **_launch_kw(scfg))
+        mark("combine")
         part = (pm[:, :r], ps[:, :r], pzt[:, :r], psz[:, :r] if smooth else None)
         loss_r, stats = lse_combine(*part, tr, ignore_index, label_smoothing, V)
         loss[r0:r0 + r] = loss_r
+        mark("grad")
         _tc_grad_kernel[(triton.cdiv(V, gcfg["BLOCK_V"]),)](
             z, b if b is not None else z, tr, stats, db if db is not None else loss,
             r, V, VL, z.stride(0), ignore_index, eps / V, 1.0 - eps,
             HAS_BIAS=b is not None, ACCUM_DB=r0 > 0, BLOCK_R=gcfg["BLOCK_R"],
             BLOCK_V=gcfg["BLOCK_V"], **_launch_kw(gcfg))
         if need_dx:
+            mark("dX GEMM")
             _gemm(z, w, dx[r0:r0 + r], False)          # dX rows = d @ W
         if need_dw:
+            mark("dW GEMM")
             _gemm(z.t(), xr, dw, accum=r0 > 0)       # dW (+)= d^T @ X rows, fp32
+    mark(None)
     return loss, dx, dw, db

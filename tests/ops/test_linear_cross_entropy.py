@@ -674,6 +674,23 @@ def test_triton_interpreter_token_chunk_padding_columns_never_leak(monkeypatch, 
 
 
 @pytest.mark.interpret
+def test_triton_interpreter_token_chunk_phase_hook():
+    # The breakdown hook sees every phase of every chunk in order, then None; it changes
+    # nothing in the results.
+    from xlmr_fast.kernels.triton import linear_cross_entropy as kern
+    h, w, b, t = make_inputs(9, 32, 70, seed=5)
+    seen = []
+    hooked = kern.lce_fwdgrad(h, w, b, t, -100, 0.1, rows=4, phase=seen.append)
+    plain = kern.lce_fwdgrad(h, w, b, t, -100, 0.1, rows=4)
+    assert seen == list(kern.PHASES) * 3 + [None]                  # chunks of 4, 4, 1 rows
+    for x, y in zip(hooked, plain):
+        assert torch.equal(x, y)
+    seen.clear()
+    kern.lce_fwdgrad(h, w, b, t, -100, 0.0, rows=9, need_dx=False, phase=seen.append)
+    assert seen == [p for p in kern.PHASES if p != "dX GEMM"] + [None]
+
+
+@pytest.mark.interpret
 def test_triton_interpreter_token_chunk_opcheck():
     for bias, need in ((True, (True, True)), (False, (False, True)), (True, (True, False))):
         h, w, b, t = make_inputs(6, 32, 70, seed=8, bias=bias)
