@@ -14,6 +14,10 @@ Providers (same weights, same batch, one process):
                 transient fp32 V x H dW is in the peak
 Batches: B x T with a padding fraction (right padding, random lengths), 15% of the real tokens
 as targets. Tokens/s counts real (non-pad) tokens. Run: python -m bench.bench_model [--quick]
+
+--profile: instead of timing, profile 3 steps of each provider and print where the device time
+goes (bench/step_profile.py: kernels by category, GEMM TFLOP/s, idle time, top kernels); rows
+with op model_step_profile. --providers ours_padded hf_sdpa limits either mode.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import sys
 
 import torch
 
-from bench import harness
+from bench import harness, step_profile
 from xlmr_fast.tune import scoped_env
 
 
@@ -48,6 +52,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="kernel-time breakdown, no timing")
+    ap.add_argument("--providers", nargs="+", metavar="NAME", help="only these providers")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs CUDA: skipping the model benchmark")
@@ -69,17 +75,36 @@ def main(argv=None):
         with scoped_env(XLMR_FAST_LCE_SCHEDULE="tokenchunk"):
             return ours(i, labels=lab).loss  # the schedule's gradient work runs in the forward
     provs["ours_lce_tokenchunk"] = tokenchunk
+    hf_models = []
     try:
         from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
         hf = XLMRobertaForMaskedLM(XLMRobertaConfig(**cfg.to_hf_dict()),
                                    ).cuda().train()
         hf.config._attn_implementation = "sdpa"
+        hf_models.append(hf)
         provs["hf_sdpa"] = lambda i, lab: hf(input_ids=i, attention_mask=(i != 1).long(),
                                              labels=lab).loss
     except Exception as e:
         print(f"[skip] transformers: {type(e).__name__}: {e}", file=sys.stderr)
 
+    if args.providers:
+        unknown = sorted(set(args.providers) - set(provs))
+        if unknown:
+            print(f"unknown or unavailable provider(s) {unknown}; have {sorted(provs)}",
+                  file=sys.stderr)
+            return 2
+        provs = {k: v for k, v in provs.items() if k in args.providers}
     shapes = [(32, 512, 0.0), (64, 256, 0.3)] if not args.quick else [(64, 256, 0.3)]
+    if args.profile:
+        batches = []
+        for B, T, pad in shapes:
+            ids, labels, _ = _batch(B, T, pad, cfg.vocab_size)
+            batches.append((f"B{B}xT{T} pad{pad:.1f} base", ids, labels))
+        rows = run_profile(provs, batches, cfg.vocab_size, on_done=lambda: [
+            m.zero_grad(set_to_none=True) for m in [*models.values(), *hf_models]])
+        if rows and not args.no_save:
+            print("appended to", harness.append_rows(rows))
+        return 0
     rows = []
     for B, T, pad in shapes:
         ids, labels, real = _batch(B, T, pad, cfg.vocab_size)
@@ -105,6 +130,30 @@ def main(argv=None):
     if rows and not args.no_save:
         print("appended to", harness.append_rows(rows))
     return 0
+
+
+def run_profile(provs, batches, vocab, *, steps=3, on_done=None, device=None):
+    """Profile `steps` autocast fwd+bwd steps of each provider (loss_fn(ids, labels)) on each
+    (shape label, ids, labels); print the breakdowns; return model_step_profile rows."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    for shape, ids, labels in batches:
+        for name, fn in provs.items():
+            def step():
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    loss = fn(ids, labels)
+                loss.backward()
+            try:
+                s = step_profile.profile(step, steps=steps, warmup=2, vocab=vocab, device=device)
+            except Exception as e:
+                print(f"[fail] {name} {shape}: {type(e).__name__}: {e}", file=sys.stderr)
+                continue
+            finally:
+                if on_done is not None:
+                    on_done()
+            print(step_profile.format_summary(s, f"{name} {shape}"), flush=True)
+            rows += step_profile.rows_for_csv(s, name, shape)
+    return rows
 
 
 if __name__ == "__main__":

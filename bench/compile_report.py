@@ -206,7 +206,7 @@ def launches_fused(op: str, defaults: bool):
             else:
                 mod.forward(x, w, x, tune=False)
                 mod.backward(x, x, w, x, part, triton.cdiv(M, G), tune=False)
-        tuned = {mod._fwd_kernel: mod._fwd_tuned, mod._bwd_kernel: mod._bwd_tuned}
+        tuned = {t.fn: t for t in (mod._fwd_tuned, mod._bwd_tuned)}
         for fn, args, kwargs in rec:
             for c, cfg in enumerate(tuned[fn].configs):
                 kw = {k: v for k, v in kwargs.items() if k not in cfg.kwargs}

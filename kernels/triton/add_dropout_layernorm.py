@@ -34,7 +34,7 @@ def _keep(offs, key1, key2, thresh):
 
 # Hash keys and threshold are never specialised: a value of 1 would otherwise become a constexpr.
 @triton.jit(do_not_specialize=["key1", "key2", "thresh"])
-def _fwd_kernel(
+def _adln_fwd_kernel(
     X,  # (M, N) dropout input (sublayer output), any float dtype
     R,  # (M, N) residual, X's dtype or fp32
     W,  # (N,) LayerNorm weight
@@ -76,7 +76,7 @@ def _fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["key1", "key2", "thresh"])
-def _bwd_kernel(
+def _adln_bwd_kernel(
     DY,  # (M, N) upstream gradient
     X, R, W,  # forward inputs (X, R: (M, N); W: (N,))
     Mean, Rstd,  # (M,) fp32 from the forward
@@ -137,8 +137,10 @@ def _bwd_configs():
             for bm in (1, 2, 4) for nw in (4, 8)]
 
 
-_fwd_tuned = triton.autotune(configs=_fwd_configs(), key=["N", "HAS_DROPOUT", "BLOCK_N"])(_fwd_kernel)
-_bwd_tuned = triton.autotune(configs=_bwd_configs(), key=["N", "HAS_DROPOUT", "BLOCK_N"])(_bwd_kernel)
+# Kernel names are unique across kernels/triton: profilers show only the name.
+_TUNE_KEY = ["N", "HAS_DROPOUT", "BLOCK_N"]
+_fwd_tuned = triton.autotune(configs=_fwd_configs(), key=_TUNE_KEY)(_adln_fwd_kernel)
+_bwd_tuned = triton.autotune(configs=_bwd_configs(), key=_TUNE_KEY)(_adln_bwd_kernel)
 
 MAX_N = 16384  # one row must fit in registers; XLM-R needs 768 / 1024
 
@@ -158,8 +160,8 @@ def forward(x2, r2, weight, bias, y2, mean, rstd, key1, key2, thresh, scale, eps
         _fwd_tuned[grid](*args, HAS_DROPOUT=has_dropout, BLOCK_N=BN)
     else:
         bm = max(1, min(4, 4096 // BN))
-        _fwd_kernel[(triton.cdiv(M, bm),)](*args, HAS_DROPOUT=has_dropout, BLOCK_M=bm, BLOCK_N=BN,
-                                           num_warps=4)
+        _adln_fwd_kernel[(triton.cdiv(M, bm),)](*args, HAS_DROPOUT=has_dropout, BLOCK_M=bm,
+                                                BLOCK_N=BN, num_warps=4)
 
 
 def backward(dy2, x2, r2, weight, mean, rstd, dx2, dr2, dw_part, db_part, rows_per_prog,
@@ -174,4 +176,5 @@ def backward(dy2, x2, r2, weight, mean, rstd, dx2, dr2, dw_part, db_part, rows_p
         _bwd_tuned[(G,)](*args, HAS_DROPOUT=has_dropout, BLOCK_N=BN)
     else:
         bm = max(1, min(4, 4096 // BN))
-        _bwd_kernel[(G,)](*args, HAS_DROPOUT=has_dropout, BLOCK_M=bm, BLOCK_N=BN, num_warps=4)
+        _adln_bwd_kernel[(G,)](*args, HAS_DROPOUT=has_dropout, BLOCK_M=bm, BLOCK_N=BN,
+                               num_warps=4)
