@@ -15,6 +15,7 @@ between CUDA events around the trainer's phases: data, mask, forward, backward, 
 share of the wall time) and the LM head's time measured in isolation.
 
 Run: python -m bench.bench_train [--presets base,large] [--micro 32,16] [--steps 8]
+     [--kernel-profile]  (adds our step's kernels by category: bench/step_profile.py)
      python -m bench.bench_train --device cpu --presets tiny --micro 4 --seq 64   (smoke test)
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from bench import harness as H
+from bench import step_profile
 from bench.bench_data import make_synthetic
 
 
@@ -46,7 +48,8 @@ def _peak_mb(dev):
     return torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else float("nan")
 
 
-def bench_ours(preset, micro, seq, accum, steps, data_dir, dev, compile_model):
+def bench_ours(preset, micro, seq, accum, steps, data_dir, dev, compile_model,
+               kernel_profile=False):
     from xlmr_fast.train.config import load_config
     from xlmr_fast.train.pretrain import Trainer
     with tempfile.TemporaryDirectory(prefix="xlmr_bench_train_") as out:
@@ -69,6 +72,12 @@ def bench_ours(preset, micro, seq, accum, steps, data_dir, dev, compile_model):
         ms = (time.perf_counter() - t0) * 1e3 / (steps * accum)
         mem = _peak_mb(tr.device)
         breakdown = _profile(tr) if tr.device.type == "cuda" else {}
+        if kernel_profile:  # per optimizer step (grad_accum micro-steps), after the timing
+            s = step_profile.profile(tr._train_step, steps=2, warmup=0, vocab=250002,
+                                     device=tr.device)
+            print(step_profile.format_summary(
+                s, f"{'ours_compile' if compile_model else 'ours'} {preset} B{micro}xT{seq}, "
+                   f"one optimizer step = {accum} micro-steps"), flush=True)
         fpt = tr.flops_per_token
         del tr
         return ms, mem, fpt, breakdown
@@ -185,6 +194,8 @@ def main(argv=None):
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--tokens", type=int, default=20_000_000, help="synthetic corpus size")
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--kernel-profile", action="store_true",
+                    help="also print our step's kernel-time breakdown (bench/step_profile.py)")
     a = ap.parse_args(argv)
     dev = torch.device(a.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -211,7 +222,8 @@ def main(argv=None):
                 try:
                     if prov.startswith("ours"):
                         ms, mem, fpt, brk = bench_ours(preset, micro, a.seq, a.accum, a.steps,
-                                                       data, a.device, prov.endswith("compile"))
+                                                       data, a.device, prov.endswith("compile"),
+                                                       a.kernel_profile)
                         if brk:
                             notes.append((shape, prov, brk))
                     else:

@@ -115,9 +115,10 @@ def launched_kernels(mod, jit_type) -> set[str]:
 def categorize(name: str, ours: dict[str, str]) -> str:
     if name in ours:
         return ours[name]
-    m = re.match(r"xlmr_fast::(\w+)", name)  # our custom op's host event (CPU profiles)
-    if m and m.group(1) in OPS:
-        return f"ours: {m.group(1)} (op)"
+    m = re.match(r"xlmr_fast(?:_C)?::(\w+)", name)  # our op's host event (CPU profiles)
+    if m:
+        op = next((o for o in OPS if m.group(1).startswith(o)), m.group(1))
+        return f"ours: {op} (op)"
     if "xlmr_fast::" in name:  # a CUDA C++ kernel: demangled "void xlmr_fast::(anon)::f<..>(..)"
         m = re.search(r"xlmr_fast::(?:\(anonymous namespace\)::)?(\w+)", name)
         return ours.get(m.group(1) if m else "", "ours (CUDA C++)")
@@ -160,7 +161,7 @@ def summarize(kernels: list[Kernel], steps: int, ours: dict[str, str] | None = N
         raise ValueError(f"steps must be >= 1, got {steps}")
     ours = our_kernels() if ours is None else ours
     by_cat = defaultdict(lambda: [0.0, 0, 0, 0.0])  # us, calls, flops, us of counted kernels
-    by_name = defaultdict(lambda: [0.0, 0, ""])
+    by_name = defaultdict(lambda: [0.0, 0])  # by (name, category): aten::mm is in two
     for k in kernels:
         cat = categorize(k.name, ours)
         if cat == GEMM and k.vocab_wide:
@@ -170,10 +171,9 @@ def summarize(kernels: list[Kernel], steps: int, ours: dict[str, str] | None = N
         c[1] += 1
         c[2] += k.flops
         c[3] += (k.end - k.start) if k.counted else 0.0
-        n = by_name[k.name]
+        n = by_name[(k.name, cat)]
         n[0] += k.end - k.start
         n[1] += 1
-        n[2] = cat
     rows = []
     for cat, (us, calls, flops, counted_us) in by_cat.items():
         # the rate of the kernels whose op has a FLOP count (a GEMM launched by an op the
@@ -183,7 +183,7 @@ def summarize(kernels: list[Kernel], steps: int, ours: dict[str, str] | None = N
         rows.append((cat, us / 1e3 / steps, calls / steps, tflops))
     rows.sort(key=lambda r: -r[1])
     tops = sorted(((name, cat, us / 1e3 / steps, calls / steps)
-                   for name, (us, calls, cat) in by_name.items()), key=lambda r: -r[2])[:top]
+                   for (name, cat), (us, calls) in by_name.items()), key=lambda r: -r[2])[:top]
     iv = list(busy_intervals) if busy_intervals is not None else [(k.start, k.end)
                                                                     for k in kernels]
     span = (max(e for _, e in iv) - min(s for s, _ in iv)) if iv else 0.0
@@ -202,7 +202,7 @@ def _is_vocab_wide(shapes, vocab: int | None) -> bool:
 
 
 def _host_op(name: str) -> bool:
-    return name.startswith(("aten::", "xlmr_fast::"))
+    return name.startswith(("aten::", "xlmr_fast::", "xlmr_fast_C::"))
 
 
 def kernels_from_profile(prof, *, cuda: bool, vocab: int | None = None):
@@ -212,7 +212,7 @@ def kernels_from_profile(prof, *, cuda: bool, vocab: int | None = None):
     cuda=True: the device's kernels, memcpys and memsets (not the device-side copies of
     record_function ranges); each takes the vocabulary-wide flag and the FLOPs of the aten
     op that launched it (FunctionEvent.kernels; a kernel launched outside any op, e.g. a
-    Triton launch in a forward, keeps neither). cuda=False: every aten (and xlmr_fast) op
+    Triton launch in a forward, keeps neither). cuda=False: every aten (and our) op
     with its self time (its time less its children's), the busy time being the union of
     the outermost such ops: the host time between them is the "idle" row."""
     from torch.autograd import DeviceType
