@@ -149,7 +149,7 @@ def bench_gpu(rows, device="cuda", shapes=((64, 512), (256, 512))):
 
         def add(name, mode, fn, cap, per_call=1):
             try:
-                ms = H.time_ms(fn, warmup=10, rep=100) / per_call
+                ms = H.time_ms(fn, warmup=10, rep=100).scaled(1 / per_call)
                 rows.append(H.row(OP, name, mode, shape, ms, bytes_moved=_bytes(x, cap),
                                   peak=H.peak_mb(fn), note=f"{n / ms / 1e3:.1f} Mtok/s"))
             except Exception as e:

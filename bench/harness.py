@@ -9,14 +9,15 @@ import csv
 import datetime as _dt
 import os
 import re
+import statistics
 
 import torch
 
 from xlmr_fast import tune
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-FIELDS = ["op", "provider", "mode", "shape", "median_ms", "tflops", "gbps", "peak_mb",
-          "device", "torch", "triton", "commit", "date", "note"]
+FIELDS = ["op", "provider", "mode", "shape", "median_ms", "p20_ms", "p80_ms", "tflops", "gbps",
+          "peak_mb", "device", "torch", "triton", "commit", "date", "note"]
 
 
 def device_name() -> str:
@@ -32,13 +33,38 @@ def triton_version() -> str:
     return tune.triton_version() or "none"
 
 
-def time_ms(fn, *, warmup: int = 5, rep: int = 30) -> float:
-    """Median time of fn() in ms: CUDA events on GPU, perf_counter on CPU (xlmr_fast.tune's
-    timer: calls enqueued back to back, one sync at the end, as triton.testing.do_bench).
-    XLMR_FAST_BENCH_SYNC=1 synchronises after every call (latency including host dispatch)."""
+class Timing(float):
+    """A median time in ms (a float: callers do arithmetic and formatting with it as before)
+    that also carries the 20th and 80th percentiles of its samples, which row() records."""
+
+    def __new__(cls, median: float, p20: float, p80: float):
+        t = super().__new__(cls, median)
+        t.p20, t.p80 = float(p20), float(p80)
+        return t
+
+    @classmethod
+    def of(cls, samples) -> "Timing":
+        xs = sorted(float(x) for x in samples)
+        if not xs:
+            raise ValueError("no timing samples")
+        if len(xs) == 1:
+            return cls(xs[0], xs[0], xs[0])
+        q = statistics.quantiles(xs, n=5, method="inclusive")  # 20/40/60/80th percentiles
+        return cls(statistics.median(xs), q[0], q[3])
+
+    def scaled(self, k: float) -> "Timing":
+        """The same timing for 1/k of the work (e.g. one call of a replay of k calls: 1/k)."""
+        return Timing(float(self) * k, self.p20 * k, self.p80 * k)
+
+
+def time_ms(fn, *, warmup: int = 5, rep: int = 30) -> Timing:
+    """Median time of fn() in ms, with p20/p80: CUDA events on GPU, perf_counter on CPU
+    (xlmr_fast.tune's timer: calls enqueued back to back, one sync at the end, as
+    triton.testing.do_bench). XLMR_FAST_BENCH_SYNC=1 synchronises after every call
+    (latency including host dispatch)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync_each = os.environ.get("XLMR_FAST_BENCH_SYNC") == "1"
-    return tune.time_ms(fn, device, warmup, rep, sync_each=sync_each)
+    return Timing.of(tune.time_samples(fn, device, warmup, rep, sync_each=sync_each))
 
 
 def graph_replay(fn, calls: int):
@@ -65,7 +91,7 @@ def device_ms(fn, calls: int = 10) -> float:
     except Exception as e:
         print(f"  (no CUDA graph: {type(e).__name__}: {str(e).splitlines()[0][:100]})")
         return float("nan")
-    return time_ms(replay, warmup=2, rep=10) / calls
+    return time_ms(replay, warmup=2, rep=10).scaled(1 / calls)
 
 
 _HBM = []
@@ -107,6 +133,8 @@ def row(op, provider, mode, shape, ms, *, flops=None, bytes_moved=None, peak=flo
     return {
         "op": op, "provider": provider, "mode": mode, "shape": shape,
         "median_ms": f"{ms:.4f}",
+        "p20_ms": f"{ms.p20:.4f}" if isinstance(ms, Timing) else "",
+        "p80_ms": f"{ms.p80:.4f}" if isinstance(ms, Timing) else "",
         "tflops": f"{flops / ms / 1e9:.1f}" if flops else "",
         "gbps": f"{bytes_moved / ms / 1e6:.1f}" if bytes_moved else "",
         "peak_mb": f"{peak:.1f}", "device": device_name(), "torch": torch.__version__,
@@ -120,8 +148,8 @@ def print_table(rows, baseline_provider=None):
     groups = {}
     for r in rows:
         groups.setdefault((r["op"], r["mode"], r["shape"]), []).append(r)
-    print(f"{'op':<22}{'mode':<9}{'shape':<30}{'provider':<26}{'ms':>10}{'TFLOP/s':>9}{'GB/s':>9}"
-          f"{'peakMB':>9}{'speedup':>9}")
+    print(f"{'op':<22}{'mode':<9}{'shape':<30}{'provider':<26}{'ms':>10}{'p20-p80':>9}"
+          f"{'TFLOP/s':>9}{'GB/s':>9}{'peakMB':>9}{'speedup':>9}")
     for (op, mode, shape), rs in groups.items():
         base = [float(r["median_ms"]) for r in rs
                 if r["median_ms"] not in ("", "nan") and (baseline_provider is None or
@@ -130,8 +158,12 @@ def print_table(rows, baseline_provider=None):
         for r in rs:
             ms = float(r["median_ms"])
             sp = f"{ref / ms:.2f}x" if ref and ms == ms and ms > 0 else ""
-            print(f"{op:<22}{mode:<9}{shape:<30}{r['provider']:<26}{ms:>10.4f}{r['tflops']:>9}"
-                  f"{r['gbps']:>9}{r['peak_mb']:>9}{sp:>9}")
+            p20, p80 = r.get("p20_ms", ""), r.get("p80_ms", "")
+            # the p20-p80 spread as a share of the median
+            spread = (f"{100 * (float(p80) - float(p20)) / ms:.1f}%"
+                      if p20 and p80 and ms == ms and ms > 0 else "")
+            print(f"{op:<22}{mode:<9}{shape:<30}{r['provider']:<26}{ms:>10.4f}{spread:>9}"
+                  f"{r['tflops']:>9}{r['gbps']:>9}{r['peak_mb']:>9}{sp:>9}")
 
 
 def results_path() -> str:
@@ -147,13 +179,37 @@ def append_new(rows, done: int) -> int:
     return len(rows)
 
 
+def _upgrade_header(path: str) -> None:
+    """A results file written before FIELDS gained columns (p20_ms, p80_ms) is rewritten with
+    the current header, old rows keeping their values and blanks in the new columns; through a
+    temporary file and os.replace, so an interruption leaves the old file whole."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        if header == FIELDS:
+            return
+        unknown = [c for c in header if c not in FIELDS]
+        if unknown:
+            raise ValueError(f"{path}: columns {unknown} are not bench/harness.py FIELDS; "
+                             f"move the file aside or write elsewhere (XLMR_FAST_BENCH_OUT)")
+        old = list(reader)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, restval="")
+        w.writeheader()
+        w.writerows(old)
+    os.replace(tmp, path)
+
+
 def append_rows(rows, path: str | None = None) -> str:
     """Append rows to bench/results/<device>.csv (or path; XLMR_FAST_BENCH_OUT overrides)."""
     path = path or results_path()
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    new = not os.path.exists(path)
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    if not new:
+        _upgrade_header(path)
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w = csv.DictWriter(f, fieldnames=FIELDS, restval="")
         if new:
             w.writeheader()
         w.writerows(rows)

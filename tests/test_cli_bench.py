@@ -112,3 +112,51 @@ def test_keep_summary_verdict(capsys):
     assert "loses 1 of 1" in capsys.readouterr().out  # a tie is not a win
     harness.print_keep_summary("bias_gelu", win, verdict_mode="fwd")
     assert "no fwd rows" in capsys.readouterr().out
+
+
+def test_harness_timing_carries_p20_p80():
+    # Issue 4's harness: median and p20/p80 per row.
+    from bench import harness
+    t = harness.Timing.of([5.0, 1.0, 2.0, 3.0, 4.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0])
+    assert float(t) == 6.0 and (t.p20, t.p80) == (3.0, 9.0)
+    half = t.scaled(0.5)
+    assert (float(half), half.p20, half.p80) == (3.0, 1.5, 4.5)
+    one = harness.Timing.of([2.5])
+    assert float(one) == one.p20 == one.p80 == 2.5
+    with pytest.raises(ValueError, match="no timing samples"):
+        harness.Timing.of([])
+    calls = []
+    got = harness.time_ms(lambda: calls.append(1), warmup=2, rep=7)  # CPU: perf_counter
+    assert len(calls) == 9 and got.p20 <= got <= got.p80
+    r = harness.row("op", "p", "fwd", "s", got)
+    assert float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"])
+    assert harness.row("op", "p", "fwd", "s", 1.0)["p20_ms"] == ""  # a derived time: no spread
+
+
+def test_harness_results_file_gains_new_columns_without_losing_rows(tmp_path, capsys):
+    import csv
+
+    from bench import harness
+    old_fields = [f for f in harness.FIELDS if f not in ("p20_ms", "p80_ms")]
+    path = tmp_path / "GPU.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=old_fields)
+        w.writeheader()
+        w.writerow({k: f"old-{k}" for k in old_fields})
+    harness.append_rows([harness.row("op", "p", "fwd", "s", harness.Timing(2.0, 1.5, 2.5))],
+                        str(path))
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == harness.FIELDS
+    assert rows[0]["median_ms"] == "old-median_ms" and rows[0]["p20_ms"] == ""
+    assert rows[0]["note"] == "old-note"
+    assert (rows[1]["median_ms"], rows[1]["p20_ms"], rows[1]["p80_ms"]) == (
+        "2.0000", "1.5000", "2.5000")
+    assert [p.name for p in tmp_path.iterdir()] == ["GPU.csv"]  # no temporary left behind
+    harness.print_table([rows[1]])
+    assert "50.0%" in capsys.readouterr().out  # p20-p80 spread / median
+    bad = tmp_path / "other.csv"
+    bad.write_text("op,weird\nx,y\n")
+    with pytest.raises(ValueError, match=r"other.csv: columns \['weird'\]"):
+        harness.append_rows([], str(bad))
+    assert bad.read_text() == "op,weird\nx,y\n"

@@ -64,11 +64,19 @@ def scoped_env(**values):
 
 def time_ms(fn, device: torch.device, warmup: int = 3, rep: int = 10,
             sync_each: bool = False) -> float:
-    """Median time of fn() in ms: perf_counter on the CPU; on the GPU CUDA events around each
+    """Median of time_samples(): fn()'s time in ms."""
+    return statistics.median(time_samples(fn, device, warmup, rep, sync_each))
+
+
+def time_samples(fn, device: torch.device, warmup: int = 3, rep: int = 10,
+                 sync_each: bool = False) -> list[float]:
+    """`rep` times of fn() in ms: perf_counter on the CPU; on the GPU CUDA events around each
     of `rep` calls enqueued back to back and synchronised once at the end (as
     triton.testing.do_bench does), so a call is timed from its first to its last kernel while
     the host runs ahead, as in a training loop (host overhead shows only where the host is
     slower than the device); sync_each=True synchronises after every call instead."""
+    if rep < 1:
+        raise ValueError(f"rep must be >= 1, got {rep}")
     for _ in range(warmup):
         fn()
     if device.type == "cuda":
@@ -83,13 +91,13 @@ def time_ms(fn, device: torch.device, warmup: int = 3, rep: int = 10,
             if sync_each:
                 torch.cuda.synchronize(device)
         torch.cuda.synchronize(device)
-        return statistics.median(a.elapsed_time(b) for a, b in events)
+        return [a.elapsed_time(b) for a, b in events]
     times = []
     for _ in range(rep):
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return times
 
 
 def measure(candidates: dict, device: torch.device, warmup: int, rep: int, timer=time_ms) -> dict:
