@@ -16,7 +16,9 @@ mode only, as it computes the gradients in the forward; --rows adds -r<rows> var
 Modes: forward (no autograd) and full (forward + backward of all of hidden, weight, bias).
 TFLOP/s counts model FLOPs: 2NHV forward, 6NHV full (no recompute counted, so a recomputing
 kernel is charged for its extra work; kernels.md §1.5 target: >= 650 TFLOP/s). Peak memory is
-the allocation above the inputs during one call. Never asserts speed.
+the allocation above the inputs during one call. The providers of one (shape, mode) are timed
+in interleaved rounds (harness.time_interleaved), so that clock and thermal drift falls on all
+of them alike; each row keeps the median and p20/p80 of its --rep calls. Never asserts speed.
 """
 from __future__ import annotations
 
@@ -128,24 +130,74 @@ def _variant(provider):
         yield
 
 
-def bench_one(fn, use_bias, mode, h, w, b, t, rep):
+def make_call(fn, use_bias, mode, h, w, b, t, release_grads="start"):
+    """One timed call of a provider: forward under no_grad, or forward + backward into fresh
+    grads of hidden, weight (and bias). release_grads="start": the previous call's grads are
+    dropped as the call starts, so peak_mb (allocation above what was held before the call)
+    is the memory beyond inputs and grads, the issue's measure; "end": dropped as it ends, so
+    that providers timed in turn do not hold each other's V x H weight grads."""
     bb = b if use_bias else None
     if mode == "forward":
         def call():
             with torch.no_grad():
                 fn(h, w, bb, t)
-    else:
-        hh, ww = h.detach().requires_grad_(), w.detach().requires_grad_()
-        bg = bb.detach().requires_grad_() if bb is not None else None
+        return call
+    hh, ww = h.detach().requires_grad_(), w.detach().requires_grad_()
+    bg = bb.detach().requires_grad_() if bb is not None else None
+    leaves = [x for x in (hh, ww, bg) if x is not None]
 
-        def call():
-            hh.grad = ww.grad = None
-            if bg is not None:
-                bg.grad = None
-            fn(hh, ww, bg, t).backward()
+    def call():
+        if release_grads == "start":
+            for x in leaves:
+                x.grad = None
+        fn(hh, ww, bg, t).backward()
+        if release_grads == "end":
+            for x in leaves:
+                x.grad = None
+    return call
+
+
+def bench_one(fn, use_bias, mode, h, w, b, t, rep):
+    call = make_call(fn, use_bias, mode, h, w, b, t)
     ms = harness.time_ms(call, warmup=3, rep=rep)
     peak = harness.peak_mb(call)
     return ms, peak
+
+
+def time_providers(provs, mode, h, w, b, t, rep, shape):
+    """Rows for every provider at one (shape, mode): times from interleaved rounds
+    (harness.time_interleaved: rep timed calls each, two per round), then each one's peak
+    memory; a provider that fails (OOM, a library error) is reported and left out."""
+    N, H = h.shape
+    V = w.shape[0]
+    flops = (2 if mode == "forward" else 6) * N * H * V
+    # under no_grad the token-chunk provider runs ours-triton's forward: not a row of its own
+    todo = {name: p for name, p in provs.items()
+            if not (mode == "forward" and "tokenchunk" in name)}
+    calls = {name: make_call(fn, use_bias, mode, h, w, b, t, release_grads="end")
+             for name, (fn, use_bias, _) in todo.items()}
+    times = harness.time_interleaved(calls, warmup=3, rounds=max(1, (rep + 1) // 2), rep=2,
+                                     context=_variant)
+    rows = []
+    for name, ms in times.items():
+        if isinstance(ms, Exception):
+            print(f"[fail] {name} {mode} {shape}: {type(ms).__name__}: {ms}", file=sys.stderr)
+            continue
+        fn, use_bias, note = todo[name]
+        try:
+            with _variant(name):
+                held = make_call(fn, use_bias, mode, h, w, b, t)  # grads held between calls
+                held()
+                peak = harness.peak_mb(held)
+            del held
+        except Exception as e:
+            print(f"[fail] {name} {mode} {shape} (peak memory): {type(e).__name__}: {e}",
+                  file=sys.stderr)
+            peak = float("nan")
+        rows.append(harness.row(OP, name, mode, shape, ms, flops=flops, peak=peak, note=note))
+        if h.is_cuda:
+            torch.cuda.empty_cache()
+    return rows
 
 
 def breakdown(h, w, b, t, rows=None):
@@ -287,21 +339,7 @@ def main(argv=None):
                 saved = harness.append_new(rows, saved)
             continue
         for mode in args.modes:
-            flops = (2 if mode == "forward" else 6) * N * H * V
-            for name, (fn, use_bias, note) in provs.items():
-                if mode == "forward" and "tokenchunk" in name:
-                    continue  # under no_grad it runs ours-triton's forward
-                try:
-                    with _variant(name):
-                        ms, peak = bench_one(fn, use_bias, mode, h, w, b, t, args.rep)
-                except Exception as e:  # OOM or a library failure: report and go on
-                    print(f"[fail] {name} {mode} {shape}: {type(e).__name__}: {e}",
-                          file=sys.stderr)
-                    torch.cuda.empty_cache()
-                    continue
-                rows.append(harness.row(OP, name, mode, shape, ms, flops=flops, peak=peak,
-                                        note=note))
-                torch.cuda.empty_cache()
+            rows += time_providers(provs, mode, h, w, b, t, args.rep, shape)
         del h, w, b, t
         torch.cuda.empty_cache()
         if not args.no_save:  # per shape: a device call that times out keeps what it finished

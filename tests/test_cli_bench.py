@@ -160,3 +160,57 @@ def test_harness_results_file_gains_new_columns_without_losing_rows(tmp_path, ca
     with pytest.raises(ValueError, match=r"other.csv: columns \['weird'\]"):
         harness.append_rows([], str(bad))
     assert bad.read_text() == "op,weird\nx,y\n"
+
+
+def test_harness_interleaved_rounds():
+    # Every provider's timed calls of round r come before any of round r + 1 (drift falls on
+    # all alike); warm-up first; the context wraps each provider's turn; a failure drops the
+    # provider from later rounds and is returned, not raised.
+    import contextlib
+
+    from bench import harness
+    log = []
+
+    def fn(name):
+        def call():
+            log.append(name)
+            if name == "bad" and log.count("bad") == 2:
+                raise RuntimeError("boom")
+        return call
+
+    @contextlib.contextmanager
+    def ctx(name):
+        log.append(f"<{name}")
+        yield
+
+    got = harness.time_interleaved({n: fn(n) for n in ("a", "bad", "b")}, warmup=2, rounds=3,
+                                   rep=2, context=ctx)
+    assert isinstance(got["bad"], RuntimeError) and str(got["bad"]) == "boom"
+    assert isinstance(got["a"], harness.Timing) and got["a"].p20 <= got["a"] <= got["a"].p80
+    # warm-up: `warmup` calls each, then 3 rounds of 2 timed calls
+    assert log == (["<a", "a", "a", "<bad", "bad", "bad", "<b", "b", "b"]
+                   + ["<a", "a", "a", "<b", "b", "b"] * 3)
+
+
+def test_bench_linear_cross_entropy_time_providers_on_cpu(capsys):
+    from bench import bench_linear_cross_entropy as B
+
+    def broken(h, w, b, t):
+        raise RuntimeError("library error")
+    seen = []
+
+    def ours(h, w, b, t):
+        seen.append((h.requires_grad, w.requires_grad, b is None or b.requires_grad))
+        return B.torch_eager(h, w, b, t)
+    provs = {"torch-eager": (B.torch_eager, True, "fp32 logits"),
+             "ours-triton-tokenchunk": (ours, True, "6NHV"),
+             "broken": (broken, False, "")}
+    h, w, b, t = B.make(7, 16, 50, torch.float32, device="cpu")
+    full = B.time_providers(provs, "full", h, w, b, t, 3, "N7")
+    assert [r["provider"] for r in full] == ["torch-eager", "ours-triton-tokenchunk"]
+    assert all(r["p20_ms"] and r["p80_ms"] and r["mode"] == "full" for r in full)
+    assert full[0]["tflops"] and full[1]["note"] == "6NHV"
+    assert "[fail] broken full N7: RuntimeError: library error" in capsys.readouterr().err
+    assert seen and all(all(s) for s in seen)  # full mode: grads of hidden, weight and bias
+    fwd = B.time_providers(provs, "forward", h, w, b, t, 3, "N7")
+    assert [r["provider"] for r in fwd] == ["torch-eager"]  # tokenchunk has no forward row
