@@ -109,27 +109,35 @@ def main(argv=None):
     for B, T, pad in shapes:
         ids, labels, real = _batch(B, T, pad, cfg.vocab_size)
         shape = f"B{B}xT{T} pad{pad:.1f} base"
-        for name, fn in provs.items():
-            def step():
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    loss = fn(ids, labels)
-                loss.backward()
+        steps = {name: _step(fn, ids, labels, "cuda") for name, fn in provs.items()}
+        # interleaved rounds: clock / thermal drift falls on every provider alike
+        times = harness.time_interleaved(steps, warmup=3, rounds=5, rep=2)
+        for name, ms in times.items():
             try:
-                ms = harness.time_ms(step, warmup=3, rep=10)
-                peak = harness.peak_mb(step)
+                if isinstance(ms, Exception):
+                    raise ms
+                peak = harness.peak_mb(steps[name])
             except Exception as e:
                 print(f"[fail] {name} {shape}: {type(e).__name__}: {e}", file=sys.stderr)
                 continue
             rows.append(harness.row("model_mlm_step", name, "fwd+bwd", shape, ms, peak=peak,
                                     note=f"{real / ms / 1e3:.0f}k real tok/s"))
-            for m in models.values():
-                m.zero_grad(set_to_none=True)
-            if "hf_sdpa" in provs:
-                hf.zero_grad(set_to_none=True)
+        for m in [*models.values(), *hf_models]:
+            m.zero_grad(set_to_none=True)
     harness.print_table(rows, baseline_provider=("hf_sdpa",))
     if rows and not args.no_save:
         print("appended to", harness.append_rows(rows))
     return 0
+
+
+def _step(loss_fn, ids, labels, device_type):
+    """One training step of a provider: bf16-autocast forward to the loss, backward (grads
+    accumulate into .grad until the caller drops them)."""
+    def step():
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            loss = loss_fn(ids, labels)
+        loss.backward()
+    return step
 
 
 def run_profile(provs, batches, vocab, *, steps=3, on_done=None, device=None):
@@ -139,12 +147,9 @@ def run_profile(provs, batches, vocab, *, steps=3, on_done=None, device=None):
     rows = []
     for shape, ids, labels in batches:
         for name, fn in provs.items():
-            def step():
-                with torch.autocast(device.type, dtype=torch.bfloat16):
-                    loss = fn(ids, labels)
-                loss.backward()
             try:
-                s = step_profile.profile(step, steps=steps, warmup=2, vocab=vocab, device=device)
+                s = step_profile.profile(_step(fn, ids, labels, device.type), steps=steps,
+                                         warmup=2, vocab=vocab, device=device)
             except Exception as e:
                 print(f"[fail] {name} {shape}: {type(e).__name__}: {e}", file=sys.stderr)
                 continue
