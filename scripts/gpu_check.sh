@@ -2,8 +2,11 @@
 # GPU check on a CUDA machine (the device machine: torch 2.11+cu130, triton 3.6, no network).
 # Builds the CUDA extension, runs every test (GPU tests included) and every benchmark, and
 # leaves logs + result CSVs in $OUT (default ./gpu_out).
-#   usage: bash scripts/gpu_check.sh [build|test|bench|tune|all]   (default all; tune is not in all)
+#   usage: bash scripts/gpu_check.sh [build|test|bench|tune|profile|all]
+#          (default all; tune and profile are not in all)
 #   tune: `xlmr-fast tune` (TUNE_ARGS) -> $OUT/tuning.json: commit it as xlmr_fast/tuned/<slug>.json
+#   profile: where the MLM step's device time goes (bench_model --profile, PROFILE_ARGS) ->
+#            $OUT/profile.log and model_step_profile rows in $OUT/results.csv
 #   BENCHES="attention train" runs only those bench/bench_<name>.py, in that order (default: all);
 #   TEST_ARGS="-n 8 tests/ops" replaces the test selection (default: tests, serial).
 # Baseline wheels (Liger, Cut Cross-Entropy) are installed from ./.whl when present.
@@ -38,6 +41,12 @@ if [[ "$WHAT" == tune ]]; then
   timeout "${TUNE_TIMEOUT:-300}" $PY -m xlmr_fast tune --out "$OUT/tuning.json" ${TUNE_ARGS:-} \
       > "$OUT/tune.log" 2>&1
   echo "tune rc=$?"; tail -25 "$OUT/tune.log"
+fi
+if [[ "$WHAT" == profile ]]; then
+  XLMR_FAST_BENCH_OUT="$OUT/results.csv" timeout "${PROFILE_TIMEOUT:-150}" $PY -m bench.bench_model \
+      --profile ${PROFILE_ARGS:---providers ours_padded ours_unpad ours_lce_tokenchunk hf_sdpa} \
+      > "$OUT/profile.log" 2>&1
+  echo "profile rc=$?"; grep -vE "^\s*$" "$OUT/profile.log" | grep -v "^  top kernels" | tail -60
 fi
 if [[ "$WHAT" == bench || "$WHAT" == all ]]; then
   export XLMR_FAST_BENCH_OUT="$OUT/results.csv"
