@@ -4,15 +4,16 @@ The 2026-11-23 H100 rows put XLM-R base's MLM step (B32 x T512, fwd+bwd, bf16) a
 against roughly 20 ms of GEMM work at cuBLAS rates: this table says where the rest goes.
 Per category: device ms per step, share of the busy time, kernel launches per step, and, for
 cuBLAS GEMMs, TFLOP/s from the profiler's FLOP count of the launching aten ops (over the
-kernels of ops it counts). GEMMs whose
-operands have a vocabulary-wide dimension are the LM head's (the token-chunk schedule's and
-Hugging Face's full-logits GEMMs), the others the encoder's. "idle" is the time the device
-waited inside the profiled window (host-bound launches, syncs): span minus the union of all
-kernel intervals. The profiler adds host time per launch, so the idle share is an upper bound;
-compare the span with the un-profiled step time of bench_model.
+kernels of ops it counts). GEMMs whose operands have a vocabulary-wide dimension are the LM
+head's (the token-chunk schedule's and Hugging Face's full-logits GEMMs), the others the
+encoder's. "idle" is the time the device waited inside the profiled window (host-bound
+launches, syncs): span minus the union of all kernel intervals. The profiler adds host time
+per launch, so the idle share is an upper bound; compare the span with the un-profiled step
+time of bench_model.
 
-On a CPU (no CUDA) the same table is built from the leaf aten ops' CPU time: it checks the
-code, and it says where a CPU step goes. Used by `python -m bench.bench_model --profile`.
+On a CPU (no CUDA) the same table is built from the aten ops' self times (each op's time less
+its children's): it checks the code, and it says where a CPU step goes. Used by
+`python -m bench.bench_model --profile` and `python -m bench.bench_train --kernel-profile`.
 """
 from __future__ import annotations
 
