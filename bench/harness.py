@@ -5,7 +5,6 @@ table with ratios, and appends rows to bench/results/<device>.csv. Benchmarks ne
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as _dt
 import os
@@ -70,36 +69,18 @@ def time_ms(fn, *, warmup: int = 5, rep: int = 30) -> Timing:
 
 def time_interleaved(calls: dict, *, warmup: int = 3, rounds: int = 5, rep: int = 2,
                      context=None) -> dict:
-    """{name: Timing, or the exception it raised} for several providers of one measurement,
-    timed in interleaved rounds: every provider runs `rep` timed calls in round r before any
-    runs in round r + 1, so clock and thermal drift over a long run falls on all of them alike
-    instead of on whichever runs last (Liger's method, kernels.md section 5). context(name), if
-    given, is entered around each provider's calls (e.g. its environment knobs). Warm-up
-    (JIT, torch.compile, autotuning) runs first, per provider; a provider that raises is left
-    out of the later rounds."""
+    """{name: Timing of its rounds * rep calls, or the exception it raised} for several
+    providers of one measurement, timed in interleaved rounds (xlmr_fast.tune.interleaved:
+    drift falls on all of them alike; kernels.md section 5). context(name) is entered around
+    each provider's turn (e.g. its environment knobs)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync_each = os.environ.get("XLMR_FAST_BENCH_SYNC") == "1"
-    ctx = context or (lambda name: contextlib.nullcontext())
-    samples = {name: [] for name in calls}
-    failed = {}
-    for r in range(rounds + 1):  # round 0: warm-up only
-        for name, fn in calls.items():
-            if name in failed:
-                continue
-            try:
-                with ctx(name):
-                    if r == 0:
-                        for _ in range(warmup):
-                            fn()
-                        if device.type == "cuda":
-                            torch.cuda.synchronize(device)  # an asynchronous error shows here
-                    else:
-                        samples[name] += tune.time_samples(fn, device, 0, rep, sync_each)
-            except Exception as e:  # OOM or a library failure: reported by the caller
-                failed[name] = e
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-    return {name: failed.get(name) or Timing.of(samples[name]) for name in calls}
+
+    def samples(fn, dev, w, r):
+        return tune.time_samples(fn, dev, w, r, sync_each)
+    got = tune.interleaved(calls, device, warmup, rounds, rep, samples, context)
+    return {name: v if isinstance(v, Exception) else Timing.of([x for xs in v for x in xs])
+            for name, v in got.items()}
 
 
 def graph_replay(fn, calls: int):

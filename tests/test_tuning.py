@@ -176,6 +176,25 @@ def test_measure_records_failures_and_goes_on():
     assert tune.time_ms(lambda: None, torch.device("cpu"), 1, 3) >= 0.0
 
 
+def test_measure_interleaves_the_candidates():
+    # rep=5: 3 rounds of 2 calls each (rounded up); each candidate's turn in round r comes
+    # before any in round r + 1, so drift over the run falls on all of them alike
+    turns = []
+
+    def timer(fn, dev, warmup, rep):
+        turns.append((fn.__name__, warmup, rep))
+        return {"a": 1.0, "b": 2.0}[fn.__name__] + len(turns) / 100
+
+    def a():
+        pass
+
+    def b():
+        pass
+    times = tune.measure({"a": a, "b": b}, torch.device("cpu"), 1, 5, timer=timer)
+    assert turns == [("a", 0, 2), ("b", 0, 2)] * 3
+    assert times == {"a": 1.03, "b": 2.04}  # medians of the rounds: (1.01, 1.03, 1.05)
+
+
 def test_merge_keeps_unmeasured_keys():
     old = {"choices": {"bias_gelu": {"768,bfloat16": "fused", "1024,bfloat16": "fused"}},
            "timings_ms": {"bias_gelu": {"768,bfloat16": {"fused": 1.0}}}}

@@ -100,17 +100,49 @@ def time_samples(fn, device: torch.device, warmup: int = 3, rep: int = 10,
     return times
 
 
+def interleaved(calls: dict, device: torch.device, warmup: int, rounds: int, per_round: int,
+                timer=time_ms, context=None) -> dict:
+    """{name: [timer(fn, device, 0, per_round) per round], or the exception fn raised}.
+
+    The calls are timed in interleaved rounds: every call's turn in round r comes before any
+    turn in round r + 1, so that clock and thermal drift over a long run falls on all of them
+    alike instead of on whichever runs last (Liger's benchmark method). Each call first gets
+    `warmup` untimed runs (JIT, torch.compile, autotuning). context(name), if given, is entered
+    around each turn. A call that raises is left out of the later rounds."""
+    ctx = context or (lambda name: contextlib.nullcontext())
+    got = {name: [] for name in calls}
+    for r in range(rounds + 1):  # round 0: warm-up
+        for name, fn in calls.items():
+            if isinstance(got[name], Exception):
+                continue
+            try:
+                with ctx(name):
+                    if r == 0:
+                        for _ in range(warmup):
+                            fn()
+                        if device.type == "cuda":
+                            torch.cuda.synchronize(device)  # an asynchronous error shows here
+                    else:
+                        got[name].append(timer(fn, device, 0, per_round))
+            except Exception as e:  # OOM or a library failure: the caller reports it
+                got[name] = e
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    return got
+
+
 def measure(candidates: dict, device: torch.device, warmup: int, rep: int, timer=time_ms) -> dict:
-    """{name: median ms, or 'error: ...'} for each candidate (a failure does not stop the rest)."""
+    """{name: median ms, or 'error: ...'} for each candidate: `rep` timed calls each, two per
+    interleaved round (see interleaved()); a failure does not stop the rest."""
+    per_round = min(2, rep)
+    got = interleaved(candidates, device, warmup, -(-rep // per_round), per_round, timer)
     out = {}
-    for name, fn in candidates.items():
-        try:
-            out[name] = round(float(timer(fn, device, warmup, rep)), 4)
-        except Exception as e:
-            first = (str(e).splitlines() or [""])[0][:200]
-            out[name] = f"error: {type(e).__name__}: {first}"
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    for name, v in got.items():
+        if isinstance(v, Exception):
+            first = (str(v).splitlines() or [""])[0][:200]
+            out[name] = f"error: {type(v).__name__}: {first}"
+        else:
+            out[name] = round(float(statistics.median(v)), 4)
     return out
 
 
