@@ -2,8 +2,9 @@
 # GPU check on a CUDA machine (the device machine: torch 2.11+cu130, triton 3.6, no network).
 # Builds the CUDA extension, runs every test (GPU tests included) and every benchmark, and
 # leaves logs + result CSVs in $OUT (default ./gpu_out).
-#   usage: bash scripts/gpu_check.sh [build|test|bench|tune|profile|all]
-#          (default all; tune and profile are not in all)
+#   usage: bash scripts/gpu_check.sh [build|test|bench|tune|profile|all|ensure]
+#          (default all; tune and profile are not in all; ensure: build only if the CUDA
+#          extension does not load, nothing else)
 #   tune: `xlmr-fast tune` (TUNE_ARGS) -> $OUT/tuning.json: commit it as xlmr_fast/tuned/<slug>.json
 #   profile: where the MLM step's device time goes (bench_model --profile, PROFILE_ARGS) ->
 #            $OUT/profile.log and model_step_profile rows in $OUT/results.csv

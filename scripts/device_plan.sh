@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The open goals' measurements in the order they matter, under a deadline, so that one device
+# call (at most 600 s, and a session's whole device time is ~15 min, start-up included) never
+# dies half-way: each step runs with a timeout cut to the time left, and a step that cannot get
+# its minimum is skipped and named. Logs and results.csv land in $OUT (see gpu_check.sh).
+#   usage: XLMR_FAST_COMMIT=<sha> bash scripts/device_plan.sh 1|2      (DEADLINE=570 seconds)
+#   1: build; LCE at the goal shape (N8192 H1024, full: eager, compile, Liger, CCE, ours);
+#      attention at 64x512 (--quick); mlm_mask; GPU tests; step profile; LCE token-chunk phases
+#   2: xlmr-fast tune (writes $OUT/tuning.json); fused layer ops; the other LCE shapes
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export OUT="${OUT:-$PWD/gpu_out}"; mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+DEADLINE="${DEADLINE:-570}"
+T0=$SECONDS
+export XLMR_FAST_BENCH_OUT="$OUT/results.csv" PYTHONUNBUFFERED=1
+# baselines (Liger, Cut Cross-Entropy) from ./.whl, as gpu_check.sh installs them
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+SUMMARY=()
+
+# step NAME MIN_S MAX_S CMD...: run CMD (output appended to $OUT/plan.log) with a timeout of
+# min(MAX_S, time left); skipped when less than MIN_S is left.
+step() {
+  local name=$1 min=$2 max=$3; shift 3
+  local left=$(( DEADLINE - (SECONDS - T0) ))
+  if (( left < min )); then SUMMARY+=("$name: skipped (${left}s left, needs ${min}s)"); return; fi
+  local lim=$(( left < max ? left : max )) t=$SECONDS
+  echo "=== $name (limit ${lim}s)" >> "$OUT/plan.log"
+  timeout "$lim" "$@" >> "$OUT/plan.log" 2>&1
+  local rc=$?
+  SUMMARY+=("$name: rc=$rc in $(( SECONDS - t ))s")
+}
+
+case "${1:-1}" in
+  1)
+    step build 60 200 bash scripts/gpu_check.sh ensure   # builds unless the extension loads
+    step lce-goal 40 150 $PY -m bench.bench_linear_cross_entropy --N 8192 --H 1024 \
+        --modes full --providers torch-eager torch-compile liger cce ours-triton
+    step attention-64x512 30 120 $PY -m bench.bench_attention --quick
+    step mlm_mask 20 60 $PY -m bench.bench_mlm_mask
+    step gpu-tests 120 280 $PY -m pytest -q -m gpu -n 8 tests -p no:cacheprovider --durations=10
+    step profile 40 120 $PY -m bench.bench_model --profile \
+        --providers ours_padded ours_unpad ours_lce_tokenchunk hf_sdpa
+    step lce-phases 20 60 $PY -m bench.bench_linear_cross_entropy --breakdown --rows 2048
+    ;;
+  2)
+    step build 60 200 bash scripts/gpu_check.sh ensure
+    step tune 120 260 $PY -m xlmr_fast tune --out "$OUT/tuning.json"
+    step add_dropout_layernorm 30 100 $PY -m bench.bench_add_dropout_layernorm
+    step bias_gelu 30 100 $PY -m bench.bench_bias_gelu
+    step lce-other-shapes 40 150 $PY -m bench.bench_linear_cross_entropy --N 4915 \
+        --H 768 1024 --modes forward full
+    ;;
+  *) echo "usage: bash scripts/device_plan.sh 1|2" >&2; exit 2 ;;
+esac
+printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/plan_summary.txt"
+grep -E "^(FAILED|ERROR)|passed|failed|^\[fail\]" "$OUT/plan.log" | tail -30 || true
