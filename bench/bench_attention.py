@@ -30,8 +30,9 @@ Providers (same inputs, one process):
     sdpa_eff_drop0.1    SDPA mem-efficient with dropout 0.1 (the only SDPA backend that takes
                         a mask and dropout)
 Modes: fwd, bwd, fwd+bwd (eager: calls enqueued back to back, the host may be the limit at
-short T) and graph (fwd+bwd, 10 calls replayed from one CUDA graph: device time alone) for
-ours and the SDPA backends, so a host-bound provider shows as graph << fwd+bwd.
+short T; the providers of a mode timed in interleaved rounds) and graph (fwd+bwd, 10 calls
+replayed from one CUDA graph: device time alone) for ours and the SDPA backends, so a
+host-bound provider shows as graph << fwd+bwd.
 FLOPs are nominal for the padded shape: 4*B*T^2*H*D forward, x2.5 backward, x3.5 both
 (padding is not subtracted, so varlen's real work is lower than its TFLOP/s suggests; the
 note of each varlen row gives the real fraction sum(L^2) / (B T^2); the note of each ours_*
@@ -148,8 +149,12 @@ def _providers(q, k, v, kpm, lengths, T, compile_ref):
     return provs
 
 
-def _time_modes(fn, inputs):
-    """(fwd ms, bwd ms, fwd+bwd ms, peak MB of fwd+bwd)."""
+MODES = ("fwd", "bwd", "fwd+bwd")
+
+
+def _mode_calls(fn, inputs):
+    """{mode: callable} of one provider: fwd (no autograd), bwd (the gradient of one forward,
+    graph retained), fwd+bwd. Runs one forward: a backend refusing the input raises here."""
     def fwd():
         with torch.no_grad():
             fn()
@@ -163,8 +168,7 @@ def _time_modes(fn, inputs):
     def both():
         torch.autograd.grad(fn(), inputs, dout)
 
-    return (harness.time_ms(fwd), harness.time_ms(bwd), harness.time_ms(both),
-            harness.peak_mb(both))
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": both}
 
 
 def _graph_ms(fn, inputs):
@@ -175,11 +179,14 @@ def _graph_ms(fn, inputs):
     return harness.device_ms(lambda: torch.autograd.grad(fn(), inputs, dout), GRAPH_CALLS)
 
 
-def run(shapes, tune=False, device="cuda", save=False):
-    """Rows for every shape and provider. device="cpu" (with TRITON_INTERPRET=1, tiny
-    shapes) is the smoke test of this file: no CUDA graphs, no compile, SDPA backends that
-    need CUDA report themselves unavailable. save: append each shape's rows to bench/results
-    as soon as it is done (a device call that times out keeps the shapes it finished)."""
+def run(shapes, tune=False, device="cuda", save=False, warmup=5, rounds=15):
+    """Rows for every shape and provider. Each mode's providers are timed in interleaved
+    rounds (harness.time_interleaved: 2 calls each per round, so drift falls on all alike;
+    the 1.04-1.06x margins over cuDNN of 11-23 are of the order drift can make).
+    device="cpu" (with TRITON_INTERPRET=1, tiny shapes, warmup=0, rounds=1) is the smoke
+    test of this file: no CUDA graphs, no compile, SDPA backends that need CUDA report
+    themselves unavailable. save: append each shape's rows to bench/results as soon as it is
+    done (a device call that times out keeps the shapes it finished)."""
     from xlmr_fast.ops.attention import attention_backend
     cuda = device == "cuda"
     rows, done = [], 0
@@ -200,18 +207,29 @@ def run(shapes, tune=False, device="cuda", save=False):
         flops = 4 * B * T * T * H * D
         provs = _providers(q, k, v, kpm, lengths, T,
                            compile_ref=cuda and pad_frac == 0 and T >= 128)
+        calls = {}
         for name, (fn, inputs) in provs.items():
+            try:
+                calls[name] = _mode_calls(fn, inputs)
+            except Exception as e:  # a backend refusing the input is a result, not a crash
+                _unavailable(name, e)
+        times = {mode: harness.time_interleaved({n: c[mode] for n, c in calls.items()},
+                                                warmup=warmup, rounds=rounds, rep=2)
+                 for mode in MODES}
+        for name, (fn, inputs) in provs.items():
+            if name not in calls:
+                continue
             note = (f"real work {work:.2f} of padded" if "varlen" in name else
                     f"key blocks {mask_work:.2f} of padded" if "ours" in name and pad_frac
                     else "")
-            try:
-                f_ms, b_ms, fb_ms, peak = _time_modes(fn, inputs)
-            except Exception as e:  # a backend refusing the input is a result, not a crash
-                print(f"  {name}: unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+            failed = [times[m][name] for m in MODES if isinstance(times[m][name], Exception)]
+            if failed:
+                _unavailable(name, failed[0])
                 continue
-            for mode, ms, fl in (("fwd", f_ms, flops), ("bwd", b_ms, 2.5 * flops),
-                                 ("fwd+bwd", fb_ms, 3.5 * flops)):
-                rows.append(harness.row("attention", name, mode, shape, ms, flops=fl,
+            peak = harness.peak_mb(calls[name]["fwd+bwd"])
+            for mode, fl in zip(MODES, (flops, 2.5 * flops, 3.5 * flops)):
+                rows.append(harness.row("attention", name, mode, shape, times[mode][name],
+                                        flops=fl,
                                         peak=peak if mode == "fwd+bwd" else float("nan"),
                                         note=note))
             if cuda and name in GRAPH_PROVIDERS:
@@ -222,10 +240,14 @@ def run(shapes, tune=False, device="cuda", save=False):
             rows += _tune(provs, shape, flops)
         if save:
             done = harness.append_new(rows, done)
-        del q, k, v, provs
+        del q, k, v, provs, calls
         if cuda:
             torch.cuda.empty_cache()
     return rows
+
+
+def _unavailable(name, e):
+    print(f"  {name}: unavailable ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})")
 
 
 def _tune(provs, shape, flops):
