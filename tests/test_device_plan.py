@@ -32,7 +32,8 @@ def test_plan_2_runs_tune_first(tmp_path):
     r = _run(tmp_path, "2", 600)
     assert r.returncode == 0, r.stderr
     log = (tmp_path / "plan.log").read_text()
-    assert log.index("=== tune") < log.index("=== add_dropout_layernorm")
+    assert log.index("=== tune") < log.index("=== train-e2e") < log.index(
+        "=== add_dropout_layernorm")
     assert f"-m xlmr_fast tune --out {tmp_path}/tuning.json" in log
 
 
