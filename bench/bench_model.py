@@ -75,13 +75,13 @@ def main(argv=None):
         with scoped_env(XLMR_FAST_LCE_SCHEDULE="tokenchunk"):
             return ours(i, labels=lab).loss  # the schedule's gradient work runs in the forward
     provs["ours_lce_tokenchunk"] = tokenchunk
-    hf_models = []
+    all_models = list(models.values())  # and HF's, when it loads: grads dropped per shape
     try:
         from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
         hf = XLMRobertaForMaskedLM(XLMRobertaConfig(**cfg.to_hf_dict()),
                                    ).cuda().train()
         hf.config._attn_implementation = "sdpa"
-        hf_models.append(hf)
+        all_models.append(hf)
         provs["hf_sdpa"] = lambda i, lab: hf(input_ids=i, attention_mask=(i != 1).long(),
                                              labels=lab).loss
     except Exception as e:
@@ -101,7 +101,7 @@ def main(argv=None):
             ids, labels, _ = _batch(B, T, pad, cfg.vocab_size)
             batches.append((f"B{B}xT{T} pad{pad:.1f} base", ids, labels))
         rows = run_profile(provs, batches, cfg.vocab_size, on_done=lambda: [
-            m.zero_grad(set_to_none=True) for m in [*models.values(), *hf_models]])
+            m.zero_grad(set_to_none=True) for m in all_models])
         if rows and not args.no_save:
             print("appended to", harness.append_rows(rows))
         return 0
@@ -122,7 +122,7 @@ def main(argv=None):
                 continue
             rows.append(harness.row("model_mlm_step", name, "fwd+bwd", shape, ms, peak=peak,
                                     note=f"{real / ms / 1e3:.0f}k real tok/s"))
-        for m in [*models.values(), *hf_models]:
+        for m in all_models:
             m.zero_grad(set_to_none=True)
     harness.print_table(rows, baseline_provider=("hf_sdpa",))
     if rows and not args.no_save:

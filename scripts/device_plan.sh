@@ -15,11 +15,7 @@ PY="${PYTHON:-python3}"
 DEADLINE="${DEADLINE:-570}"
 T0=$SECONDS
 export XLMR_FAST_BENCH_OUT="$OUT/results.csv" PYTHONUNBUFFERED=1
-# baselines (Liger, Cut Cross-Entropy) from ./.whl, as gpu_check.sh installs them
-if ls .whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+source scripts/baseline_wheels.sh
 SUMMARY=()
 
 # step NAME MIN_S MAX_S CMD...: run CMD (output appended to $OUT/plan.log) with a timeout of

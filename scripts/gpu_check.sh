@@ -19,9 +19,7 @@ PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}"
 # The device copy of the tree may carry a stale .git: pass XLMR_FAST_COMMIT=<local HEAD> in the call.
 export XLMR_FAST_COMMIT="${XLMR_FAST_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
+source scripts/baseline_wheels.sh
 # A later call on the same (still warm) machine keeps the built extension: rebuild only when
 # asked to, or when the extension does not load with its CUDA kernels.
 cuda_ext_loads() { $PY -c "import sys, xlmr_fast._ext as e; sys.exit(0 if e.cuda_built() else 1)" 2>/dev/null; }
