@@ -44,16 +44,26 @@ OPS = ("attention", "linear_cross_entropy", "mlm_mask", "add_dropout_layernorm",
 
 
 # ----------------------------------------------------------------------------- recording
+class Launches(list):
+    """Recorded launches (kernel, args, kwargs), and in .grids the grid of each."""
+
+    def __init__(self):
+        super().__init__()
+        self.grids = []
+
+
 @contextlib.contextmanager
 def recording():
     """Replace JITFunction.run (the launcher) by a recorder; yields the list of launches
-    (kernel, args, kwargs). Launches do nothing, so outputs stay unwritten."""
+    (kernel, args, kwargs), their grids in .grids. Launches do nothing, so outputs stay
+    unwritten."""
     from triton.runtime.jit import JITFunction
-    launches = []
+    launches = Launches()
     original = JITFunction.run
 
     def record(self, *args, grid, warmup, **kwargs):
         launches.append((self, args, kwargs))
+        launches.grids.append(grid)
 
     JITFunction.run = record
     try:

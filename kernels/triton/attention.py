@@ -176,6 +176,17 @@ def _dot(a, b, DOT_MODE: tl.constexpr):
 
 
 @triton.jit
+def _program_ids(NUM_BLOCKS):
+    """(block index along the sequence, batch*head) of this program. The grid is 1-D,
+    NUM_BLOCKS * B * H programs with the block index fastest: the order a 2-D grid
+    (NUM_BLOCKS, B * H) would run in (a head's blocks together, sharing its K/V in L2), but
+    without the 65,535 limit of a grid's second dimension, which B * H passes at B > 5,461
+    with 12 heads (inference on many short sequences)."""
+    pid = tl.program_id(0)
+    return pid % NUM_BLOCKS, pid // NUM_BLOCKS
+
+
+@triton.jit
 def _seq_bounds(CU, b, T, IS_VARLEN: tl.constexpr):
     if IS_VARLEN:
         start = tl.load(CU + b)
@@ -227,15 +238,14 @@ def _attn_fwd(
     KPM, CU,                  # KPM: (B,T) uint8, 1 = padding key (HAS_MASK); CU: int32 (B+1,)
     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,  # strides (0 batch stride: varlen)
     slb, slh, smb,            # LSE batch/head strides (token stride 1); KPM batch stride
-    H, T,                     # heads; padded sequence length (unused when varlen)
+    H, T, NUM_BLOCKS,         # heads; padded sequence length (unused when varlen); cdiv(T, BLOCK_M)
     qk_scale,                 # softmax_scale * log2(e)
     seed_key, drop_thresh, rp_scale,  # dropout: uint32 key and threshold (as int32), 1/(1-p)
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
     DOT_MODE: tl.constexpr, STORE_LO: tl.constexpr, KV_SCAN: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_m, bh = _program_ids(NUM_BLOCKS)
     b = bh // H
     h = bh % H
     start, seqlen = _seq_bounds(CU, b, T, IS_VARLEN)
@@ -301,12 +311,11 @@ def _attn_fwd(
 def _attn_bwd_pre(
     O, OLO, DO, DELTA,
     sob, soh, sot, sdb, sdh, sdt, slb, slh,
-    H, T,
+    H, T, NUM_BLOCKS,
     CU, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, IS_VARLEN: tl.constexpr,
     HAS_LO: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_m, bh = _program_ids(NUM_BLOCKS)
     b = bh // H
     h = bh % H
     start, seqlen = _seq_bounds(CU, b, T, IS_VARLEN)
@@ -332,7 +341,7 @@ def _attn_bwd_dkdv(
     Q, K, V, DO, DK, DV, LSE, DELTA, KPM, CU,
     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt,
     sdkb, sdkh, sdkt, sdvb, sdvh, sdvt, slb, slh, smb,
-    H, T, qk_scale, sm_scale,
+    H, T, NUM_BLOCKS, qk_scale, sm_scale,
     seed_key, drop_thresh, rp_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
@@ -340,8 +349,7 @@ def _attn_bwd_dkdv(
 ):
     # Key-major: this program owns BLOCK_N keys and walks every query block, so dK and dV
     # are summed in registers and written once (deterministic).
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_n, bh = _program_ids(NUM_BLOCKS)
     b = bh // H
     h = bh % H
     start, seqlen = _seq_bounds(CU, b, T, IS_VARLEN)
@@ -403,15 +411,14 @@ def _attn_bwd_dq(
     Q, K, V, DO, DQ, LSE, DELTA, KPM, CU,
     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt,
     sdqb, sdqh, sdqt, slb, slh, smb,
-    H, T, qk_scale, sm_scale,
+    H, T, NUM_BLOCKS, qk_scale, sm_scale,
     seed_key, drop_thresh, rp_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
     DOT_MODE: tl.constexpr, KV_SCAN: tl.constexpr,
 ):
     # Query-major: this program owns BLOCK_M queries and walks every key block (no atomics).
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_m, bh = _program_ids(NUM_BLOCKS)
     b = bh // H
     h = bh % H
     start, seqlen = _seq_bounds(CU, b, T, IS_VARLEN)
@@ -522,11 +529,11 @@ def attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_sca
         return out.zero_(), lse.fill_(float("inf")), out_lo.zero_()
     cfg = fwd_config(D, T, q.dtype)
     slb, slh = _lse_strides(lse, varlen)
-    grid = (triton.cdiv(T, cfg["BLOCK_M"]), B * H)
-    _attn_fwd[grid](
+    nb = triton.cdiv(T, cfg["BLOCK_M"])
+    _attn_fwd[(nb * B * H,)](
         q, k, v, out, out_lo if store_lo else out, lse, kpm, cu,
         *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
-        slb, slh, smb, H, T if not varlen else 0,
+        slb, slh, smb, H, T if not varlen else 0, nb,
         softmax_scale * LOG2E,
         _as_i32(seed_key), _as_i32(drop_thresh), 1.0 / (1.0 - dropout_p),
         HEAD_DIM=D, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
@@ -559,9 +566,10 @@ def attention_bwd(do, q, k, v, out, out_lo, lse, key_padding_mask, cu_seqlens, m
     slb, slh = _lse_strides(lse, varlen)
     Tp = T if not varlen else 0
     pre_bm = 64 if not _interpret() else 32
-    _attn_bwd_pre[(triton.cdiv(T, pre_bm), B * H)](
+    nb = triton.cdiv(T, pre_bm)
+    _attn_bwd_pre[(nb * B * H,)](
         out, out_lo if has_lo else out, do, delta, *_strides(out, varlen),
-        *_strides(do, varlen), slb, slh, H, Tp, cu,
+        *_strides(do, varlen), slb, slh, H, Tp, nb, cu,
         HEAD_DIM=D, BLOCK_M=pre_bm, IS_VARLEN=varlen, HAS_LO=has_lo,
     )
     cfg = bwd_config(D, T, q.dtype)
@@ -571,16 +579,18 @@ def attention_bwd(do, q, k, v, out, out_lo, lse, key_padding_mask, cu_seqlens, m
     rng = (_as_i32(seed_key), _as_i32(drop_thresh), 1.0 / (1.0 - dropout_p))
     strides_in = (*_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen),
                   *_strides(do, varlen))
-    _attn_bwd_dkdv[(triton.cdiv(T, cfg["BLOCK_N1"]), B * H)](
+    nb = triton.cdiv(T, cfg["BLOCK_N1"])
+    _attn_bwd_dkdv[(nb * B * H,)](
         q, k, v, do, dk, dv, lse, delta, kpm, cu, *strides_in,
         *_strides(dk, varlen), *_strides(dv, varlen), slb, slh, smb,
-        H, Tp, softmax_scale * LOG2E, softmax_scale, *rng,
+        H, Tp, nb, softmax_scale * LOG2E, softmax_scale, *rng,
         BLOCK_M=cfg["BLOCK_M1"], BLOCK_N=cfg["BLOCK_N1"], **common,
     )
-    _attn_bwd_dq[(triton.cdiv(T, cfg["BLOCK_M2"]), B * H)](
+    nb = triton.cdiv(T, cfg["BLOCK_M2"])
+    _attn_bwd_dq[(nb * B * H,)](
         q, k, v, do, dq, lse, delta, kpm, cu, *strides_in,
         *_strides(dq, varlen), slb, slh, smb,
-        H, Tp, softmax_scale * LOG2E, softmax_scale, *rng,
+        H, Tp, nb, softmax_scale * LOG2E, softmax_scale, *rng,
         BLOCK_M=cfg["BLOCK_M2"], BLOCK_N=cfg["BLOCK_N2"], **common,
     )
     return dq, dk, dv

@@ -600,3 +600,45 @@ def test_gpu_fp32_falls_back_to_sdpa(monkeypatch):
     assert backend == "sdpa" and "fp32" in reason
     if os.environ.get("TRITON_INTERPRET") != "1":
         assert attention_backend(q.half())[0] == "triton"
+
+
+# CUDA limits a grid's y and z dimensions to 65,535 programs (x to 2^31 - 1). A (blocks, B * H)
+# grid failed to launch past B * H = 65,535: 5,462 sequences with 12 heads, an inference batch.
+BIG_BH = (5462, 12)
+
+
+def _grid_dims(grid):
+    g = tuple(grid) + (1,) * (3 - len(grid))
+    return g[0] <= 2 ** 31 - 1 and g[1] <= 65535 and g[2] <= 65535
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
+                    reason="records compiled-kernel launches (JITFunction), not the interpreter")
+@pytest.mark.parametrize("layout", ["padded", "varlen"])
+def test_launch_grids_fit_cuda_limits_at_large_batch(layout):
+    pytest.importorskip("triton")
+    from bench import compile_report
+    from xlmr_fast.kernels.triton import attention as kern
+    (B, H), T, D = BIG_BH, 3, 64
+    if layout == "padded":
+        ins = [torch.empty(B, T, H, D, dtype=torch.bfloat16).transpose(1, 2) for _ in range(3)]
+        kpm, cu = torch.zeros(B, T, dtype=torch.bool), None
+    else:
+        ins = [torch.empty(B * T, H, D, dtype=torch.bfloat16) for _ in range(3)]
+        kpm, cu = None, torch.arange(B + 1, dtype=torch.int32) * T
+    with compile_report._no_interpret(), compile_report.recording() as rec:
+        out, lse, out_lo = kern.attention_fwd(*ins, kpm, cu, T, D ** -0.5, 0.1, 1, 2)
+        kern.attention_bwd(torch.empty_like(out), *ins, out, out_lo, lse, kpm, cu, T, D ** -0.5,
+                           0.1, 1, 2)
+    names = [fn.__name__ for fn, _, _ in rec]
+    assert names == ["_attn_fwd", "_attn_bwd_pre", "_attn_bwd_dkdv", "_attn_bwd_dq"]
+    for name, grid in zip(names, rec.grids):
+        assert _grid_dims(grid), f"{name}: grid {grid} exceeds CUDA's limits"
+        assert math.prod(grid) >= B * H, f"{name}: grid {grid} misses some (batch, head)"
+
+
+@pytest.mark.gpu
+def test_gpu_more_than_65535_batch_heads(force_triton):
+    B, H = BIG_BH
+    q, k, v = make_qkv(B, H, 5, 64, torch.bfloat16, "cuda", seed=9)
+    check_against_reference(q, k, v, make_mask(B, 5, "cuda", seed=9), dropout_p=0.1, seed=4)
