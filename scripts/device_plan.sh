@@ -38,7 +38,9 @@ case "${1:-1}" in
         --modes full --providers torch-eager torch-compile liger cce ours-triton
     step attention-64x512 30 120 $PY -m bench.bench_attention --quick
     step mlm_mask 20 60 $PY -m bench.bench_mlm_mask
-    step gpu-tests 120 280 $PY -m pytest -q -m gpu -n 8 tests -p no:cacheprovider --durations=10
+    # 8 workers when pytest-xdist is there (it was on every device so far), else one process
+    XDIST=$($PY -c "import xdist" >/dev/null 2>&1 && echo "-n 8")
+    step gpu-tests 120 280 $PY -m pytest -q -m gpu $XDIST tests -p no:cacheprovider --durations=10
     step profile 40 120 $PY -m bench.bench_model --profile \
         --providers ours_padded ours_unpad ours_lce_tokenchunk hf_sdpa
     step lce-phases 20 60 $PY -m bench.bench_linear_cross_entropy --breakdown --rows 2048

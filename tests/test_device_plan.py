@@ -1,9 +1,15 @@
 """scripts/device_plan.sh: the next device call's plan runs its steps in order under a deadline
 and skips (and names) a step that cannot get its minimum time. Run here with PYTHON=echo, so
 each step only prints its command line."""
+import argparse
+import importlib
+import inspect
 import os
+import shlex
 import subprocess
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "device_plan.sh"
 
@@ -40,3 +46,41 @@ def test_plan_2_runs_tune_first(tmp_path):
 def test_plan_refuses_an_unknown_plan(tmp_path):
     r = _run(tmp_path, "3", 50)
     assert r.returncode == 2 and "usage" in r.stderr
+
+
+class _Parsed(Exception):
+    """Raised in place of running a command once its arguments have parsed."""
+
+
+def _plan_commands(tmp_path, which):
+    """The plan's `python -m MODULE ARGS` lines, as the device would run them."""
+    assert _run(tmp_path, which, 600).returncode == 0
+    lines = (tmp_path / "plan.log").read_text().splitlines()
+    return [shlex.split(line)[1:] for line in lines if line.startswith("-m ")]
+
+
+@pytest.mark.parametrize("which", ["1", "2"])
+def test_plan_commands_parse(which, tmp_path, monkeypatch):
+    """Every module the plan runs accepts the plan's arguments: a misspelt option or choice
+    would cost a step of a device call (minutes a session may not get again)."""
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(original(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    commands = _plan_commands(tmp_path, which)
+    assert len(commands) >= 5
+    for module, *argv in commands:
+        if module == "pytest":
+            # what pytest would select: the gpu marker exists and the test path is there
+            assert "gpu" in (SCRIPT.parents[1] / "pyproject.toml").read_text()
+            assert all((SCRIPT.parents[1] / a).exists() for a in argv
+                       if not a.startswith("-") and a not in ("gpu", "8", "no:cacheprovider"))
+            continue
+        main = importlib.import_module("xlmr_fast.cli" if module == "xlmr_fast" else module).main
+        if not inspect.signature(main).parameters:  # a bench without options: none given
+            assert argv == [], f"{module} takes no arguments, the plan gives {argv}"
+            continue
+        with pytest.raises(_Parsed):
+            main(argv)
