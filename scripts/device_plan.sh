@@ -38,9 +38,11 @@ case "${1:-1}" in
         --modes full --providers torch-eager torch-compile liger cce ours-triton
     step attention-64x512 30 120 $PY -m bench.bench_attention --quick
     step mlm_mask 20 60 $PY -m bench.bench_mlm_mask
-    # 8 workers when pytest-xdist is there (it was on every device so far), else one process
+    # 8 workers when pytest-xdist is there (it was on every device so far), else one process.
+    # -v: a line per finished test, so that a run cut by its time limit (343 gpu tests now, 256
+    # took 251 s on 11-23) still says which passed and which failed.
     XDIST=$($PY -c "import xdist" >/dev/null 2>&1 && echo "-n 8")
-    step gpu-tests 120 280 $PY -m pytest -q -m gpu $XDIST tests -p no:cacheprovider --durations=10
+    step gpu-tests 120 280 $PY -m pytest -v -m gpu $XDIST tests -p no:cacheprovider --durations=10
     step profile 40 120 $PY -m bench.bench_model --profile \
         --providers ours_padded ours_unpad ours_lce_tokenchunk hf_sdpa
     step lce-phases 20 60 $PY -m bench.bench_linear_cross_entropy --breakdown --rows 2048
@@ -58,4 +60,4 @@ case "${1:-1}" in
   *) echo "usage: bash scripts/device_plan.sh 1|2" >&2; exit 2 ;;
 esac
 printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/plan_summary.txt"
-grep -E "^(FAILED|ERROR)|passed|failed|^\[fail\]" "$OUT/plan.log" | tail -30 || true
+grep -E "^(FAILED|ERROR)| (FAILED|ERROR) |passed|failed|^\[fail\]" "$OUT/plan.log" | tail -30 || true
