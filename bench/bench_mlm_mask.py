@@ -179,13 +179,17 @@ def bench_gpu(rows, device="cuda", shapes=((64, 512), (256, 512))):
 
 
 def main():
-    rows = []
-    # GPU first: on the device machine the CPU baselines are the slow part, and a time limit
-    # must not cost the GPU rows.
+    rows, saved = [], 0
+    save = os.environ.get("XLMR_FAST_BENCH_NO_APPEND") != "1"
+    # GPU first, its rows written before the CPU part starts: on the device machine the CPU
+    # baselines are the slow part, and a time limit must not cost the GPU rows (on 11-22 it
+    # did: every row was written at the end).
     if torch.cuda.is_available():
         t = time.perf_counter()
         bench_gpu(rows)
         print(f"GPU part: {time.perf_counter() - t:.1f} s", flush=True)
+        if save and rows:
+            saved = H.append_new(rows, saved)
     else:
         print("GPU part: needs CUDA")
     if os.environ.get("XLMR_FAST_BENCH_SKIP_CPU") != "1":
@@ -195,8 +199,9 @@ def main():
     H.print_table(rows)
     for r in rows:
         print(f"{r['mode']:<8}{r['shape']:<24}{r['provider']:<18}{r['note']}")
-    if rows and os.environ.get("XLMR_FAST_BENCH_NO_APPEND") != "1":
-        print("appended to", H.append_rows(rows))
+    if save and len(rows) > saved:
+        H.append_new(rows, saved)
+        print("appended to", H.results_path())
     return 0
 
 

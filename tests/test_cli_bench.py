@@ -214,3 +214,38 @@ def test_bench_linear_cross_entropy_time_providers_on_cpu(capsys):
     assert seen and all(all(s) for s in seen)  # full mode: grads of hidden, weight and bias
     fwd = B.time_providers(provs, "forward", h, w, b, t, 3, "N7")
     assert [r["provider"] for r in fwd] == ["torch-eager"]  # tokenchunk has no forward row
+
+
+def test_bench_mlm_mask_writes_gpu_rows_before_the_cpu_part(monkeypatch, tmp_path):
+    # On 11-22 the device call's time limit fell in the CPU baselines and took the GPU rows with
+    # it: they were written at the end. Here the CPU part dies; the GPU rows must be on disk.
+    import csv
+
+    from bench import bench_mlm_mask as B
+    from bench import harness
+    out = tmp_path / "rows.csv"
+    monkeypatch.setenv("XLMR_FAST_BENCH_OUT", str(out))
+    monkeypatch.delenv("XLMR_FAST_BENCH_NO_APPEND", raising=False)
+    monkeypatch.delenv("XLMR_FAST_BENCH_SKIP_CPU", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(harness, "device_name", lambda: "a GPU")
+    monkeypatch.setattr(B, "bench_gpu", lambda rows: rows.append(
+        harness.row("mlm_mask", "ours_triton", "graph", "64x512", 0.0103)))
+
+    def killed(rows):
+        raise KeyboardInterrupt("time limit")
+
+    monkeypatch.setattr(B, "bench_cpu", killed)
+    with pytest.raises(KeyboardInterrupt):
+        B.main()
+    with open(out, newline="") as f:
+        got = list(csv.DictReader(f))
+    assert [(r["op"], r["provider"], r["mode"]) for r in got] == [
+        ("mlm_mask", "ours_triton", "graph")]
+    # and a full run writes each row once
+    monkeypatch.setattr(B, "bench_cpu", lambda rows: rows.append(
+        harness.row("mlm_mask", "hf_collator", "cpu", "64x512", 14.8)))
+    out.unlink()
+    assert B.main() == 0
+    with open(out, newline="") as f:
+        assert [r["provider"] for r in csv.DictReader(f)] == ["ours_triton", "hf_collator"]
