@@ -228,6 +228,30 @@ def test_cli_errors_and_unusable_paths(tmp_path, monkeypatch, capsys):
     assert d["settings"]["rows"] == 5 and d["versions"]["torch"] == torch.__version__
 
 
+def test_cli_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch, capsys):
+    """A device call's time limit can stop `xlmr-fast tune` half-way: the file already holds
+    every measurement made, merged into what it held before (same device)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    out = tmp_path / "t.json"
+    args = ["tune", "--device", "cpu", "--ops", "linear_cross_entropy", "--rows", "5",
+            "--vocab", "70", "--rep", "1", "--warmup", "0", "--out", str(out)]
+    assert cli_main(args + ["--hidden", "16"]) == 0            # an earlier run: key 16
+    real, calls = tune.measure, []
+
+    def measure_then_killed(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("time limit")
+        return real(*a, **k)
+
+    monkeypatch.setattr(tune, "measure", measure_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        cli_main(args + ["--hidden", "32", "48"])
+    t = tuning.read(out)["timings_ms"]["linear_cross_entropy"]
+    assert set(t) == {"16,bfloat16", "32,bfloat16"}             # 48 was never measured
+    assert [p.name for p in tmp_path.iterdir()] == ["t.json"], "a temporary file was left"
+
+
 @pytest.mark.interpret
 def test_cli_runs_every_candidate_interpreter(tmp_path, monkeypatch):
     """The whole command on the CPU through the Triton interpreter (its times mean nothing):

@@ -312,8 +312,11 @@ def _versions() -> dict:
 
 def tune(device: torch.device, ops=OPS, hidden=(768, 1024), dtypes=(torch.bfloat16,),
          rows: int = 8192, vocab: int = 250002, tokens: int = 64 * 512, warmup: int = 3,
-         rep: int = 10, compile_baseline: bool = True, timer=time_ms, log=print) -> dict:
-    """Time every candidate and return the tuning document (choices, timings, settings)."""
+         rep: int = 10, compile_baseline: bool = True, timer=time_ms, log=print,
+         save=None) -> dict:
+    """Time every candidate and return the tuning document (choices, timings, settings).
+    save(doc), if given, gets the document so far after each measurement: a run cut short
+    (a device call's time limit) keeps what it measured."""
     unknown = [o for o in ops if o not in OPS]
     if unknown:
         raise ValueError(f"tune: unknown op(s) {unknown}; known: {', '.join(OPS)}")
@@ -329,6 +332,21 @@ def tune(device: torch.device, ops=OPS, hidden=(768, 1024), dtypes=(torch.bfloat
                           for k, v in times.items())
         log(f"{op:22s} {key:24s} {cells}  ->  "
             f"{', '.join(f'{k}={v}' for k, v in picked.items()) or 'no choice'}")
+        if save is not None:
+            save(document())
+
+    def document():
+        return {
+            "format": tuning.FORMAT,
+            "device": device_name(device),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+            "settings": {"rows": rows, "vocab": vocab, "tokens": tokens, "dropout": DROPOUT,
+                         "warmup": warmup, "rep": rep, "compile_baseline": compile_baseline},
+            "choices": choices,
+            "timings_ms": timings,
+            "skipped": skipped,
+        }
 
     def tune_fused(op, key, cands):
         times = measure(cands, device, warmup, rep, timer)
@@ -360,17 +378,7 @@ def tune(device: torch.device, ops=OPS, hidden=(768, 1024), dtypes=(torch.bfloat
                                bias_gelu_candidates(device, H, dtype, tokens, compile_baseline))
     for op, why in skipped.items():
         log(f"{op:22s} skipped: {why}")
-    return {
-        "format": tuning.FORMAT,
-        "device": device_name(device),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "settings": {"rows": rows, "vocab": vocab, "tokens": tokens, "dropout": DROPOUT,
-                     "warmup": warmup, "rep": rep, "compile_baseline": compile_baseline},
-        "choices": choices,
-        "timings_ms": timings,
-        "skipped": skipped,
-    }
+    return document()
 
 
 def merge(old: dict, new: dict) -> dict:
@@ -454,17 +462,18 @@ def _run(a: argparse.Namespace) -> int:
     if any(h < 1 for h in a.hidden):
         raise ValueError(f"--hidden must be positive, got {a.hidden}")
     out = a.out or tuning.user_path(name)
+    old = tuning.read(out) if os.path.isfile(out) else None
+    if old is not None and old["device"] != name:
+        print(f"{out} held {old['device']!r}'s choices: replaced by this GPU's")
+        old = None
+
+    def save(doc):  # after every measurement (atomic): a run cut short keeps what it measured
+        return tuning.write(merge(old, doc) if old is not None else doc, out)
     doc = tune(device, ops=tuple(a.ops), hidden=tuple(a.hidden),
                dtypes=tuple(DTYPES[d] for d in a.dtype), rows=a.rows, vocab=a.vocab,
                tokens=a.tokens, warmup=a.warmup, rep=a.rep,
-               compile_baseline=not a.no_compile_baseline)
-    if os.path.isfile(out):
-        old = tuning.read(out)
-        if old["device"] == doc["device"]:
-            doc = merge(old, doc)
-        else:
-            print(f"{out} held {old['device']!r}'s choices: replaced by this GPU's")
-    print("wrote", tuning.write(doc, out))
+               compile_baseline=not a.no_compile_baseline, save=save)
+    print("wrote", save(doc))
     return 0
 
 
