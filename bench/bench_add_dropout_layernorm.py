@@ -36,10 +36,12 @@ def _compose(p):
     return f
 
 
-def _providers(p):
+def _providers(p, compile_baseline=True):
     from xlmr_fast.ops.add_dropout_layernorm import add_dropout_layernorm
 
-    provs = {"eager": _compose(p), "compile": torch.compile(_compose(p))}
+    provs = {"eager": _compose(p)}
+    if compile_baseline:
+        provs["compile"] = torch.compile(_compose(p))
     try:
         from liger_kernel.ops.layer_norm import LigerLayerNormFunction
 
@@ -52,24 +54,27 @@ def _providers(p):
     return provs
 
 
-def main():
-    if not torch.cuda.is_available():
-        print("needs CUDA")
-        return 0
+def run(T=T, hidden=(768, 1024), device="cuda", warmup=10, rep=50, save=True,
+        compile_baseline=True):
+    """Rows for every shape and provider; each shape's rows are appended to the results file
+    as soon as it is done (save), so a device call cut by its time limit keeps the shapes it
+    finished. The model's case (fp32 residual stream, p = 0.1) comes first at each width.
+    device="cpu" (with TRITON_INTERPRET=1, a tiny T) is the smoke test of this file: no CUDA
+    graph rows, no HBM share. compile_baseline=False leaves out the torch.compile provider."""
     dtype = torch.bfloat16
-    rows = []
-    for N, p, rdtype in itertools.product((768, 1024), (0.1, 0.0), (torch.bfloat16, torch.float32)):
+    rows, saved = [], 0
+    for N, rdtype, p in itertools.product(hidden, (torch.float32, torch.bfloat16), (0.1, 0.0)):
         xe, re = 2, rdtype.itemsize  # x bf16; residual, y, dy, dresidual in rdtype
         shape = f"T={T},H={N},p={p},bf16" + (",residual fp32" if re == 4 else "")
-        x = torch.randn(T, N, device="cuda", dtype=dtype, requires_grad=True)
-        r = torch.randn(T, N, device="cuda", dtype=rdtype, requires_grad=True)
+        x = torch.randn(T, N, device=device, dtype=dtype, requires_grad=True)
+        r = torch.randn(T, N, device=device, dtype=rdtype, requires_grad=True)
         wdtype = torch.float32 if re == 4 else dtype  # LayerNorm params under autocast
-        w = (1 + 0.1 * torch.randn(N, device="cuda")).to(wdtype).requires_grad_()
-        b = (0.1 * torch.randn(N, device="cuda")).to(wdtype).requires_grad_()
-        dy = torch.randn(T, N, device="cuda", dtype=rdtype)
+        w = (1 + 0.1 * torch.randn(N, device=device)).to(wdtype).requires_grad_()
+        b = (0.1 * torch.randn(N, device=device)).to(wdtype).requires_grad_()
+        dy = torch.randn(T, N, device=device, dtype=rdtype)
         fwd_bytes = T * N * (xe + 2 * re) + 8 * T
         all_bytes = fwd_bytes + T * N * (2 * xe + 3 * re) + 8 * T
-        for name, fn in _providers(p).items():
+        for name, fn in _providers(p, compile_baseline).items():
             def fwd(fn=fn):
                 return fn(x, r, w, b)
 
@@ -77,19 +82,15 @@ def main():
                 return torch.autograd.grad(fn(x, r, w, b), (x, r, w, b), dy)
 
             for mode, call, nbytes in (("fwd", fwd, fwd_bytes), ("fwd+bwd", fwdbwd, all_bytes)):
-                try:
-                    ms = H.time_ms(call, warmup=10, rep=50)
-                    rows.append(H.row(OP, name, mode, shape, ms, bytes_moved=nbytes,
-                                      peak=H.peak_mb(call), note=H.hbm_note(nbytes, ms)))
-                    ms = H.device_ms(call)
-                    rows.append(H.row(OP, name, mode + "(graph)", shape, ms,
-                                      bytes_moved=nbytes, note=H.hbm_note(nbytes, ms)))
-                except Exception as e:  # a provider failing must not hide the others
-                    print(f"{name} {mode} {shape}: failed: {type(e).__name__}: {e}")
-    H.print_table(rows, baseline_provider=("eager", "compile"))
-    H.print_keep_summary(OP, rows)
-    print("rows appended to", H.append_rows(rows))
-    return 0
+                H.time_rows(rows, OP, name, mode, shape, call, warmup=warmup, rep=rep,
+                            nbytes=nbytes, graph=device == "cuda")
+        if save:
+            saved = H.append_new(rows, saved)
+    return rows
+
+
+def main():
+    return H.fused_op_main(run, OP)
 
 
 if __name__ == "__main__":

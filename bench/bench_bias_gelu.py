@@ -38,15 +38,17 @@ def _ctx_eager(h, W, b):
     return F.gelu(F.linear(h, W, b))
 
 
-def main():
-    if not torch.cuda.is_available():
-        print("needs CUDA")
-        return 0
+def run(T=T, widths=((768, 3072), (1024, 4096)), device="cuda", warmup=10, rep=50, save=True,
+        compile_baseline=True):
+    """Rows for every shape and provider, each width's rows appended to the results file as
+    soon as they are done (save: a device call cut by its time limit keeps what it finished).
+    device="cpu" (with TRITON_INTERPRET=1, a tiny T) is the smoke test of this file: no CUDA
+    graph rows, no HBM share. compile_baseline=False leaves out the torch.compile provider."""
     from xlmr_fast.ops.bias_gelu import bias_gelu
 
     dtype = torch.bfloat16
     elt = torch.finfo(dtype).bits // 8
-    rows = []
+    rows, saved = [], 0
 
     def bench(name, mode, shape, fn, inputs, dy, nbytes=None, flops=None):
         def fwd():
@@ -56,43 +58,42 @@ def main():
             return torch.autograd.grad(fn(*inputs), inputs, dy)
 
         call = fwd if mode == "fwd" else fwdbwd
-        try:
-            ms = H.time_ms(call, warmup=10, rep=50)
-            rows.append(H.row(OP, name, mode, shape, ms, bytes_moved=nbytes, flops=flops,
-                              peak=H.peak_mb(call), note=H.hbm_note(nbytes, ms)))
-            ms = H.device_ms(call)
-            rows.append(H.row(OP, name, mode + "(graph)", shape, ms, bytes_moved=nbytes,
-                              flops=flops, note=H.hbm_note(nbytes, ms)))
-        except Exception as e:  # a provider failing must not hide the others
-            print(f"{name} {mode} {shape}: failed: {type(e).__name__}: {e}")
+        H.time_rows(rows, OP, name, mode, shape, call, warmup=warmup, rep=rep, nbytes=nbytes,
+                    flops=flops, graph=device == "cuda")
 
-    compiled = torch.compile(_eager)
-    compiled_ctx = torch.compile(_ctx_eager)
-    for Hd, Fd in ((768, 3072), (1024, 4096)):
+    compiled = torch.compile(_eager) if compile_baseline else None
+    compiled_ctx = torch.compile(_ctx_eager) if compile_baseline else None
+    for Hd, Fd in widths:
         shape = f"T={T},F={Fd},bf16"
-        x = torch.randn(T, Fd, device="cuda", dtype=dtype, requires_grad=True)
-        b = (0.5 * torch.randn(Fd, device="cuda")).to(dtype).requires_grad_()
-        dy = torch.randn(T, Fd, device="cuda", dtype=dtype)
-        for mode, nbytes in (("fwd", 2 * T * Fd * elt), ("fwd+bwd", 5 * T * Fd * elt)):
-            bench("eager", mode, shape, _eager, (x, b), dy, nbytes)
-            bench("compile", mode, shape, compiled, (x, b), dy, nbytes)
-            bench("ours", mode, shape, bias_gelu, (x, b), dy, nbytes)
-            bench("gelu_only", mode, shape, F.gelu, (x,), dy, nbytes)
-        # In context: the up-projection GEMM plus its activation.
+        x = torch.randn(T, Fd, device=device, dtype=dtype, requires_grad=True)
+        b = (0.5 * torch.randn(Fd, device=device)).to(dtype).requires_grad_()
+        dy = torch.randn(T, Fd, device=device, dtype=dtype)
+        # In context first (the model's choice reads these rows): the up-projection GEMM plus
+        # its activation.
         cshape = f"ctx T={T},H={Hd},F={Fd},bf16"
-        h = torch.randn(T, Hd, device="cuda", dtype=dtype, requires_grad=True)
-        W = (0.02 * torch.randn(Fd, Hd, device="cuda")).to(dtype).requires_grad_()
+        h = torch.randn(T, Hd, device=device, dtype=dtype, requires_grad=True)
+        W = (0.02 * torch.randn(Fd, Hd, device=device)).to(dtype).requires_grad_()
         gemm = 2 * T * Hd * Fd
         for mode, fl in (("fwd", gemm), ("fwd+bwd", 3 * gemm)):
             bench("eager", mode, cshape, _ctx_eager, (h, W, b), dy, flops=fl)
-            bench("compile", mode, cshape, compiled_ctx, (h, W, b), dy, flops=fl)
+            if compile_baseline:
+                bench("compile", mode, cshape, compiled_ctx, (h, W, b), dy, flops=fl)
             bench("ours", mode, cshape, lambda h, W, b: bias_gelu(F.linear(h, W), b), (h, W, b),
                   dy, flops=fl)
-    H.print_table(rows, baseline_provider=("eager", "compile"))
+        for mode, nbytes in (("fwd", 2 * T * Fd * elt), ("fwd+bwd", 5 * T * Fd * elt)):
+            bench("eager", mode, shape, _eager, (x, b), dy, nbytes)
+            if compile_baseline:
+                bench("compile", mode, shape, compiled, (x, b), dy, nbytes)
+            bench("ours", mode, shape, bias_gelu, (x, b), dy, nbytes)
+            bench("gelu_only", mode, shape, F.gelu, (x,), dy, nbytes)
+        if save:
+            saved = H.append_new(rows, saved)
+    return rows
+
+
+def main():
     # the model's choice: in context, where the bias leaves the GEMM for our kernel
-    H.print_keep_summary(OP, rows, extra=("gelu_only",), verdict_shapes="ctx")
-    print("rows appended to", H.append_rows(rows))
-    return 0
+    return H.fused_op_main(run, OP, extra=("gelu_only",), verdict_shapes="ctx")
 
 
 if __name__ == "__main__":

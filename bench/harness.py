@@ -127,10 +127,40 @@ def hbm_gbps() -> float:
 
 def hbm_note(nbytes, ms) -> str:
     """'NN% of HBM' for a memory-bound op moving nbytes in ms (see hbm_gbps)."""
-    if not nbytes or not ms == ms:
+    if not nbytes or not ms == ms or not torch.cuda.is_available():
         return ""
     hbm = hbm_gbps()
     return f"{nbytes / ms / 1e6 / hbm:.0%} of HBM copy {hbm:.0f} GB/s"
+
+
+def time_rows(rows, op, provider, mode, shape, call, *, warmup, rep, nbytes=None, flops=None,
+              graph=True):
+    """Append call()'s row (calls enqueued back to back, peak memory, share of HBM) and, with
+    graph on CUDA, its "(graph)" row (device time alone, from a CUDA graph). A failure is
+    printed, not raised: one provider failing must not hide the others."""
+    try:
+        ms = time_ms(call, warmup=warmup, rep=rep)
+        rows.append(row(op, provider, mode, shape, ms, bytes_moved=nbytes, flops=flops,
+                        peak=peak_mb(call), note=hbm_note(nbytes, ms)))
+        if graph and torch.cuda.is_available():
+            ms = device_ms(call)
+            rows.append(row(op, provider, mode + "(graph)", shape, ms, bytes_moved=nbytes,
+                            flops=flops, note=hbm_note(nbytes, ms)))
+    except Exception as e:
+        print(f"{provider} {mode} {shape}: failed: {type(e).__name__}: {e}")
+
+
+def fused_op_main(run, op, **keep_summary) -> int:
+    """main() of a fused layer-op benchmark: run() on CUDA (it appends its rows shape by
+    shape), then the table and the keep/drop summary against eager and compile."""
+    if not torch.cuda.is_available():
+        print("needs CUDA")
+        return 0
+    rows = run()
+    print_table(rows, baseline_provider=("eager", "compile"))
+    print_keep_summary(op, rows, **keep_summary)
+    print("rows appended to", results_path())
+    return 0
 
 
 def peak_mb(fn) -> float:

@@ -249,3 +249,34 @@ def test_bench_mlm_mask_writes_gpu_rows_before_the_cpu_part(monkeypatch, tmp_pat
     assert B.main() == 0
     with open(out, newline="") as f:
         assert [r["provider"] for r in csv.DictReader(f)] == ["ours_triton", "hf_collator"]
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("op", ["add_dropout_layernorm", "bias_gelu"])
+def test_bench_layer_ops_run_under_the_interpreter(op, monkeypatch, tmp_path, capsys):
+    # The fused layer-op benchmarks' own code at tiny shapes on the CPU before device time is
+    # spent on it; each width's rows are on disk as soon as that width is done.
+    import csv
+    import importlib
+    B = importlib.import_module(f"bench.bench_{op}")
+    out = tmp_path / "rows.csv"
+    monkeypatch.setenv("XLMR_FAST_BENCH_OUT", str(out))
+    monkeypatch.delenv("XLMR_FAST_BACKEND", raising=False)
+    kw = dict(hidden=(32, 48)) if op == "add_dropout_layernorm" else dict(
+        widths=((16, 64), (24, 96)))
+    writes = []
+    real_append = B.H.append_new
+    monkeypatch.setattr(B.H, "append_new", lambda rows, done: writes.append(len(rows) - done)
+                        or real_append(rows, done))
+    rows = B.run(T=40, device="cpu", warmup=0, rep=1, compile_baseline=False, **kw)
+    shapes = {r["shape"] for r in rows}
+    assert len(shapes) == (8 if op == "add_dropout_layernorm" else 4)
+    assert len(writes) == (8 if op == "add_dropout_layernorm" else 2) and all(writes), writes
+    for shape in shapes:
+        for mode in ("fwd", "fwd+bwd"):
+            got = {r["provider"] for r in rows if r["shape"] == shape and r["mode"] == mode}
+            assert {"eager", "ours"} <= got, (shape, mode, got)
+    failed = [line for line in capsys.readouterr().out.splitlines() if "failed" in line]
+    assert all(line.startswith("liger ") for line in failed), failed
+    with open(out, newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
