@@ -101,11 +101,11 @@ def main(argv=None):
             ids, labels, _ = _batch(B, T, pad, cfg.vocab_size)
             batches.append((f"B{B}xT{T} pad{pad:.1f} base", ids, labels))
         rows = run_profile(provs, batches, cfg.vocab_size, on_done=lambda: [
-            m.zero_grad(set_to_none=True) for m in all_models])
+            m.zero_grad(set_to_none=True) for m in all_models], save=not args.no_save)
         if rows and not args.no_save:
-            print("appended to", harness.append_rows(rows))
+            print("appended to", harness.results_path())
         return 0
-    rows = []
+    rows, saved = [], 0
     for B, T, pad in shapes:
         ids, labels, real = _batch(B, T, pad, cfg.vocab_size)
         shape = f"B{B}xT{T} pad{pad:.1f} base"
@@ -124,9 +124,11 @@ def main(argv=None):
                                     note=f"{real / ms / 1e3:.0f}k real tok/s"))
         for m in all_models:
             m.zero_grad(set_to_none=True)
+        if not args.no_save:  # shape by shape: a cut device call keeps the shapes it finished
+            saved = harness.append_new(rows, saved)
     harness.print_table(rows, baseline_provider=("hf_sdpa",))
     if rows and not args.no_save:
-        print("appended to", harness.append_rows(rows))
+        print("appended to", harness.results_path())
     return 0
 
 
@@ -140,9 +142,10 @@ def _step(loss_fn, ids, labels, device_type):
     return step
 
 
-def run_profile(provs, batches, vocab, *, steps=3, on_done=None, device=None):
+def run_profile(provs, batches, vocab, *, steps=3, on_done=None, device=None, save=False):
     """Profile `steps` autocast fwd+bwd steps of each provider (loss_fn(ids, labels)) on each
-    (shape label, ids, labels); print the breakdowns; return model_step_profile rows."""
+    (shape label, ids, labels); print the breakdowns; return model_step_profile rows. save:
+    append each provider's rows as soon as it is done (a cut device call keeps them)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for shape, ids, labels in batches:
@@ -158,6 +161,8 @@ def run_profile(provs, batches, vocab, *, steps=3, on_done=None, device=None):
                     on_done()
             print(step_profile.format_summary(s, f"{name} {shape}"), flush=True)
             rows += step_profile.rows_for_csv(s, name, shape)
+            if save:
+                harness.append_rows(step_profile.rows_for_csv(s, name, shape))
     return rows
 
 

@@ -221,6 +221,26 @@ def test_bench_model_profile_runs_its_providers_on_cpu(capsys):
     assert all(p.grad is None for p in m.parameters())
 
 
+def test_bench_model_profile_saves_each_provider_when_done(monkeypatch, tmp_path):
+    # a device call's time limit in the second provider keeps the first one's rows
+    import csv
+
+    from bench import bench_model
+    out = tmp_path / "rows.csv"
+    monkeypatch.setenv("XLMR_FAST_BENCH_OUT", str(out))
+    m, ids, labels = _tiny_model()
+
+    def killed(i, lab):
+        raise KeyboardInterrupt("time limit")
+    provs = {"tiny": lambda i, lab: m(i, labels=lab).loss, "second": killed}
+    with pytest.raises(KeyboardInterrupt):
+        bench_model.run_profile(provs, [("B4xT64", ids, labels)], 1000, steps=1,
+                                device=torch.device("cpu"), save=True)
+    with open(out, newline="") as f:
+        got = list(csv.DictReader(f))
+    assert got and {r["provider"] for r in got} == {"tiny"}
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_profile_sees_cublas_and_ours():
