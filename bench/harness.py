@@ -10,6 +10,7 @@ import datetime as _dt
 import os
 import re
 import statistics
+import time
 
 import torch
 
@@ -67,6 +68,18 @@ def time_ms(fn, *, warmup: int = 5, rep: int = 30) -> Timing:
     return Timing.of(tune.time_samples(fn, device, warmup, rep, sync_each=sync_each))
 
 
+def deadline() -> float | None:
+    """XLMR_FAST_BENCH_DEADLINE (time.time() seconds), set by scripts/device_plan.sh a little
+    before a step's time limit: timing loops then stop early rather than die with no rows."""
+    v = os.environ.get("XLMR_FAST_BENCH_DEADLINE")
+    return float(v) if v else None
+
+
+def past_deadline() -> bool:
+    d = deadline()
+    return d is not None and time.time() > d
+
+
 def time_interleaved(calls: dict, *, warmup: int = 3, rounds: int = 5, rep: int = 2,
                      context=None) -> dict:
     """{name: Timing of its rounds * rep calls, or the exception it raised} for several
@@ -78,7 +91,7 @@ def time_interleaved(calls: dict, *, warmup: int = 3, rounds: int = 5, rep: int 
 
     def samples(fn, dev, w, r):
         return tune.time_samples(fn, dev, w, r, sync_each)
-    got = tune.interleaved(calls, device, warmup, rounds, rep, samples, context)
+    got = tune.interleaved(calls, device, warmup, rounds, rep, samples, context, deadline())
     return {name: v if isinstance(v, Exception) else Timing.of([x for xs in v for x in xs])
             for name, v in got.items()}
 

@@ -31,7 +31,8 @@ def test_plan_1_steps_and_deadline(tmp_path):
     assert summary[4] == "gpu-tests: skipped (50s left, needs 120s)"
     assert summary[1].startswith("lce-goal: rc=0 in ")
     log = (tmp_path / "plan.log").read_text()
-    assert "=== lce-goal (limit 50s)\n-m bench.bench_linear_cross_entropy --N 8192 --H 1024" in log
+    assert ("=== lce-goal (limit 50s, bench deadline 39s)\n"
+            "-m bench.bench_linear_cross_entropy --N 8192 --H 1024") in log
 
 
 def test_plan_2_runs_tune_first(tmp_path):

@@ -195,6 +195,30 @@ def test_measure_interleaves_the_candidates():
     assert times == {"a": 1.03, "b": 2.04}  # medians of the rounds: (1.01, 1.03, 1.05)
 
 
+def test_interleaved_stops_at_the_deadline(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(tune.time, "time", lambda: clock[0])
+    cpu = torch.device("cpu")
+
+    def timer(fn, dev, warmup, rep):  # each timed turn takes 10 s of the fake clock
+        clock[0] += 10
+        return [1.0]
+    calls = {"a": lambda: None, "b": lambda: None}
+    # round 1 runs (ends at 120), round 2 would start past the deadline (115): stop there
+    got = tune.interleaved(calls, cpu, 1, 5, 2, timer, deadline=115.0)
+    assert got == {"a": [[1.0]], "b": [[1.0]]}
+    # a warm-up that would start past the deadline is not run; the ones before it are timed
+    clock[0] = 100.0
+
+    def slow():
+        clock[0] += 20
+    got = tune.interleaved({"slow": slow, "late": lambda: None}, cpu, 1, 3, 2, timer,
+                           deadline=115.0)
+    assert got["slow"] == [[1.0]] and isinstance(got["late"], TimeoutError)
+    # no deadline: every round
+    assert tune.interleaved(calls, cpu, 1, 3, 2, timer)["a"] == [[1.0]] * 3
+
+
 def test_merge_keeps_unmeasured_keys():
     old = {"choices": {"bias_gelu": {"768,bfloat16": "fused", "1024,bfloat16": "fused"}},
            "timings_ms": {"bias_gelu": {"768,bfloat16": {"fused": 1.0}}}}

@@ -101,19 +101,31 @@ def time_samples(fn, device: torch.device, warmup: int = 3, rep: int = 10,
 
 
 def interleaved(calls: dict, device: torch.device, warmup: int, rounds: int, per_round: int,
-                timer=time_ms, context=None) -> dict:
+                timer=time_ms, context=None, deadline: float | None = None) -> dict:
     """{name: [timer(fn, device, 0, per_round) per round], or the exception fn raised}.
 
     The calls are timed in interleaved rounds: every call's turn in round r comes before any
     turn in round r + 1, so that clock and thermal drift over a long run falls on all of them
     alike instead of on whichever runs last (Liger's benchmark method). Each call first gets
     `warmup` untimed runs (JIT, torch.compile, autotuning). context(name), if given, is entered
-    around each turn. A call that raises is left out of the later rounds."""
+    around each turn. A call that raises is left out of the later rounds.
+
+    deadline (time.time() seconds), if given, trades samples for an answer when a time limit
+    is near: a call whose warm-up would start past it is not run (a TimeoutError in its
+    place), and no round after the first starts past it, so a bench killed at its limit a
+    little later has still written rows of every call that was warmed up."""
     ctx = context or (lambda name: contextlib.nullcontext())
     got = {name: [] for name in calls}
+    late = (lambda: False) if deadline is None else (lambda: time.time() > deadline)
     for r in range(rounds + 1):  # round 0: warm-up
+        if r >= 2 and late():
+            print(f"deadline: timed {r - 1} of {rounds} rounds", flush=True)
+            break
         for name, fn in calls.items():
             if isinstance(got[name], Exception):
+                continue
+            if r == 0 and late():
+                got[name] = TimeoutError("not run: the deadline passed before its warm-up")
                 continue
             try:
                 with ctx(name):
