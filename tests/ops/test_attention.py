@@ -642,3 +642,24 @@ def test_gpu_more_than_65535_batch_heads(force_triton):
     B, H = BIG_BH
     q, k, v = make_qkv(B, H, 5, 64, torch.bfloat16, "cuda", seed=9)
     check_against_reference(q, k, v, make_mask(B, 5, "cuda", seed=9), dropout_p=0.1, seed=4)
+
+
+@pytest.mark.gpu
+def test_gpu_no_host_sync(force_triton):
+    """Neither layout makes the host wait for the device, forward or backward, with dropout
+    (issue 5: max_seqlen comes from the caller so that varlen forces no sync)."""
+    lengths = [40, 1, 64, 17]
+    B, H, T, D = len(lengths), 4, 64, 64
+    q, k, v = make_qkv(B, H, T, D, torch.bfloat16, "cuda", seed=2)
+    kpm = (torch.arange(T)[None, :] >= torch.tensor(lengths)[:, None]).cuda()
+    qp, kp, vp = (pack(x.detach(), lengths).requires_grad_() for x in (q, k, v))
+    cu = cu_from(lengths, "cuda")
+    for _ in range(2):  # the first call compiles; both must be sync-free
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = xf.ops.attention(q, k, v, key_padding_mask=kpm, dropout_p=0.1)
+            out.backward(torch.ones_like(out))
+            outp = xf.ops.attention(qp, kp, vp, cu_seqlens=cu, max_seqlen=T, dropout_p=0.1)
+            outp.backward(torch.ones_like(outp))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
