@@ -20,6 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from . import LAUNCH
 from .rng import mix32 as _mix32
 
 
@@ -157,11 +158,11 @@ def forward(x2, r2, weight, bias, y2, mean, rstd, key1, key2, thresh, scale, eps
     args = (x2, r2, weight, bias, y2, mean, rstd, M, N, key1, key2, thresh, scale, eps)
     if tune:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),)  # noqa: E731
-        _fwd_tuned[grid](*args, HAS_DROPOUT=has_dropout, BLOCK_N=BN)
+        _fwd_tuned[grid](*args, HAS_DROPOUT=has_dropout, BLOCK_N=BN, **LAUNCH)
     else:
         bm = max(1, min(4, 4096 // BN))
         _adln_fwd_kernel[(triton.cdiv(M, bm),)](*args, HAS_DROPOUT=has_dropout, BLOCK_M=bm,
-                                                BLOCK_N=BN, num_warps=4)
+                                                BLOCK_N=BN, num_warps=4, **LAUNCH)
 
 
 def backward(dy2, x2, r2, weight, mean, rstd, dx2, dr2, dw_part, db_part, rows_per_prog,
@@ -173,8 +174,8 @@ def backward(dy2, x2, r2, weight, mean, rstd, dx2, dr2, dw_part, db_part, rows_p
     args = (dy2, x2, r2, weight, mean, rstd, dx2, dr2, dw_part, db_part, M, N, rows_per_prog,
             key1, key2, thresh, scale)
     if tune:
-        _bwd_tuned[(G,)](*args, HAS_DROPOUT=has_dropout, BLOCK_N=BN)
+        _bwd_tuned[(G,)](*args, HAS_DROPOUT=has_dropout, BLOCK_N=BN, **LAUNCH)
     else:
         bm = max(1, min(4, 4096 // BN))
         _adln_bwd_kernel[(G,)](*args, HAS_DROPOUT=has_dropout, BLOCK_M=bm, BLOCK_N=BN,
-                               num_warps=4)
+                               num_warps=4, **LAUNCH)

@@ -39,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import LAUNCH
 from .rng import mix32 as _mix32
 
 LOG2E = 1.4426950408889634
@@ -539,7 +540,7 @@ def attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_sca
         HEAD_DIM=D, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         IS_VARLEN=varlen, HAS_MASK=has_mask, DROPOUT=dropout_p > 0.0,
         DOT_MODE=_dot_mode(q.dtype), STORE_LO=store_lo, KV_SCAN=KV_SCAN,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **LAUNCH,
     )
     return out, lse, out_lo
 
@@ -570,7 +571,7 @@ def attention_bwd(do, q, k, v, out, out_lo, lse, key_padding_mask, cu_seqlens, m
     _attn_bwd_pre[(nb * B * H,)](
         out, out_lo if has_lo else out, do, delta, *_strides(out, varlen),
         *_strides(do, varlen), slb, slh, H, Tp, nb, cu,
-        HEAD_DIM=D, BLOCK_M=pre_bm, IS_VARLEN=varlen, HAS_LO=has_lo,
+        HEAD_DIM=D, BLOCK_M=pre_bm, IS_VARLEN=varlen, HAS_LO=has_lo, **LAUNCH,
     )
     cfg = bwd_config(D, T, q.dtype)
     common = dict(HEAD_DIM=D, IS_VARLEN=varlen, HAS_MASK=has_mask, DROPOUT=dropout_p > 0.0,
@@ -584,14 +585,14 @@ def attention_bwd(do, q, k, v, out, out_lo, lse, key_padding_mask, cu_seqlens, m
         q, k, v, do, dk, dv, lse, delta, kpm, cu, *strides_in,
         *_strides(dk, varlen), *_strides(dv, varlen), slb, slh, smb,
         H, Tp, nb, softmax_scale * LOG2E, softmax_scale, *rng,
-        BLOCK_M=cfg["BLOCK_M1"], BLOCK_N=cfg["BLOCK_N1"], **common,
+        BLOCK_M=cfg["BLOCK_M1"], BLOCK_N=cfg["BLOCK_N1"], **common, **LAUNCH,
     )
     nb = triton.cdiv(T, cfg["BLOCK_M2"])
     _attn_bwd_dq[(nb * B * H,)](
         q, k, v, do, dq, lse, delta, kpm, cu, *strides_in,
         *_strides(dq, varlen), slb, slh, smb,
         H, Tp, nb, softmax_scale * LOG2E, softmax_scale, *rng,
-        BLOCK_M=cfg["BLOCK_M2"], BLOCK_N=cfg["BLOCK_N2"], **common,
+        BLOCK_M=cfg["BLOCK_M2"], BLOCK_N=cfg["BLOCK_N2"], **common, **LAUNCH,
     )
     return dq, dk, dv
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from . import LAUNCH
+
 _RSQRT2 = tl.constexpr(0.7071067811865476)
 _RSQRT2PI = tl.constexpr(0.3989422804014327)
 
@@ -90,11 +92,11 @@ def forward(x2, bias, y2, tune: bool):
     M, F = x2.shape
     if tune:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(F, meta["BLOCK_N"]))  # noqa: E731
-        _fwd_tuned[grid](x2, bias, y2, M, F)
+        _fwd_tuned[grid](x2, bias, y2, M, F, **LAUNCH)
     else:
         bm, bn = 4, min(256, triton.next_power_of_2(F))
         _bias_gelu_fwd_kernel[(triton.cdiv(M, bm), triton.cdiv(F, bn))](
-            x2, bias, y2, M, F, BLOCK_M=bm, BLOCK_N=bn, num_warps=4)
+            x2, bias, y2, M, F, BLOCK_M=bm, BLOCK_N=bn, num_warps=4, **LAUNCH)
 
 
 def backward(dy2, x2, bias, dx2, db_part, rows_per_prog, tune: bool):
@@ -103,8 +105,9 @@ def backward(dy2, x2, bias, dx2, db_part, rows_per_prog, tune: bool):
     G = db_part.shape[0]
     if tune:
         grid = lambda meta: (G, triton.cdiv(F, meta["BLOCK_N"]))  # noqa: E731
-        _bwd_tuned[grid](dy2, x2, bias, dx2, db_part, M, F, rows_per_prog)
+        _bwd_tuned[grid](dy2, x2, bias, dx2, db_part, M, F, rows_per_prog, **LAUNCH)
     else:
         bm, bn = 4, min(256, triton.next_power_of_2(F))
         _bias_gelu_bwd_kernel[(G, triton.cdiv(F, bn))](
-            dy2, x2, bias, dx2, db_part, M, F, rows_per_prog, BLOCK_M=bm, BLOCK_N=bn, num_warps=4)
+            dy2, x2, bias, dx2, db_part, M, F, rows_per_prog, BLOCK_M=bm, BLOCK_N=bn, num_warps=4,
+            **LAUNCH)

@@ -62,6 +62,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import LAUNCH
+
 
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
@@ -520,7 +522,7 @@ def flat_loops(H: int, block_h: int, override: bool | None = None) -> bool:
 
 
 def _launch_kw(cfg: dict) -> dict:
-    return {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    return {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"], **LAUNCH}
 
 
 # ----------------------------------------------------------------------------- host wrappers

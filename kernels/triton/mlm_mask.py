@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import LAUNCH
 from .rng import mix32 as _mix32
 
 DEFAULT_BLOCK = 2048
@@ -119,6 +120,6 @@ def mlm_mask_static(input_ids: torch.Tensor, vocab_size: int, mask_id: int, key:
     _mlm_mask_kernel[grid](
         ids, masked, labels, positions, count, n, capacity, key, key2, threshold,
         0 if big else vm5, mask_id, pad_id,
-        MASK_SPECIAL=bool(mask_special), BIG_VOCAB=big, BLOCK=block, num_warps=num_warps,
+        MASK_SPECIAL=bool(mask_special), BIG_VOCAB=big, BLOCK=block, num_warps=num_warps, **LAUNCH,
     )
     return masked, labels, positions, count
