@@ -7,6 +7,7 @@ Speed figures from the report (registers, spills, pipelining) are printed, never
 one code-shape property asserted is that the token-chunk passes over the stored logits use
 vector accesses (a mask by V = 250,002 made them one 2-byte access per element)."""
 import io
+import warnings
 
 import pytest
 import torch
@@ -28,8 +29,13 @@ def _internals():
                     reason="on a GPU machine the GPU tests compile and run the kernels for real")
 def test_every_default_launch_compiles_for_sm90():
     out = io.StringIO()
-    rows = compile_report.report(["attention", "linear_cross_entropy", "mlm_mask"],
-                                 defaults=True, out=out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = compile_report.report(["attention", "linear_cross_entropy", "mlm_mask"],
+                                     defaults=True, out=out)
+    # every launch sets enable_fp_fusion itself (kernels/triton LAUNCH): Triton 3.9 warns when
+    # it is left to the default, which Triton 3.10 changes
+    assert not [w for w in caught if "FP_FUSION" in str(w.message)]
     print(out.getvalue())
     kernels = {(r["op"], r["kernel"]) for r in rows}
     assert {("attention", k) for k in ("_attn_fwd", "_attn_bwd_pre", "_attn_bwd_dkdv",
