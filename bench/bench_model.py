@@ -160,9 +160,10 @@ def run_profile(provs, batches, vocab, *, steps=3, on_done=None, device=None, sa
                 if on_done is not None:
                     on_done()
             print(step_profile.format_summary(s, f"{name} {shape}"), flush=True)
-            rows += step_profile.rows_for_csv(s, name, shape)
+            new = step_profile.rows_for_csv(s, name, shape)
+            rows += new
             if save:
-                harness.append_rows(step_profile.rows_for_csv(s, name, shape))
+                harness.append_rows(new)
     return rows
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import os
 import re
 import statistics
@@ -15,6 +16,7 @@ import time
 import torch
 
 from xlmr_fast import tune
+from xlmr_fast._io import atomic_write
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 FIELDS = ["op", "provider", "mode", "shape", "median_ms", "p20_ms", "p80_ms", "tflops", "gbps",
@@ -240,8 +242,8 @@ def append_new(rows, done: int) -> int:
 
 def _upgrade_header(path: str) -> None:
     """A results file written before FIELDS gained columns (p20_ms, p80_ms) is rewritten with
-    the current header, old rows keeping their values and blanks in the new columns; through a
-    temporary file and os.replace, so an interruption leaves the old file whole."""
+    the current header, old rows keeping their values and blanks in the new columns; through
+    xlmr_fast._io.atomic_write, so an interruption leaves the old file whole."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
@@ -252,12 +254,11 @@ def _upgrade_header(path: str) -> None:
             raise ValueError(f"{path}: columns {unknown} are not bench/harness.py FIELDS; "
                              f"move the file aside or write elsewhere (XLMR_FAST_BENCH_OUT)")
         old = list(reader)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, restval="")
-        w.writeheader()
-        w.writerows(old)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=FIELDS, restval="")
+    w.writeheader()
+    w.writerows(old)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode("utf-8")), durable=False)
 
 
 def append_rows(rows, path: str | None = None) -> str:
