@@ -264,7 +264,7 @@ def _upgrade_header(path: str) -> None:
 def append_rows(rows, path: str | None = None) -> str:
     """Append rows to bench/results/<device>.csv (or path; XLMR_FAST_BENCH_OUT overrides)."""
     path = path or results_path()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # a bare file name: this directory
     new = not os.path.exists(path) or os.path.getsize(path) == 0
     if not new:
         _upgrade_header(path)

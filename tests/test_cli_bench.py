@@ -303,3 +303,12 @@ def test_harness_deadline_from_the_environment(monkeypatch, capsys):
     rows = B.time_providers({"torch-eager": (B.torch_eager, True, "")}, "full", h, w, b, t, 2,
                             "N5")
     assert [r["provider"] for r in rows] == ["torch-eager"]
+
+
+def test_harness_results_path_may_be_a_bare_file_name(tmp_path, monkeypatch):
+    # XLMR_FAST_BENCH_OUT=rows.csv (no directory) used to fail in os.makedirs("")
+    from bench import harness
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XLMR_FAST_BENCH_OUT", "rows.csv")
+    harness.append_rows([harness.row("op", "p", "fwd", "s", 1.0)])
+    assert (tmp_path / "rows.csv").read_text().count("\n") == 2
