@@ -31,8 +31,7 @@ def test_every_default_launch_compiles_for_sm90():
     out = io.StringIO()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rows = compile_report.report(["attention", "linear_cross_entropy", "mlm_mask"],
-                                     defaults=True, out=out)
+        rows = compile_report.report(list(compile_report.OPS), defaults=True, out=out)
     # every launch sets enable_fp_fusion itself (kernels/triton LAUNCH): Triton 3.9 warns when
     # it is left to the default, which Triton 3.10 changes
     assert not [w for w in caught if "FP_FUSION" in str(w.message)]
@@ -44,10 +43,19 @@ def test_every_default_launch_compiles_for_sm90():
                                                   "_mm_kernel", "_tc_stats_kernel",
                                                   "_tc_grad_kernel")} <= kernels
     assert ("mlm_mask", "_mlm_mask_kernel") in kernels
-    # mask/varlen x dropout for attention; both XLM-R widths and dW/dX for the LM head
-    assert len({r["shape"] for r in rows if r["op"] == "attention"}) == 4
+    # the layer ops: every config their autotuners may pick on a GPU
+    assert {("add_dropout_layernorm", "_adln_fwd_kernel"), ("add_dropout_layernorm",
+            "_adln_bwd_kernel"), ("bias_gelu", "_bias_gelu_fwd_kernel"),
+            ("bias_gelu", "_bias_gelu_bwd_kernel")} <= kernels
+    # mask/varlen x dropout for attention, and head dims 32 and 128; both XLM-R widths and
+    # dW/dX for the LM head
+    assert len({r["shape"] for r in rows if r["op"] == "attention"}) == 6
     assert {r["launch"].split()[0] for r in rows if r["op"] == "linear_cross_entropy"} == {
         "fwd", "dlogits", "dW", "dX", "tc-stats", "tc-grad"}
     assert all(r["regs"] > 0 for r in rows), "ptxas did not report registers"
+    # a kernel over sm_90's shared memory compiles but fails to load on the GPU
+    big = [(r["op"], r["launch"], r["config"], r["smem"]) for r in rows
+           if r["smem"] > compile_report.SM90_MAX_SMEM]
+    assert not big, big
     tc = [r for r in rows if r["kernel"] in ("_tc_stats_kernel", "_tc_grad_kernel")]
     assert tc and all(r["narrow"] <= 2 for r in tc), [(r["kernel"], r["narrow"]) for r in tc]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import LAUNCH
+from . import LAUNCH, ForcedConfigs, tune_bench
 from .rng import mix32 as _mix32
 
 
@@ -127,21 +127,23 @@ def _adln_bwd_kernel(
     tl.store(DB_part + pid * N + cols, tl.sum(db_acc, axis=0), mask=cmask)
 
 
-def _fwd_configs():
-    # Rows per program x warps; the autotuner picks per N on the device.
-    return [triton.Config({"BLOCK_M": bm}, num_warps=nw)
-            for bm in (1, 2, 4, 8) for nw in (4, 8)]
-
-
-def _bwd_configs():
-    return [triton.Config({"BLOCK_M": bm}, num_warps=nw)
-            for bm in (1, 2, 4) for nw in (4, 8)]
-
+# Rows per program x warps: the autotuner picks per (N, dropout, dtypes) on the device, so every
+# entry must be correct (tests run each one against the reference: set_configs).
+FWD_CONFIGS = [triton.Config({"BLOCK_M": bm}, num_warps=nw)
+               for bm in (1, 2, 4, 8) for nw in (4, 8)]
+BWD_CONFIGS = [triton.Config({"BLOCK_M": bm}, num_warps=nw)
+               for bm in (1, 2, 4) for nw in (4, 8)]
 
 # Kernel names are unique across kernels/triton: profilers show only the name.
 _TUNE_KEY = ["N", "HAS_DROPOUT", "BLOCK_N"]
-_fwd_tuned = triton.autotune(configs=_fwd_configs(), key=_TUNE_KEY)(_adln_fwd_kernel)
-_bwd_tuned = triton.autotune(configs=_bwd_configs(), key=_TUNE_KEY)(_adln_bwd_kernel)
+_fwd_tuned = triton.autotune(configs=FWD_CONFIGS, key=_TUNE_KEY,
+                             do_bench=tune_bench)(_adln_fwd_kernel)
+_bwd_tuned = triton.autotune(configs=BWD_CONFIGS, key=_TUNE_KEY,
+                             do_bench=tune_bench)(_adln_bwd_kernel)
+
+_forced = ForcedConfigs(FWD_CONFIGS, BWD_CONFIGS)
+set_configs = _forced.set
+
 
 MAX_N = 16384  # one row must fit in registers; XLM-R needs 768 / 1024
 
@@ -156,7 +158,12 @@ def forward(x2, r2, weight, bias, y2, mean, rstd, key1, key2, thresh, scale, eps
     M, N = x2.shape
     BN = block_n(N)
     args = (x2, r2, weight, bias, y2, mean, rstd, M, N, key1, key2, thresh, scale, eps)
-    if tune:
+    cfg = _forced.fwd
+    if cfg is not None:
+        _adln_fwd_kernel[(triton.cdiv(M, cfg.kwargs["BLOCK_M"]),)](
+            *args, HAS_DROPOUT=has_dropout, BLOCK_N=BN, **cfg.kwargs, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages, **LAUNCH)
+    elif tune:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),)  # noqa: E731
         _fwd_tuned[grid](*args, HAS_DROPOUT=has_dropout, BLOCK_N=BN, **LAUNCH)
     else:
@@ -173,7 +180,11 @@ def backward(dy2, x2, r2, weight, mean, rstd, dx2, dr2, dw_part, db_part, rows_p
     BN = block_n(N)
     args = (dy2, x2, r2, weight, mean, rstd, dx2, dr2, dw_part, db_part, M, N, rows_per_prog,
             key1, key2, thresh, scale)
-    if tune:
+    cfg = _forced.bwd
+    if cfg is not None:
+        _adln_bwd_kernel[(G,)](*args, HAS_DROPOUT=has_dropout, BLOCK_N=BN, **cfg.kwargs,
+                               num_warps=cfg.num_warps, num_stages=cfg.num_stages, **LAUNCH)
+    elif tune:
         _bwd_tuned[(G,)](*args, HAS_DROPOUT=has_dropout, BLOCK_N=BN, **LAUNCH)
     else:
         bm = max(1, min(4, 4096 // BN))

@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _tolerance import INTERP, assert_2x as _assert_2x, run_grads as _run
+from _tolerance import INTERP, assert_2x as _assert_2x, config_cases, run_grads as _run
+from _tolerance import with_forced_config
+from xlmr_fast.kernels.triton import add_dropout_layernorm as _kern
 from xlmr_fast.ops import _backend
 from xlmr_fast.ops.add_dropout_layernorm import (
     add_dropout_layernorm,
@@ -147,6 +149,24 @@ def test_triton_gpu_xlmr_shapes(backend, N, p):
     _compare(None, N, torch.bfloat16, "cuda", p, wdtype=torch.float32, lead=(64, 512))
     _compare(None, N, torch.bfloat16, "cuda", p, wdtype=torch.float32, lead=(64, 512),
              rdtype=torch.float32)
+
+
+# ---- every autotuner config -----------------------------------------------------------------
+# On a GPU the autotuner may pick any entry of FWD_CONFIGS / BWD_CONFIGS (per width, dtypes and
+# dropout, timed on the card at hand), and the other tests see only the one it picked; so each
+# entry is forced in turn (set_configs) and checked against the reference. M is chosen so that
+# the backward's row slabs are not a multiple of BLOCK_M 4 or 8: 23 rows -> slabs of 6 on the
+# CPU; 3001 rows -> slabs of 6 on a 132-SM GPU (4 slabs per SM), the last one of 1 row.
+@pytest.mark.parametrize("backend", ["triton"], indirect=True)
+@pytest.mark.parametrize("device,i", config_cases(_kern))
+def test_triton_every_config(backend, device, i, monkeypatch):
+    M = 23 if device == "cpu" else 3001
+
+    def check():
+        _compare(M, 96, torch.bfloat16, device, 0.1, wdtype=torch.float32, rdtype=torch.float32)
+        _compare(M, 1000, torch.float32, device, 0.0)
+
+    with_forced_config(_kern, i, "_adln_fwd_kernel", "_adln_bwd_kernel", check, monkeypatch)
 
 
 # ---- dropout mask ---------------------------------------------------------------------------

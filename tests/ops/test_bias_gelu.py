@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _tolerance import INTERP, assert_2x as _assert_2x, run_grads as _run
+from _tolerance import INTERP, assert_2x as _assert_2x, config_cases, run_grads as _run
+from _tolerance import with_forced_config
+from xlmr_fast.kernels.triton import bias_gelu as _kern
 from xlmr_fast.ops import _backend
 from xlmr_fast.ops.bias_gelu import bias_gelu, bias_gelu_reference
 
@@ -87,6 +89,54 @@ def test_triton_gpu(backend, M, N, dtype):
 def test_triton_gpu_xlmr_shapes(backend, Fd):
     _compare((64, 512, Fd), torch.bfloat16, "cuda")  # T = 32768 rows
     _compare((64, 512, Fd), torch.bfloat16, "cuda", bdtype=torch.float32)
+
+
+# ---- every autotuner config -----------------------------------------------------------------
+# On a GPU the autotuner may pick any entry of FWD_CONFIGS / BWD_CONFIGS (per width and dtypes,
+# timed on the card at hand), and the other tests see only the one it picked; so each entry is
+# forced in turn (set_configs) and checked against the reference. F = 300: a column tail in
+# every BLOCK_N (256 to 2048). Rows: 13 on the CPU (slabs of 5), 200 on a GPU (slabs of 64, the
+# last of 8): slabs that are not a multiple of BLOCK_M.
+@pytest.mark.parametrize("backend", ["triton"], indirect=True)
+@pytest.mark.parametrize("device,i", config_cases(_kern))
+def test_triton_every_config(backend, device, i, monkeypatch):
+    M = 13 if device == "cpu" else 200
+
+    def check():
+        _compare((M, 300), torch.bfloat16, device, bdtype=torch.float32)
+        _compare((2, M, 300), torch.float32, device)
+
+    kernels = ("_bias_gelu_fwd_kernel", "_bias_gelu_bwd_kernel")
+    with_forced_config(_kern, i, *kernels, check, monkeypatch)
+
+
+def test_layer_op_autotuners_time_with_tune_bench():
+    # Triton's default timing (125 ms per config and key) would cost the GPU tests minutes
+    from xlmr_fast.kernels.triton import add_dropout_layernorm, bias_gelu as bg, tune_bench
+    for mod in (bg, add_dropout_layernorm):
+        for tuner in (mod._fwd_tuned, mod._bwd_tuned):
+            assert tuner.do_bench is tune_bench, (mod.__name__, tuner.do_bench)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton"], indirect=True)
+def test_autotuner_times_with_tune_bench_gpu(backend, monkeypatch):
+    # The autotuners time each config once with kernels/triton.tune_bench (20 ms, not
+    # Triton's 125 ms per config), then reuse the choice for the key in this process.
+    from xlmr_fast.kernels.triton import bias_gelu as k
+    timed = []
+
+    def counting(kernel_call, quantiles):
+        timed.append(1)
+        return k.tune_bench(kernel_call, quantiles)
+
+    monkeypatch.setattr(k._fwd_tuned, "_do_bench", counting)
+    monkeypatch.setattr(k._fwd_tuned, "cache", {})
+    x, b = _inputs((64, 200), torch.bfloat16, "cuda")
+    with torch.no_grad():
+        y = bias_gelu(x, b)
+        assert len(timed) == len(k.FWD_CONFIGS)
+        assert torch.equal(bias_gelu(x, b), y) and len(timed) == len(k.FWD_CONFIGS)
 
 
 def _erf_not_tanh(device):
