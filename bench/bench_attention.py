@@ -2,7 +2,8 @@
 
     python -m bench.bench_attention            # table + rows appended to bench/results/
     python -m bench.bench_attention --tune     # also sweep the Triton block configs
-    python -m bench.bench_attention --quick    # one shape
+    python -m bench.bench_attention --quick    # (64, 512) x 12 heads only, no torch.compile
+    python -m bench.bench_attention --short --tune   # the fine-tuning shapes, every config
 
 Shapes (B*T = 32k tokens): (64, 512) pretraining blocks with 12 heads (base) and 16 (large),
 each with 0%, 30% and 50% random right padding (lengths uniform with that mean; the
@@ -17,7 +18,7 @@ Providers (same inputs, one process):
     triton_tutorial     bench/baselines/triton_tutorial_attention.py: the textbook FA2 Triton
                         kernel (no mask, no dropout), like sdpa_flash_nomask an upper bound
     compile_reference   torch.compile(attention_reference) (fp32 softmax, materialised P);
-                        unpadded shapes only (one compile per shape)
+                        unpadded shapes only (one compile per shape), not with --quick
     ours_mask           xf.ops.attention(key_padding_mask=...) (Triton)
     ours_varlen         xf.ops.attention on packed tokens (cu_seqlens)
     ours_*_drop0.1      ours with attention dropout 0.1 (XLM-R pretraining recipe)
@@ -50,7 +51,7 @@ import torch
 from bench import harness
 
 D = 64
-SHAPES = [  # (B, T, heads, mean padding fraction)
+SHAPES = [  # (B, T, heads, mean padding fraction); SHAPES[:3] is --quick, SHORT is --short
     (64, 512, 12, 0.0), (64, 512, 12, 0.3), (64, 512, 12, 0.5),
     (64, 512, 16, 0.0), (64, 512, 16, 0.3), (64, 512, 16, 0.5),
     (128, 256, 12, 0.3), (256, 128, 12, 0.3),
@@ -58,6 +59,7 @@ SHAPES = [  # (B, T, heads, mean padding fraction)
     # call (Python, dispatch, launches) and the graph rows the device's floor
     (2, 16, 12, 0.0),
 ]
+SHORT = SHAPES[6:8]  # fine-tuning batches: what TUNED_BY_SEQLEN's short-sequence rows are for
 GRAPH_PROVIDERS = ("sdpa_flash_nomask", "sdpa_cudnn", "ours_mask", "ours_varlen",
                    "ours_mask_drop0.1", "ours_varlen_drop0.1", "ours_slices_of_qkv",
                    "ours_qkvpacked")
@@ -179,14 +181,16 @@ def _graph_ms(fn, inputs):
     return harness.device_ms(lambda: torch.autograd.grad(fn(), inputs, dout), GRAPH_CALLS)
 
 
-def run(shapes, tune=False, device="cuda", save=False, warmup=5, rounds=15):
+def run(shapes, tune=False, device="cuda", save=False, warmup=5, rounds=15, compile_ref=True):
     """Rows for every shape and provider. Each mode's providers are timed in interleaved
     rounds (harness.time_interleaved: 2 calls each per round, so drift falls on all alike;
     the 1.04-1.06x margins over cuDNN of 11-23 are of the order drift can make).
     device="cpu" (with TRITON_INTERPRET=1, tiny shapes, warmup=0, rounds=1) is the smoke
     test of this file: no CUDA graphs, no compile, SDPA backends that need CUDA report
     themselves unavailable. save: append each shape's rows to bench/results as soon as it is
-    done (a device call that times out keeps the shapes it finished)."""
+    done (a device call that times out keeps the shapes it finished). compile_ref=False
+    leaves out compile_reference (--quick: its torch.compile costs tens of seconds of a short
+    device call, and it ran at 29 TFLOP/s, far behind SDPA, on 11-23)."""
     from xlmr_fast.ops.attention import attention_backend
     cuda = device == "cuda"
     rows, done = [], 0
@@ -206,7 +210,7 @@ def run(shapes, tune=False, device="cuda", save=False, warmup=5, rounds=15):
         shape = f"B{B}xT{T}xH{H}xD{D}" + (f" pad{pad_frac:.1f}" if pad_frac else "")
         flops = 4 * B * T * T * H * D
         provs = _providers(q, k, v, kpm, lengths, T,
-                           compile_ref=cuda and pad_frac == 0 and T >= 128)
+                           compile_ref=compile_ref and cuda and pad_frac == 0 and T >= 128)
         calls = {}
         for name, (fn, inputs) in provs.items():
             try:
@@ -290,14 +294,23 @@ def _tune(provs, shape, flops):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tune", action="store_true", help="also sweep the Triton block configs")
-    ap.add_argument("--quick", action="store_true", help="only the (64, 512) shapes with 12 heads")
+    ap.add_argument("--quick", action="store_true",
+                    help="only the (64, 512) shapes with 12 heads, without compile_reference")
+    ap.add_argument("--short", action="store_true",
+                    help="only the fine-tuning shapes (128, 256) and (256, 128), 30%% padding, "
+                         "without compile_reference; with --tune, the rows that fill "
+                         "TUNED_BY_SEQLEN")
     ap.add_argument("--no-save", action="store_true", help="do not append to bench/results")
     args = ap.parse_args(argv)
+    if args.quick and args.short:
+        ap.error("--quick and --short pick different shapes: give one")
     if not torch.cuda.is_available():
         print("bench_attention: needs CUDA; skipping")
         return 0
     os.environ.pop("XLMR_FAST_BACKEND", None)
-    rows = run(SHAPES[:3] if args.quick else SHAPES, tune=args.tune, save=not args.no_save)
+    shapes = SHAPES[:3] if args.quick else SHORT if args.short else SHAPES
+    rows = run(shapes, tune=args.tune, save=not args.no_save,
+               compile_ref=not (args.quick or args.short))
     harness.print_table(rows, baseline_provider=("sdpa_efficient", "sdpa_cudnn"))
     if rows and not args.no_save:
         print("rows appended shape by shape to", harness.results_path())

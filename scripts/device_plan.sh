@@ -6,8 +6,9 @@
 #   usage: XLMR_FAST_COMMIT=<sha> bash scripts/device_plan.sh 1|2      (DEADLINE=570 seconds)
 #   1: build; LCE at the goal shape (N8192 H1024, full: eager, compile, Liger, CCE, ours);
 #      attention at 64x512 (--quick); mlm_mask; GPU tests; step profile; LCE token-chunk phases
-#   2: xlmr-fast tune (writes $OUT/tuning.json); the training step end to end (MFU, vs HF,
-#      with its kernel profile); fused layer ops; the other LCE shapes
+#   2: fused layer ops; attention at the fine-tuning shapes with every block config; xlmr-fast
+#      tune (writes $OUT/tuning.json); the training step end to end (MFU, vs HF, with its
+#      kernel profile); the other LCE shapes
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT="${OUT:-$PWD/gpu_out}"; mkdir -p "$OUT"
@@ -53,11 +54,15 @@ case "${1:-1}" in
     ;;
   2)
     step build 60 200 bash scripts/gpu_check.sh ensure
+    # the fused layer ops first: issue 5's HBM goal and their keep-or-drop verdicts. Call 2
+    # usually runs on what call 1 left of the session's ~15 device minutes (DEADLINE=<s>).
+    step add_dropout_layernorm 30 100 $PY -m bench.bench_add_dropout_layernorm
+    step bias_gelu 30 100 $PY -m bench.bench_bias_gelu
+    # fine-tuning shapes with every block config: the rows TUNED_BY_SEQLEN is filled from
+    step attention-short 40 120 $PY -m bench.bench_attention --short --tune
     step tune 120 260 $PY -m xlmr_fast tune --out "$OUT/tuning.json"
     step train-e2e 60 150 $PY -m bench.bench_train --presets base --micro 32 --steps 4 \
         --providers ours,hf_sdpa --tokens 5000000 --kernel-profile
-    step add_dropout_layernorm 30 100 $PY -m bench.bench_add_dropout_layernorm
-    step bias_gelu 30 100 $PY -m bench.bench_bias_gelu
     step lce-other-shapes 40 150 $PY -m bench.bench_linear_cross_entropy --N 4915 \
         --H 768 1024 --modes forward full
     ;;

@@ -39,6 +39,24 @@ def test_bench_attention_runs_under_the_interpreter(monkeypatch):
     assert varlen and all(r["note"].startswith("real work 0.") for r in varlen)
 
 
+def test_bench_attention_quick_and_short_shapes(monkeypatch):
+    # --quick and --short are device-plan steps: no torch.compile of the reference there
+    from bench import bench_attention
+    seen = []
+    monkeypatch.setattr(bench_attention.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench_attention, "run", lambda shapes, **kw: seen.append((shapes, kw))
+                        or [])
+    for argv in (["--quick", "--no-save"], ["--short", "--tune", "--no-save"], ["--no-save"]):
+        assert bench_attention.main(argv) == 0
+    (quick, kq), (short, ks), (full, kf) = seen
+    assert quick == bench_attention.SHAPES[:3] and kq["compile_ref"] is False
+    assert [s[:2] for s in short] == [(128, 256), (256, 128)] and ks["tune"]
+    assert ks["compile_ref"] is False
+    assert full == bench_attention.SHAPES and kf["compile_ref"] is True
+    with pytest.raises(SystemExit):
+        bench_attention.main(["--quick", "--short"])
+
+
 @pytest.mark.interpret
 def test_bench_linear_cross_entropy_providers_run_under_the_interpreter(monkeypatch):
     # Our providers and their variant switches (XLMR_FAST_LCE_* set per row, then restored)

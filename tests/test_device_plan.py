@@ -35,12 +35,13 @@ def test_plan_1_steps_and_deadline(tmp_path):
             "-m bench.bench_linear_cross_entropy --N 8192 --H 1024") in log
 
 
-def test_plan_2_runs_tune_first(tmp_path):
+def test_plan_2_runs_the_layer_ops_first(tmp_path):
+    # call 2 gets what call 1 left: issue 5's layer-op goal before tune and the training step
     r = _run(tmp_path, "2", 600)
     assert r.returncode == 0, r.stderr
     log = (tmp_path / "plan.log").read_text()
-    assert log.index("=== tune") < log.index("=== train-e2e") < log.index(
-        "=== add_dropout_layernorm")
+    assert log.index("=== add_dropout_layernorm") < log.index("=== bias_gelu") < log.index(
+        "=== tune") < log.index("=== train-e2e")
     assert f"-m xlmr_fast tune --out {tmp_path}/tuning.json" in log
 
 
