@@ -1,9 +1,11 @@
-"""The 2x-of-plain-torch tolerance rule shared by the fused-op tests (and LaunchSpy).
+"""The 2x-of-plain-torch tolerance rule shared by the fused-op tests, and the helpers of the
+layer ops' every-config tests (LaunchSpy, config_cases, with_forced_config).
 
 ours must be no further from the fp32 reference than 2 x what plain torch at the same precision
 is, plus a small floor (1e-5 relative in fp32; a fraction of an ulp in 16-bit dtypes)."""
 import os
 
+import pytest
 import torch
 
 INTERP = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -50,7 +52,6 @@ class LaunchSpy:
 def config_cases(kern):
     """(device, i) cases for a layer op's every-config test: each entry of its FWD_CONFIGS /
     BWD_CONFIGS (the shorter list wraps around) on the CPU interpreter and on CUDA."""
-    import pytest
     n = max(len(kern.FWD_CONFIGS), len(kern.BWD_CONFIGS))
     return [pytest.param(dev, i, marks=mark) for dev, mark in
             (("cpu", pytest.mark.interpret), ("cuda", pytest.mark.gpu)) for i in range(n)]
