@@ -44,10 +44,10 @@ case "${1:-1}" in
     # GPU rows only: the CPU baselines (HF collator, our C++ kernel) are measured on any machine
     step mlm_mask 20 60 env XLMR_FAST_BENCH_SKIP_CPU=1 $PY -m bench.bench_mlm_mask
     # 8 workers when pytest-xdist is there (it was on every device so far), else one process.
-    # -v: a line per finished test, so that a run cut by its time limit (343 gpu tests now, 256
+    # -v: a line per finished test, so that a run cut by its time limit (361 gpu tests now, 256
     # took 251 s on 11-23) still says which passed and which failed.
     XDIST=$($PY -c "import xdist" >/dev/null 2>&1 && echo "-n 8")
-    step gpu-tests 120 280 $PY -m pytest -v -m gpu $XDIST tests -p no:cacheprovider --durations=10
+    step gpu-tests 120 280 $PY -m pytest -v -m gpu $XDIST tests -p no:cacheprovider --durations=30
     step profile 40 120 $PY -m bench.bench_model --profile \
         --providers ours_padded ours_unpad ours_lce_tokenchunk hf_sdpa
     step lce-phases 20 60 $PY -m bench.bench_linear_cross_entropy --breakdown --rows 2048
