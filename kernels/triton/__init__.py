@@ -8,9 +8,10 @@ LAUNCH = {"enable_fp_fusion": True}
 
 
 class ForcedConfigs:
-    """A layer op's forced block configs, in place of its autotuner (GPU) or its fixed
-    interpreter config: .fwd / .bwd are None (no forcing) or a triton.Config. Tests force every
-    entry of the op's lists in turn, since the autotuner may pick any of them on some GPU."""
+    """An op's forced block configs, in place of its own choice (the layer ops' autotuner or
+    fixed interpreter config, attention's tables): .fwd / .bwd are None (no forcing) or an
+    entry shaped like those of its lists (triton.Config for the layer ops, dicts for
+    attention). Tests and the benchmarks' sweeps force every entry in turn."""
 
     def __init__(self, fwd_configs, bwd_configs):
         self._lists = (fwd_configs, bwd_configs)

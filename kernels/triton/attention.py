@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import LAUNCH
+from . import LAUNCH, ForcedConfigs
 from .rng import mix32 as _mix32
 
 LOG2E = 1.4426950408889634
@@ -88,14 +88,11 @@ _INTERP_BWD = dict(BLOCK_M1=16, BLOCK_N1=32, BLOCK_M2=32, BLOCK_N2=16, num_warps
 # that no new compile is needed per padded length.
 KV_SCAN = 512
 
-_override = {"fwd": None, "bwd": None}
-
-
-def set_configs(fwd=None, bwd=None):
-    """Force block configs (dicts shaped like FWD_CONFIGS / BWD_CONFIGS entries, or indices
-    into them); None restores the default choice. Used by the benchmark's tuning sweep."""
-    _override["fwd"] = FWD_CONFIGS[fwd] if isinstance(fwd, int) else fwd
-    _override["bwd"] = BWD_CONFIGS[bwd] if isinstance(bwd, int) else bwd
+# set_configs(fwd, bwd): force block configs (indices into FWD_CONFIGS / BWD_CONFIGS, or dicts
+# shaped like their entries); None restores the default choice. Used by the benchmark's tuning
+# sweep and the every-config tests.
+_forced = ForcedConfigs(FWD_CONFIGS, BWD_CONFIGS)
+set_configs = _forced.set
 
 
 def _interpret() -> bool:
@@ -108,8 +105,8 @@ def _env_index(name):
 
 
 def fwd_config(head_dim: int, max_seqlen: int, dtype: torch.dtype) -> dict:
-    if _override["fwd"] is not None:
-        return _override["fwd"]
+    if _forced.fwd is not None:
+        return _forced.fwd
     if _interpret():
         return _INTERP_FWD
     i = _env_index("XLMR_FAST_ATTN_FWD_CONFIG")
@@ -122,8 +119,8 @@ def fwd_config(head_dim: int, max_seqlen: int, dtype: torch.dtype) -> dict:
 
 
 def bwd_config(head_dim: int, max_seqlen: int, dtype: torch.dtype) -> dict:
-    if _override["bwd"] is not None:
-        return _override["bwd"]
+    if _forced.bwd is not None:
+        return _forced.bwd
     if _interpret():
         return _INTERP_BWD
     i = _env_index("XLMR_FAST_ATTN_BWD_CONFIG")
