@@ -4,6 +4,7 @@ for sm_90 on a machine without a GPU, with what ptxas and the Triton IR say abou
     python -m bench.compile_report                   # all ops, every config in the lists
     python -m bench.compile_report --defaults        # only the configs the ops launch today
     python -m bench.compile_report --ops attention
+    python -m bench.compile_report --arch 86         # Ampere/Ada codegen (A10, L4, RTX 4090)
 
 Why: device time is scarce. A config that spills registers, or whose K-loop Triton did not
 software-pipeline, is slow on any Hopper card; both are visible at compile time. The report
@@ -23,6 +24,11 @@ Columns:
                   addresses kept Triton from vectorising, a few is a bias/target/mask load
     mma_wait      pending-group counts of the wgmma waits: a 1 inside the loop means the MMA
                   of one iteration overlaps the next; only 0 means each MMA is waited for
+--arch compiles for another compute capability instead (75, 80, 86, 89; 90 by default) with
+that GPU's shared-memory limit: Triton's codegen differs by architecture (no wgmma before sm_90,
+no cp.async pipelining before sm_80), and so does a block's shared memory, so a config that
+fits an H100 need not load on an A10 or L4 (99 KB per block). mma_wait reads "-" before sm_90
+(no wgmma); async counts cp.async copies from sm_80 on.
 This is Triton's compiler on this machine (the newest Triton here, 3.6 on the device), and
 it uses Triton internals (triton.runtime.jit binder, JITFunction._pack_args) that may move
 between versions: the report says so and exits 2 when they are missing. Performance is never
@@ -254,38 +260,42 @@ def _collect(ops, defaults):
 
 
 # ----------------------------------------------------------------------------- compiling
-# Shared memory one block may use on sm_90 (H100, H200: cudaDevAttrMaxSharedMemoryPerBlockOptin,
-# 227 KB). Triton compiles a kernel over it without complaint and raises OutOfResources only
-# when it loads it on the GPU.
-SM90_MAX_SMEM = 232_448
+# Shared memory one block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin, CUDA programming
+# guide's table per compute capability): sm_75 T4 64 KB, sm_80 A100 163 KB, sm_86 / sm_89 A10,
+# L4, L40S, RTX 3090 / 4090 99 KB, sm_90 H100 / H200 227 KB. Triton compiles a kernel over the
+# limit without complaint and raises OutOfResources only when it loads it on the GPU.
+MAX_SMEM = {75: 65_536, 80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448}
+SM90_MAX_SMEM = MAX_SMEM[90]
 
 
-def _target():
+def _target(arch: int = 90):
     from triton.backends.compiler import GPUTarget
-    return GPUTarget("cuda", 90, 32)
+    return GPUTarget("cuda", arch, 32)
 
 
-def compile_launch(fn, args, kwargs):
-    """Compile one recorded launch for sm_90 with the JIT's own specialisation."""
+def compile_launch(fn, args, kwargs, arch: int = 90):
+    """Compile one recorded launch for sm_<arch> with the JIT's own specialisation."""
     import triton
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
-    backend = make_backend(_target())
+    target = _target(arch)
+    backend = make_backend(target)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, spec, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, options)
     src = ASTSource(fn, signature, constexprs, attrs)
-    return triton.compile(src, target=_target(), options=options.__dict__)
+    return triton.compile(src, target=target, options=options.__dict__)
 
 
-def ptxas_usage(kernel) -> tuple[int, int]:
+def ptxas_usage(kernel, arch: int = 90) -> tuple[int, int]:
     """(registers, spill-store bytes) from ptxas -v on the kernel's PTX."""
     from triton.backends.nvidia.compiler import get_ptxas
+    gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
     with tempfile.TemporaryDirectory() as d:
         ptx = os.path.join(d, "k.ptx")
         with open(ptx, "w") as f:
             f.write(kernel.asm["ptx"])
-        r = subprocess.run([get_ptxas(90).path, "-v", "--gpu-name=sm_90a", ptx, "-o",
+        r = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name={gpu}", ptx, "-o",
                             os.path.join(d, "k.cubin")], capture_output=True, text=True)
     regs = re.search(r"Used (\d+) registers", r.stderr)
     spill = re.search(r"(\d+) bytes spill stores", r.stderr)
@@ -315,8 +325,9 @@ def _launch_config(fn, args, kwargs) -> str:
     return f"{blocks} w{kwargs.get('num_warps', 4)} s{kwargs.get('num_stages', 3)}"
 
 
-def report(ops, defaults, out=sys.stdout):
-    """Compile every recorded launch; print one line each. Returns the rows (dicts)."""
+def report(ops, defaults, out=sys.stdout, arch: int = 90):
+    """Compile every recorded launch for sm_<arch>; print one line each. Returns the rows
+    (dicts)."""
     rows = []
     seen = set()
     print(f"{'op':<22}{'shape/layout':<18}{'launch':<18}{'kernel':<24}{'config':<34}"
@@ -328,8 +339,8 @@ def report(ops, defaults, out=sys.stdout):
         if key in seen:
             continue
         seen.add(key)
-        k = compile_launch(fn, args, kwargs)
-        regs, spill = ptxas_usage(k)
+        k = compile_launch(fn, args, kwargs, arch)
+        regs, spill = ptxas_usage(k, arch)
         copies, waits = ir_facts(k)
         narrow = narrow_accesses(k)
         row = dict(op=op, shape=shape, launch=tag, kernel=fn.__name__, config=cfg, regs=regs,
@@ -345,6 +356,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     ap.add_argument("--defaults", action="store_true", help="only the configs launched today")
+    ap.add_argument("--arch", type=int, choices=sorted(MAX_SMEM), default=90,
+                    help="compute capability to compile for (default 90: H100/H200)")
     args = ap.parse_args(argv)
     try:
         from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: F401
@@ -352,11 +365,12 @@ def main(argv=None):
     except Exception as e:
         print(f"compile_report: this Triton lacks the internals it uses ({e}); skipping")
         return 2
-    rows = report(args.ops, args.defaults)
+    rows = report(args.ops, args.defaults, arch=args.arch)
     bad = [r for r in rows if r["spill"] > 0]
-    big = [r for r in rows if r["smem"] > SM90_MAX_SMEM]
-    print(f"\n{len(rows)} launches compiled for sm_90; {len(bad)} spill registers; "
-          f"{len(big)} need more shared memory than sm_90 has ({SM90_MAX_SMEM} bytes)")
+    limit = MAX_SMEM[args.arch]
+    big = [r for r in rows if r["smem"] > limit]
+    print(f"\n{len(rows)} launches compiled for sm_{args.arch}; {len(bad)} spill registers; "
+          f"{len(big)} need more shared memory than sm_{args.arch} has ({limit} bytes)")
     return 0
 
 
