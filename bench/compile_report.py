@@ -240,9 +240,17 @@ def launches_fused(op: str, defaults: bool):
     return out
 
 
-def collect(ops, defaults):
-    with _no_interpret():
-        return _collect(ops, defaults)
+def collect(ops, defaults, arch: int = 90):
+    """The launches, recorded on CPU tensors standing for a GPU of compute capability arch (so
+    that the ops pick the configs they would pick on such a GPU: kernels/triton.tuned_here)."""
+    import xlmr_fast.kernels.triton as kt
+    saved = kt.CPU_STANDS_FOR
+    kt.CPU_STANDS_FOR = divmod(arch, 10)
+    try:
+        with _no_interpret():
+            return _collect(ops, defaults)
+    finally:
+        kt.CPU_STANDS_FOR = saved
 
 
 def _collect(ops, defaults):
@@ -332,7 +340,7 @@ def report(ops, defaults, out=sys.stdout, arch: int = 90):
     seen = set()
     print(f"{'op':<22}{'shape/layout':<18}{'launch':<18}{'kernel':<24}{'config':<34}"
           f"{'regs':>5}{'spill':>7}{'smem':>8}{'async':>6}{'narrow':>7}  mma_wait", file=out)
-    for op, shape, tag, (fn, args, kwargs) in collect(ops, defaults):
+    for op, shape, tag, (fn, args, kwargs) in collect(ops, defaults, arch):
         cfg = _launch_config(fn, args, kwargs)
         key = (op, shape, tag, fn.__name__, cfg, tuple(sorted(
             (k, v) for k, v in kwargs.items() if not k.startswith("num_"))))

@@ -86,3 +86,9 @@ def test_fixed_config_launches_fit_ampere_and_ada_shared_memory():
     assert not big, big
     # the report really compiled for Ampere codegen: no Hopper wgmma waits
     assert all(r["mma_wait"] == "-" for r in rows)
+    # the LM head's H100-measured tiles (TUNED_BY_SHAPE at N8192 H1024: BLOCK_V 256, 464 bytes of
+    # spills for sm_86) are not used there: entry 0, no spills
+    goal = [r for r in rows if r["op"] == "linear_cross_entropy" and r["shape"] == "N8192 H1024"
+            and r["launch"].endswith("default") and not r["kernel"].startswith("_tc_")]
+    assert goal and all("V=128" in r["config"] or "NN=128" in r["config"] for r in goal), goal
+    assert all(r["spill"] == 0 for r in goal), goal

@@ -6,6 +6,38 @@ xlmr_fast.ops import these lazily so the package works without triton installed.
 # warns when it is left to the default, and 3.10 turns the default off.
 LAUNCH = {"enable_fp_fusion": True}
 
+# The measured block-config tables (the LM head's TUNED_BY_SHAPE, attention's TUNED_BY_SEQLEN)
+# hold winners timed on Hopper (compute capability 9.0: H100, H200). Triton's codegen differs by
+# architecture (wgmma and a deeper shared-memory pipeline from sm_90 on, mma.sync before), so a
+# tile that won there can be a poor choice elsewhere: the LM head's 128 x 256 tile compiles with
+# no spills for sm_90 but spills 464 bytes per thread for sm_86 (bench/compile_report --arch).
+# On any other GPU the ops keep their untuned defaults.
+TUNED_CAPABILITY = (9, 0)
+# The compute capability a CPU (or meta) tensor stands for when a launcher is run on one to
+# record its launches rather than interpret them: bench/compile_report sets the arch it compiles
+# for. (Under TRITON_INTERPRET=1 the ops use their interpreter configs and never ask.)
+CPU_STANDS_FOR = (9, 0)
+_CAPABILITIES: dict[int, tuple[int, int]] = {}
+
+
+def capability(device) -> tuple[int, int]:
+    """(major, minor) compute capability of a CUDA device (cached per index); CPU_STANDS_FOR
+    for any other device."""
+    if device.type != "cuda":
+        return CPU_STANDS_FOR
+    import torch
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    cap = _CAPABILITIES.get(index)
+    if cap is None:
+        cap = _CAPABILITIES[index] = tuple(torch.cuda.get_device_capability(index))
+    return cap
+
+
+def tuned_here(device) -> bool:
+    """Whether the measured tables apply on this device: it has the architecture they were
+    timed on (TUNED_CAPABILITY)."""
+    return capability(device) == TUNED_CAPABILITY
+
 
 class ForcedConfigs:
     """An op's forced block configs, in place of its own choice (the layer ops' autotuner or

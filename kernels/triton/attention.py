@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import LAUNCH, ForcedConfigs
+from . import LAUNCH, ForcedConfigs, tuned_here
 from .rng import mix32 as _mix32
 
 LOG2E = 1.4426950408889634
@@ -77,6 +77,10 @@ BWD_CONFIGS = [
 # (largest max_seqlen the row covers, FWD_CONFIGS index, BWD_CONFIGS index); the first row
 # whose bound covers max_seqlen wins, no row -> DEFAULT_FWD / DEFAULT_BWD. Empty until the
 # short-sequence candidates above have been measured on a device.
+# (max_seqlen bound, FWD_CONFIGS index, BWD_CONFIGS index): the first row whose bound is >= the
+# batch's max_seqlen wins, else DEFAULT_FWD / DEFAULT_BWD (chosen on an H100 as well, the
+# defaults everywhere). To be filled from `bench_attention --tune` rows; applies only on the
+# architecture they are measured on (kernels/triton.TUNED_CAPABILITY, sm_90).
 TUNED_BY_SEQLEN: list[tuple[int, int, int]] = []
 # The interpreter runs blocks as numpy arrays: small blocks make the CPU tests exercise
 # several key and query blocks (and their tails) at T ~ 40.
@@ -104,7 +108,7 @@ def _env_index(name):
     return int(v) if v not in (None, "") else None
 
 
-def fwd_config(head_dim: int, max_seqlen: int, dtype: torch.dtype) -> dict:
+def fwd_config(head_dim: int, max_seqlen: int, dtype: torch.dtype, device: torch.device) -> dict:
     if _forced.fwd is not None:
         return _forced.fwd
     if _interpret():
@@ -115,10 +119,10 @@ def fwd_config(head_dim: int, max_seqlen: int, dtype: torch.dtype) -> dict:
     if head_dim >= 128 or dtype == torch.float32:
         # Halve the tile so q, acc and the K/V pipeline stages fit in shared memory/registers.
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
-    return FWD_CONFIGS[_tuned(max_seqlen)[0]]
+    return FWD_CONFIGS[_tuned(max_seqlen, device)[0]]
 
 
-def bwd_config(head_dim: int, max_seqlen: int, dtype: torch.dtype) -> dict:
+def bwd_config(head_dim: int, max_seqlen: int, dtype: torch.dtype, device: torch.device) -> dict:
     if _forced.bwd is not None:
         return _forced.bwd
     if _interpret():
@@ -128,10 +132,12 @@ def bwd_config(head_dim: int, max_seqlen: int, dtype: torch.dtype) -> dict:
         return BWD_CONFIGS[i]
     if head_dim >= 128 or dtype == torch.float32:
         return dict(BLOCK_M1=32, BLOCK_N1=64, BLOCK_M2=64, BLOCK_N2=32, num_warps=4, num_stages=2)
-    return BWD_CONFIGS[_tuned(max_seqlen)[1]]
+    return BWD_CONFIGS[_tuned(max_seqlen, device)[1]]
 
 
-def _tuned(max_seqlen: int) -> tuple[int, int]:
+def _tuned(max_seqlen: int, device: torch.device) -> tuple[int, int]:
+    if not tuned_here(device):
+        return DEFAULT_FWD, DEFAULT_BWD
     for bound, fwd, bwd in TUNED_BY_SEQLEN:
         if max_seqlen <= bound:
             return fwd, bwd
@@ -525,7 +531,7 @@ def attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_sca
     lse = torch.empty(stats_shape(q, varlen), dtype=torch.float32, device=q.device)
     if B == 0 or T == 0 or q.numel() == 0:
         return out.zero_(), lse.fill_(float("inf")), out_lo.zero_()
-    cfg = fwd_config(D, T, q.dtype)
+    cfg = fwd_config(D, T, q.dtype, q.device)
     slb, slh = _lse_strides(lse, varlen)
     nb = triton.cdiv(T, cfg["BLOCK_M"])
     _attn_fwd[(nb * B * H,)](
@@ -570,7 +576,7 @@ def attention_bwd(do, q, k, v, out, out_lo, lse, key_padding_mask, cu_seqlens, m
         *_strides(do, varlen), slb, slh, H, Tp, nb, cu,
         HEAD_DIM=D, BLOCK_M=pre_bm, IS_VARLEN=varlen, HAS_LO=has_lo, **LAUNCH,
     )
-    cfg = bwd_config(D, T, q.dtype)
+    cfg = bwd_config(D, T, q.dtype, q.device)
     common = dict(HEAD_DIM=D, IS_VARLEN=varlen, HAS_MASK=has_mask, DROPOUT=dropout_p > 0.0,
                   DOT_MODE=_dot_mode(q.dtype), KV_SCAN=KV_SCAN, num_warps=cfg["num_warps"],
                   num_stages=cfg["num_stages"])

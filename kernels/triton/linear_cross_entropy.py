@@ -62,7 +62,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import LAUNCH
+from . import LAUNCH, tuned_here
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -433,7 +433,9 @@ DLOGITS_TILES_PER_PROG = 4
 # (triton 3.6), 2026-11-23, commit 0eaeddf, full fwd+bwd at N=8192 H=1024: entry 0 / 0 47.1
 # ms; forward config 1 44.4 ms; GEMM config 1 42.6 ms (bench/results/NVIDIA_H100_80GB_HBM3.csv,
 # ours-triton-fwdcfg* / -mmcfg*). Shapes not listed were not swept; FLAT keeps entry 0 (the
-# flat dlogits kernel spills 264 bytes with forward config 1 on sm_90).
+# flat dlogits kernel spills 264 bytes with forward config 1 on sm_90). Applies only on the
+# architecture it was measured on (kernels/triton.TUNED_CAPABILITY, sm_90): forward config 1
+# spills 464 bytes for sm_86, entry 0 none.
 TUNED_BY_SHAPE: list[tuple[int, int, int, int]] = [(8192, 1024, 1, 1)]
 
 # Token-chunk schedule (lce_fwdgrad): which schedule the op runs ("recompute": lce_forward +
@@ -459,8 +461,11 @@ def _interpret(t: torch.Tensor) -> bool:
     return t.device.type == "cpu"
 
 
-def _tuned(n: int, h: int) -> tuple[int, int]:
-    """(FWD_CONFIGS index, MM_CONFIGS index) for n rows of width h (see TUNED_BY_SHAPE)."""
+def _tuned(n: int, h: int, device: torch.device) -> tuple[int, int]:
+    """(FWD_CONFIGS index, MM_CONFIGS index) for n rows of width h on device (see
+    TUNED_BY_SHAPE; entry 0 of each list off the architecture it was measured on)."""
+    if not tuned_here(device):
+        return 0, 0
     for min_rows, width, fwd, mm in TUNED_BY_SHAPE:
         if n >= min_rows and h == width:
             return fwd, mm
@@ -478,7 +483,7 @@ def _fwd_config(x: torch.Tensor, n: int, override=None, flat: bool = False) -> d
     if n <= 64:
         # Few rows: the kernel streams W once; smaller row tiles waste less of the MMA.
         return dict(BLOCK_N=64, BLOCK_V=128, BLOCK_H=64, num_warps=4, num_stages=4)
-    return dict(FWD_CONFIGS[0 if flat else _tuned(n, x.shape[1])[0]])
+    return dict(FWD_CONFIGS[0 if flat else _tuned(n, x.shape[1], x.device)[0]])
 
 
 def _mm_config(x: torch.Tensor) -> dict:
@@ -488,7 +493,7 @@ def _mm_config(x: torch.Tensor) -> dict:
         return dict(_INTERP_MM)
     if x.dtype == torch.float32:
         return dict(BLOCK_M=64, BLOCK_NN=64, BLOCK_K=32, num_warps=4, num_stages=2)
-    return dict(MM_CONFIGS[_tuned(*x.shape)[1]])
+    return dict(MM_CONFIGS[_tuned(*x.shape, x.device)[1]])
 
 
 def _num_sms(device: torch.device) -> int:

@@ -373,13 +373,18 @@ def test_block_config_by_seqlen(monkeypatch):
     from xlmr_fast.kernels.triton import attention as kern
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(kern, "TUNED_BY_SEQLEN", [(128, 5, 4), (256, 4, 3)])
-    bf = torch.bfloat16
-    assert kern.fwd_config(64, 100, bf) == kern.FWD_CONFIGS[5]
-    assert kern.bwd_config(64, 128, bf) == kern.BWD_CONFIGS[4]
-    assert kern.fwd_config(64, 129, bf) == kern.FWD_CONFIGS[4]
-    assert kern.bwd_config(64, 256, bf) == kern.BWD_CONFIGS[3]
-    assert kern.fwd_config(64, 512, bf) == kern.FWD_CONFIGS[kern.DEFAULT_FWD]
-    assert kern.bwd_config(64, 512, bf) == kern.BWD_CONFIGS[kern.DEFAULT_BWD]
+    bf, dev = torch.bfloat16, torch.device("cpu")  # a CPU device stands for sm_90 here
+    assert kern.fwd_config(64, 100, bf, dev) == kern.FWD_CONFIGS[5]
+    assert kern.bwd_config(64, 128, bf, dev) == kern.BWD_CONFIGS[4]
+    assert kern.fwd_config(64, 129, bf, dev) == kern.FWD_CONFIGS[4]
+    assert kern.bwd_config(64, 256, bf, dev) == kern.BWD_CONFIGS[3]
+    assert kern.fwd_config(64, 512, bf, dev) == kern.FWD_CONFIGS[kern.DEFAULT_FWD]
+    assert kern.bwd_config(64, 512, bf, dev) == kern.BWD_CONFIGS[kern.DEFAULT_BWD]
+    # the table was timed on sm_90: other architectures keep the defaults
+    import xlmr_fast.kernels.triton as kt
+    monkeypatch.setattr(kt, "CPU_STANDS_FOR", (8, 9))
+    assert kern.fwd_config(64, 100, bf, dev) == kern.FWD_CONFIGS[kern.DEFAULT_FWD]
+    assert kern.bwd_config(64, 128, bf, dev) == kern.BWD_CONFIGS[kern.DEFAULT_BWD]
     for bound, f, b in kern.TUNED_BY_SEQLEN:  # the committed table points at real entries
         assert 0 <= f < len(kern.FWD_CONFIGS) and 0 <= b < len(kern.BWD_CONFIGS)
 

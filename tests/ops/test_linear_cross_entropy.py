@@ -441,6 +441,26 @@ def test_flat_loops_choice(monkeypatch):
         kern.flat_loops(768, 64)
 
 
+def test_tuned_configs_only_on_the_measured_architecture(monkeypatch):
+    # TUNED_BY_SHAPE was timed on sm_90; on an A100 / L4 (sm_80 / sm_89) or a Blackwell card the
+    # untuned entry 0 runs (config 1 spills 464 bytes for sm_86: test_compile_report).
+    import xlmr_fast.kernels.triton as kt
+    from xlmr_fast.kernels.triton import linear_cross_entropy as kern
+    monkeypatch.setattr(kern, "_interpret", lambda t: False)
+    x = torch.empty(8192, 1024, dtype=torch.bfloat16, device="meta")
+    for cap in ((8, 0), (8, 6), (8, 9), (10, 0)):
+        monkeypatch.setattr(kt, "CPU_STANDS_FOR", cap)
+        assert kern._tuned(8192, 1024, x.device) == (0, 0), cap
+        assert kern._fwd_config(x, 8192) == kern.FWD_CONFIGS[0]
+        assert kern._mm_config(x) == kern.MM_CONFIGS[0]
+    monkeypatch.setattr(kt, "CPU_STANDS_FOR", (9, 0))
+    assert kern._fwd_config(x, 8192) == kern.FWD_CONFIGS[1]
+    # a CUDA device reports its own capability (cached per index), whatever CPU_STANDS_FOR says
+    monkeypatch.setattr(kt, "_CAPABILITIES", {3: (8, 6)})
+    assert kt.capability(torch.device("cuda", 3)) == (8, 6)
+    assert not kt.tuned_here(torch.device("cuda", 3))
+
+
 def test_tuned_configs_by_shape(monkeypatch):
     # The measured sweep winners apply at their shape (N >= 8192, H = 1024, 16-bit, nested
     # loops); elsewhere entry 0; explicit overrides, fp32 and FLAT keep their own rules.
@@ -449,8 +469,9 @@ def test_tuned_configs_by_shape(monkeypatch):
 
     def x(n, h, dtype=torch.bfloat16):
         return torch.empty(n, h, dtype=dtype, device="meta")
-    assert kern._tuned(8192, 1024) == (1, 1) and kern._tuned(20000, 1024) == (1, 1)
-    assert kern._tuned(4915, 1024) == (0, 0) and kern._tuned(8192, 768) == (0, 0)
+    dev = torch.device("meta")  # stands for an sm_90 GPU (kernels/triton.CPU_STANDS_FOR)
+    assert kern._tuned(8192, 1024, dev) == (1, 1) and kern._tuned(20000, 1024, dev) == (1, 1)
+    assert kern._tuned(4915, 1024, dev) == (0, 0) and kern._tuned(8192, 768, dev) == (0, 0)
     assert kern._fwd_config(x(8192, 1024), 8192) == kern.FWD_CONFIGS[1]
     assert kern._mm_config(x(8192, 1024)) == kern.MM_CONFIGS[1]
     assert kern._fwd_config(x(4915, 768), 4915) == kern.FWD_CONFIGS[0]
@@ -806,8 +827,9 @@ def test_gpu_xlmr_shape(backend, monkeypatch, which, H):
 @pytest.mark.gpu
 @pytest.mark.parametrize("which", ["triton", "triton-flat", "triton-tokenchunk"])
 def test_gpu_tuned_shape(backend, monkeypatch, which):
-    """N = 8192, H = 1024 takes the TUNED_BY_SHAPE configs (BLOCK_V 256 forward/dlogits,
-    128 x 256 GEMM tiles; FLAT keeps entry 0); a small V keeps the reference cheap."""
+    """N = 8192, H = 1024 takes the TUNED_BY_SHAPE configs on sm_90 (BLOCK_V 256 forward/
+    dlogits, 128 x 256 GEMM tiles; FLAT keeps entry 0; entry 0 on other GPUs); a small V keeps
+    the reference cheap."""
     use_gpu_path(which, backend, monkeypatch, chunk=4096)
     h, w, b, t = make_inputs(8192, 1024, 20011, torch.bfloat16, device="cuda", ignore_frac=0.05)
     compare(h, w, b, t, "mean", 0.0, torch.bfloat16)
