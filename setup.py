@@ -6,7 +6,9 @@ The install never fails for lack of a GPU: set XLMR_FAST_NO_EXT=1 to skip the
 extension entirely (the package then runs on its torch/Triton paths).
 
 Environment:
-  TORCH_CUDA_ARCH_LIST   CUDA archs (default "8.0;9.0")
+  TORCH_CUDA_ARCH_LIST   CUDA archs (default "8.0;9.0+PTX": machine code for Ampere, which
+                         sm_86 / sm_89 run too, and Hopper, plus Hopper PTX that the driver
+                         compiles for newer GPUs such as Blackwell at first load)
   XLMR_FAST_FORCE_CUDA   1: build the CUDA sources even if torch.cuda is not usable here
   XLMR_FAST_NO_EXT       1: build no extension
   MAX_JOBS               parallel compile jobs (default: sized to cores and memory)
@@ -46,7 +48,7 @@ def _extensions():
     ext_cls = ce.CppExtension
     extra = {"cxx": cxx}
     if want_cuda and cu_sources:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         ext_cls = ce.CUDAExtension
         sources += cu_sources
         define.append(("XLMR_FAST_WITH_CUDA", "1"))

@@ -5,6 +5,7 @@ for sm_90 on a machine without a GPU, with what ptxas and the Triton IR say abou
     python -m bench.compile_report --defaults        # only the configs the ops launch today
     python -m bench.compile_report --ops attention
     python -m bench.compile_report --arch 86         # Ampere/Ada codegen (A10, L4, RTX 4090)
+    python -m bench.compile_report --arch 100        # Blackwell (B200)
 
 Why: device time is scarce. A config that spills registers, or whose K-loop Triton did not
 software-pipeline, is slow on any Hopper card; both are visible at compile time. The report
@@ -24,11 +25,11 @@ Columns:
                   addresses kept Triton from vectorising, a few is a bias/target/mask load
     mma_wait      pending-group counts of the wgmma waits: a 1 inside the loop means the MMA
                   of one iteration overlaps the next; only 0 means each MMA is waited for
---arch compiles for another compute capability instead (75, 80, 86, 89; 90 by default) with
-that GPU's shared-memory limit: Triton's codegen differs by architecture (no wgmma before sm_90,
-no cp.async pipelining before sm_80), and so does a block's shared memory, so a config that
-fits an H100 need not load on an A10 or L4 (99 KB per block). mma_wait reads "-" before sm_90
-(no wgmma); async counts cp.async copies from sm_80 on.
+--arch compiles for another compute capability instead (75, 80, 86, 89, 100, 120; 90 by
+default) with that GPU's shared-memory limit: Triton's codegen differs by architecture (no
+wgmma before sm_90, no cp.async pipelining before sm_80, tcgen05 on sm_100), and so does a
+block's shared memory, so a config that fits an H100 need not load on an A10 or L4 (99 KB per
+block). mma_wait reads "-" where there is no wgmma; async counts cp.async copies from sm_80 on.
 This is Triton's compiler on this machine (the newest Triton here, 3.6 on the device), and
 it uses Triton internals (triton.runtime.jit binder, JITFunction._pack_args) that may move
 between versions: the report says so and exits 2 when they are missing. Performance is never
@@ -270,9 +271,11 @@ def _collect(ops, defaults):
 # ----------------------------------------------------------------------------- compiling
 # Shared memory one block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin, CUDA programming
 # guide's table per compute capability): sm_75 T4 64 KB, sm_80 A100 163 KB, sm_86 / sm_89 A10,
-# L4, L40S, RTX 3090 / 4090 99 KB, sm_90 H100 / H200 227 KB. Triton compiles a kernel over the
-# limit without complaint and raises OutOfResources only when it loads it on the GPU.
-MAX_SMEM = {75: 65_536, 80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448}
+# L4, L40S, RTX 3090 / 4090 99 KB, sm_90 H100 / H200 227 KB, sm_100 B200 227 KB, sm_120
+# RTX 5090 / RTX PRO 6000 99 KB. Triton compiles a kernel over the limit without complaint and
+# raises OutOfResources only when it loads it on the GPU.
+MAX_SMEM = {75: 65_536, 80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448, 100: 232_448,
+            120: 101_376}
 SM90_MAX_SMEM = MAX_SMEM[90]
 
 
