@@ -76,11 +76,9 @@ BWD_CONFIGS = [
 # `python -m bench.bench_attention --tune` (device time from CUDA graphs, per shape):
 # (largest max_seqlen the row covers, FWD_CONFIGS index, BWD_CONFIGS index); the first row
 # whose bound covers max_seqlen wins, no row -> DEFAULT_FWD / DEFAULT_BWD. Empty until the
-# short-sequence candidates above have been measured on a device.
-# (max_seqlen bound, FWD_CONFIGS index, BWD_CONFIGS index): the first row whose bound is >= the
-# batch's max_seqlen wins, else DEFAULT_FWD / DEFAULT_BWD (chosen on an H100 as well, the
-# defaults everywhere). To be filled from `bench_attention --tune` rows; applies only on the
-# architecture they are measured on (kernels/triton.TUNED_CAPABILITY, sm_90).
+# short-sequence candidates above have been measured on a device (`bench_attention --short
+# --tune`). The table applies only on the architecture it is measured on (kernels/triton
+# .TUNED_CAPABILITY, sm_90); DEFAULT_FWD / DEFAULT_BWD, also chosen on an H100, run everywhere.
 TUNED_BY_SEQLEN: list[tuple[int, int, int]] = []
 # The interpreter runs blocks as numpy arrays: small blocks make the CPU tests exercise
 # several key and query blocks (and their tails) at T ~ 40.
