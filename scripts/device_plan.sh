@@ -9,6 +9,7 @@
 #   2: fused layer ops; attention at the fine-tuning shapes with every block config; xlmr-fast
 #      tune (writes $OUT/tuning.json); the training step end to end (MFU, vs HF, with its
 #      kernel profile); the other LCE shapes
+#   both end with the issues' goals judged from the call's rows ($OUT/goals.txt, bench/goals.py)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT="${OUT:-$PWD/gpu_out}"; mkdir -p "$OUT"
@@ -68,5 +69,11 @@ case "${1:-1}" in
     ;;
   *) echo "usage: bash scripts/device_plan.sh 1|2" >&2; exit 2 ;;
 esac
+# the issues' goals, judged from this call's rows (bench/goals.py only reads the CSV: no device
+# time); $OUT/goals.txt has every goal, the output below the ones this call's rows decide
+echo "=== goals" >> "$OUT/plan.log"
+$PY -m bench.goals "$OUT/results.csv" > "$OUT/goals.txt" 2>&1
+cat "$OUT/goals.txt" >> "$OUT/plan.log"
+grep -A1 -E "\[ *(MET|not met)\]" "$OUT/goals.txt" || true
 printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/plan_summary.txt"
 grep -E "^(FAILED|ERROR)| (FAILED|ERROR) |passed|failed|^\[fail\]" "$OUT/plan.log" | tail -30 || true
