@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check on a CUDA machine (the device machine: torch 2.11+cu130, triton 3.6, no network).
 # Builds the CUDA extension, runs every test (GPU tests included) and every benchmark, and
-# leaves logs + result CSVs in $OUT (default ./gpu_out).
+# leaves logs + result CSVs in $OUT (default ./gpu_out), with the issues' goals judged from the
+# rows in $OUT/goals.txt (bench/goals.py).
 #   usage: bash scripts/gpu_check.sh [build|test|bench|tune|profile|all|ensure]
 #          (default all; tune and profile are not in all; ensure: build only if the CUDA
 #          extension does not load, nothing else)
@@ -62,4 +63,7 @@ if [[ "$WHAT" == bench || "$WHAT" == all ]]; then
     timeout "${BENCH_TIMEOUT:-200}" $PY -m "$m" $args >> "$OUT/bench.log" 2>&1 || echo "$m rc=$?" >> "$OUT/bench.log"
   done
   grep -vE "^\s*$" "$OUT/bench.log" | tail -80
+  # the summary: the kernel issues' goals judged from these rows (bench/goals.py)
+  $PY -m bench.goals "$OUT/results.csv" > "$OUT/goals.txt" 2>&1
+  grep -A1 -E "^## |\[ *(MET|not met)\]" "$OUT/goals.txt" || true
 fi
