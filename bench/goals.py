@@ -5,6 +5,10 @@ the goal.
     python -m bench.goals gpu_out/results.csv      # a device run's rows
     python -m bench.goals --device H200            # only devices whose name contains H200
 
+Attention verdicts use the fwd+bwd rows (calls enqueued back to back, as a training step runs
+them) and add the same pair's device time from the CUDA-graph rows when the run has them, which
+tells a host-bound miss from a slow kernel.
+
 A goal compares providers "in the same run", so a ratio only ever uses rows of one run (same
 device, commit and date). For each goal the newest run holding the rows it needs is used (the
 run column says which); a goal that no run covers reads "not measured", with what is missing.
@@ -215,8 +219,14 @@ def _attn(shape, ours_names, base_names, target_ratio, what):
         if not ours or not base:
             return None
         r = base[1] / ours[1]
-        return (f"{ours[0]} {ours[1]:.3f} ms, {base[0]} {base[1]:.3f} ms: {r:.2f}x",
-                r >= target_ratio)
+        text = f"{ours[0]} {ours[1]:.3f} ms, {base[0]} {base[1]:.3f} ms: {r:.2f}x"
+        # the same pair's device time (CUDA-graph rows), when measured: a verdict that differs
+        # there means the host, not the kernels, set the eager time
+        g = _ms(rows, "attention", "graph", shape)
+        if ours[0] in g and base[0] in g:
+            text += (f"; device time {g[ours[0]]:.3f} vs {g[base[0]]:.3f} ms: "
+                     f"{g[base[0]] / g[ours[0]]:.2f}x")
+        return text, r >= target_ratio
     judge.__doc__ = f"fwd+bwd rows of {what} at {shape}"
     return judge
 

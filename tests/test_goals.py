@@ -98,6 +98,9 @@ def test_attention_and_mask_goals(tmp_path):
         _row("attention", "sdpa_flash_nomask", "fwd+bwd", pad, 0.40, **run),
         _row("attention", "sdpa_cudnn", "fwd+bwd", pad, 0.70, **run),
         _row("attention", "ours_varlen", "fwd+bwd", pad, 0.50, **run),
+        # device time of the pair (graph rows): shown next to the eager verdict
+        _row("attention", "ours_varlen", "graph", pad, 0.30, **run),
+        _row("attention", "sdpa_cudnn", "graph", pad, 0.60, **run),
         # a fwd row must not stand in for fwd+bwd
         _row("attention", "ours_mask", "fwd", "B64xT512xH16xD64", 0.1, **run),
         _row("mlm_mask", "ours_triton", "graph", "64x512,int32", 0.0125, **run),
@@ -109,6 +112,8 @@ def test_attention_and_mask_goals(tmp_path):
     assert _goal(t, f"attention, dropout 0.1 ({s12})").ok is False  # 1.11x < 1.2x
     v = _goal(t, f"attention varlen, 30% padding ({pad})")
     assert v.ok is True and "sdpa_cudnn" in v.measured and "1.40x" in v.measured
+    assert "device time 0.300 vs 0.600 ms: 2.00x" in v.measured
+    assert "device time" not in _goal(t, f"attention, no dropout ({s12})").measured
     assert _goal(t, "attention, no dropout (B64xT512xH16xD64)").ok is None
     v = _goal(t, "mlm_mask")
     assert v.ok is True and "ours_triton 12.5 us" in v.measured
