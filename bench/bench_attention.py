@@ -191,6 +191,14 @@ def run(shapes, tune=False, device="cuda", save=False, warmup=5, rounds=15, comp
     done (a device call that times out keeps the shapes it finished). compile_ref=False
     leaves out compile_reference (--quick: its torch.compile costs tens of seconds of a short
     device call, and it ran at 29 TFLOP/s, far behind SDPA, on 11-23)."""
+    from xlmr_fast.tune import scoped_env
+    # The ours_* rows time our kernel: a tuning file that sends some lengths to SDPA (knob
+    # attention.backend, `xlmr-fast tune`) must not turn them into SDPA rows.
+    with scoped_env(XLMR_FAST_TUNING="off"):
+        return _run(shapes, tune, device, save, warmup, rounds, compile_ref)
+
+
+def _run(shapes, tune, device, save, warmup, rounds, compile_ref):
     from xlmr_fast.ops.attention import attention_backend
     cuda = device == "cuda"
     rows, done = [], 0

@@ -129,6 +129,49 @@ def test_lce_follows_tuned_backend_and_schedule(places, monkeypatch):
     assert lce_mod._schedule("cuda", 0, 1024, torch.bfloat16) == "recompute"
 
 
+def test_attention_follows_tuned_backend(places, monkeypatch):
+    """attention.backend sends a (layout, length bucket, heads, dropout, dtype) to SDPA where
+    `xlmr-fast tune` measured SDPA faster; everything else, and any forcing, is unchanged."""
+    from types import SimpleNamespace
+    attn = importlib.import_module("xlmr_fast.ops.attention")
+    packaged, _ = places
+    monkeypatch.delenv("XLMR_FAST_BACKEND", raising=False)
+    monkeypatch.setattr(attn, "_triton_refusal", lambda q, forced=False: None)
+    bf = torch.bfloat16
+
+    def q(T, heads=12, dtype=bf):  # what attention_backend reads of a CUDA tensor
+        return SimpleNamespace(device=GPU, shape=(4, heads, T, 64), dtype=dtype)
+    assert attn.attention_backend(q(100)) == ("triton", "supported")   # no file
+    assert attn.attention_tuning_key("padded", 100, 12, False, bf) == \
+        "padded,128,12,no-dropout,bfloat16"
+    tuning.write(doc({"attention.backend": {
+        "padded,128,12,no-dropout,bfloat16": "sdpa",
+        "varlen,256,12,dropout,bfloat16": "sdpa",
+        "padded,512,12,no-dropout,bfloat16": "triton"}}), packaged / "NVIDIA_H100_80GB_HBM3.json")
+    backend, why = attn.attention_backend(q(100))
+    assert backend == "sdpa" and "tuning file" in why and "max_seqlen <= 128" in why
+    assert attn.attention_backend(q(128))[0] == "sdpa"
+    assert attn.attention_backend(q(129))[0] == "triton"                 # bucket 256: not tuned
+    assert attn.attention_backend(q(100), dropout_p=0.1)[0] == "triton"  # dropout: its own key
+    assert attn.attention_backend(q(100, heads=16))[0] == "triton"       # heads: their own key
+    assert attn.attention_backend(q(100, dtype=torch.float16))[0] == "triton"
+    assert attn.attention_backend(q(512))[0] == "triton"
+    assert attn.attention_backend(q(600))[0] == "triton"                 # longer: never tuned
+    packed = SimpleNamespace(device=GPU, shape=(1000, 12, 64), dtype=bf)
+    cu = torch.zeros(3, dtype=torch.int32)
+    assert attn.attention_backend(packed, cu_seqlens=cu, max_seqlen=200, dropout_p=0.1)[0] \
+        == "sdpa"
+    assert attn.attention_backend(packed, cu_seqlens=cu, max_seqlen=200)[0] == "triton"
+    monkeypatch.setenv("XLMR_FAST_BACKEND", "triton")                    # forcing wins
+    assert attn.attention_backend(q(100)) == ("triton", "XLMR_FAST_BACKEND=triton")
+    monkeypatch.delenv("XLMR_FAST_BACKEND")
+    monkeypatch.setenv("XLMR_FAST_TUNING", "off")                        # files off
+    assert attn.attention_backend(q(100))[0] == "triton"
+    cpu = SimpleNamespace(device=torch.device("cpu"), shape=(4, 12, 100, 64), dtype=bf)
+    monkeypatch.delenv("XLMR_FAST_TUNING")
+    assert attn.attention_backend(cpu)[0] == "triton"                    # CPU: no file
+
+
 def test_describe_reports_tuned_paths(places):
     """The trainer's start-up line: what the LM head and layer ops will run on this GPU."""
     pytest.importorskip("triton")
@@ -248,8 +291,11 @@ def test_cli_errors_and_unusable_paths(tmp_path, monkeypatch, capsys):
     t = d["timings_ms"]["linear_cross_entropy"]["32,bfloat16"]
     assert set(t) == {"triton/recompute", "triton/tokenchunk"}
     assert all(v.startswith("error: Unsupported") for v in t.values()), t
-    assert set(d["skipped"]) == {"add_dropout_layernorm", "bias_gelu"}
+    assert set(d["skipped"]) == {"add_dropout_layernorm", "bias_gelu", "attention"}
+    assert "triton cannot run on cpu" in d["skipped"]["attention"]
     assert d["settings"]["rows"] == 5 and d["versions"]["torch"] == torch.__version__
+    assert cli_main(["tune", "--device", "cpu", "--seqlens", "513"]) == 1
+    assert "--seqlens must be in [2, 512]" in capsys.readouterr().err
 
 
 def test_cli_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch, capsys):
@@ -304,6 +350,21 @@ def test_cli_runs_every_candidate_interpreter(tmp_path, monkeypatch):
                                                          "32,bfloat16,bfloat16"}
     assert set(d["timings_ms"]["bias_gelu"]["32,bfloat16"]) == {"fused", "eager"}
     assert not d["settings"]["compile_baseline"]
+    # attention: the model's call through our kernel and through SDPA, padded and varlen,
+    # without and with dropout; a length is filed under its bucket (16 -> 128); 64 wide = 1 head
+    assert cli_main(["tune", "--device", "cpu", "--hidden", "64", "--tokens", "24", "--rep", "1",
+                     "--warmup", "0", "--out", str(out), "--ops", "attention",
+                     "--seqlens", "12"]) == 0
+    d = tuning.read(out)
+    keys = {f"{lay},128,1,{p},bfloat16" for lay in ("padded", "varlen")
+            for p in ("dropout", "no-dropout")}
+    assert set(d["choices"]["attention.backend"]) == keys
+    assert set(d["choices"]["attention.backend"].values()) <= {"triton", "sdpa"}
+    for k in keys:
+        assert all(isinstance(v, float) for v in d["timings_ms"]["attention"][k].values()), k
+        assert set(d["timings_ms"]["attention"][k]) == {"triton", "sdpa"}
+    assert d["settings"]["seqlens"] == [12]
+    assert "linear_cross_entropy.schedule" in d["choices"]          # the earlier runs' keys stay
 
 
 @pytest.mark.gpu
@@ -319,5 +380,6 @@ def test_tune_on_gpu_every_candidate_runs(tmp_path):
     assert set(d["choices"]["add_dropout_layernorm"]) == {"64,bfloat16,float32",
                                                           "64,bfloat16,bfloat16"}
     assert set(d["choices"]["bias_gelu"]) == {"64,bfloat16"}
+    assert len(d["choices"]["attention.backend"]) == 3 * 2 * 2   # lengths x layouts x dropout
     assert d["device"] == torch.cuda.get_device_name()
     tuning.write(d, tmp_path / "t.json")

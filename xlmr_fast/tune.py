@@ -16,6 +16,12 @@ on ours:
                          under autocast, forward + backward.
 For the two layer ops the candidates are the fused op, eager PyTorch and torch.compile of the
 same code; "fused" is kept only when it beats both (issue 5's rule), else "torch".
+  attention              the model's call (attention_qkvpacked, forward + backward) on --tokens
+                         tokens of heads of 64 (hidden / 64 heads), at each --seqlens length,
+                         padded (key mask; lengths uniform in [T/2, T]) and varlen (the same
+                         tokens packed), without and with dropout 0.1: our Triton kernel against
+                         SDPA. Knob attention.backend, per layout, length bucket, heads, dropout
+                         and dtype: the model then uses SDPA where SDPA was faster here.
 
 Times are medians of CUDA-event timings of back-to-back calls (as triton.testing.do_bench).
 A candidate that fails (out of memory, a refused input) is recorded with its error and skipped.
@@ -36,7 +42,9 @@ import torch.nn.functional as F
 from . import tuning
 from .cli import register
 
-OPS = ("linear_cross_entropy", "add_dropout_layernorm", "bias_gelu")
+OPS = ("linear_cross_entropy", "add_dropout_layernorm", "bias_gelu", "attention")
+SEQLENS = (128, 256, 512)   # xlmr_fast.ops.attention.SEQLEN_BUCKETS
+HEAD_DIM = 64
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DROPOUT = 0.1   # XLM-R's hidden dropout
 EPS = 1e-5
@@ -270,6 +278,37 @@ def bias_gelu_candidates(device, H: int, dtype, tokens: int, compile_baseline=Tr
     return {k: _grad_step(f, (x, w, b), dy, autocast_dtype=dtype) for k, f in fns.items()}
 
 
+def attention_candidates(device, heads: int, dtype, T: int, tokens: int, varlen: bool,
+                         dropout: float) -> dict:
+    """fwd+bwd of attention_qkvpacked (the model's call) on one batch, through our Triton kernel
+    and through SDPA (each forced with XLMR_FAST_BACKEND, as attention_backend() would pick it)."""
+    from .ops import attention_qkvpacked
+    B = max(1, tokens // T)
+    g = torch.Generator().manual_seed(T)
+    lengths = torch.randint(T // 2, T + 1, (B,), generator=g)
+    lengths[0] = T  # the batch's longest sequence has the bucket's length
+    if varlen:
+        total = int(lengths.sum())
+        qkv = torch.randn(total, 3, heads, HEAD_DIM, device=device, dtype=dtype)
+        cu = torch.zeros(B + 1, dtype=torch.int32)
+        cu[1:] = lengths.cumsum(0)
+        kw = dict(cu_seqlens=cu.to(device), max_seqlen=T)
+        dout = torch.randn(total, heads, HEAD_DIM, device=device, dtype=dtype)
+    else:
+        qkv = torch.randn(B, T, 3, heads, HEAD_DIM, device=device, dtype=dtype)
+        kw = dict(key_padding_mask=(torch.arange(T)[None, :] >= lengths[:, None]).to(device))
+        dout = torch.randn(B, heads, T, HEAD_DIM, device=device, dtype=dtype)
+    qkv.requires_grad_()
+
+    def run(forced):
+        def step():
+            with scoped_env(XLMR_FAST_BACKEND=forced):
+                out = attention_qkvpacked(qkv, dropout_p=dropout, **kw)
+                torch.autograd.grad(out, (qkv,), dout)
+        return step
+    return {"triton": run("triton"), "sdpa": run("reference")}
+
+
 def _fused_op_runs(device, op: str) -> str | None:
     """Why the fused op cannot run its kernel here (then there is nothing to tune), or None."""
     from .ops import _backend
@@ -325,7 +364,7 @@ def _versions() -> dict:
 def tune(device: torch.device, ops=OPS, hidden=(768, 1024), dtypes=(torch.bfloat16,),
          rows: int = 8192, vocab: int = 250002, tokens: int = 64 * 512, warmup: int = 3,
          rep: int = 10, compile_baseline: bool = True, timer=time_ms, log=print,
-         save=None) -> dict:
+         save=None, seqlens=SEQLENS) -> dict:
     """Time every candidate and return the tuning document (choices, timings, settings).
     save(doc), if given, gets the document so far after each measurement: a run cut short
     (a device call's time limit) keeps what it measured."""
@@ -354,7 +393,8 @@ def tune(device: torch.device, ops=OPS, hidden=(768, 1024), dtypes=(torch.bfloat
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": _versions(),
             "settings": {"rows": rows, "vocab": vocab, "tokens": tokens, "dropout": DROPOUT,
-                         "warmup": warmup, "rep": rep, "compile_baseline": compile_baseline},
+                         "warmup": warmup, "rep": rep, "compile_baseline": compile_baseline,
+                         "seqlens": list(seqlens)},
             "choices": choices,
             "timings_ms": timings,
             "skipped": skipped,
@@ -388,6 +428,32 @@ def tune(device: torch.device, ops=OPS, hidden=(768, 1024), dtypes=(torch.bfloat
                 else:
                     tune_fused("bias_gelu", tuning.key(H, dtype),
                                bias_gelu_candidates(device, H, dtype, tokens, compile_baseline))
+    # attention last: the LM head and the layer ops matter more, and a run cut short keeps
+    # what it measured
+    if "attention" in ops:
+        why = _fused_op_runs(device, "attention")
+        if why:
+            skipped["attention"] = why
+        else:
+            from .ops.attention import attention_tuning_key
+            for dtype in dtypes:
+                for H in hidden:
+                    heads = max(1, H // HEAD_DIM)
+                    for T in seqlens:
+                        for varlen in (False, True):
+                            for p in (0.0, DROPOUT):
+                                key = attention_tuning_key("varlen" if varlen else "padded", T,
+                                                           heads, p > 0, dtype)
+                                if key is None:
+                                    skipped["attention"] = (f"--seqlens {T}: longer than the "
+                                                            f"tuned lengths")
+                                    continue
+                                times = measure(attention_candidates(device, heads, dtype, T,
+                                                                     tokens, varlen, p),
+                                                device, warmup, rep, timer)
+                                best = fastest(times)
+                                record("attention", key, times,
+                                       {"attention.backend": best} if best else {})
     for op, why in skipped.items():
         log(f"{op:22s} skipped: {why}")
     return document()
@@ -437,7 +503,11 @@ def _args(p: argparse.ArgumentParser) -> None:
                    help="16-bit compute dtypes")
     p.add_argument("--rows", type=int, default=8192, help="masked rows for linear_cross_entropy")
     p.add_argument("--vocab", type=int, default=250002, help="vocabulary size")
-    p.add_argument("--tokens", type=int, default=64 * 512, help="tokens for the layer ops")
+    p.add_argument("--tokens", type=int, default=64 * 512,
+                   help="tokens for the layer ops and per attention batch")
+    p.add_argument("--seqlens", nargs="+", type=int, default=list(SEQLENS),
+                   help="attention batch lengths to time (each is filed under its bucket: "
+                        "128, 256 or 512)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rep", type=int, default=10, help="timed calls per candidate (median)")
     p.add_argument("--device", default="cuda",
@@ -471,6 +541,9 @@ def _run(a: argparse.Namespace) -> int:
     for flag in ("rows", "vocab", "tokens", "rep"):
         if getattr(a, flag) < 1:
             raise ValueError(f"--{flag} must be >= 1, got {getattr(a, flag)}")
+    if any(not 2 <= t <= SEQLENS[-1] for t in a.seqlens):
+        raise ValueError(f"--seqlens must be in [2, {SEQLENS[-1]}] (the tuned lengths), "
+                         f"got {a.seqlens}")
     if any(h < 1 for h in a.hidden):
         raise ValueError(f"--hidden must be positive, got {a.hidden}")
     out = a.out or tuning.user_path(name)
@@ -484,7 +557,8 @@ def _run(a: argparse.Namespace) -> int:
     doc = tune(device, ops=tuple(a.ops), hidden=tuple(a.hidden),
                dtypes=tuple(DTYPES[d] for d in a.dtype), rows=a.rows, vocab=a.vocab,
                tokens=a.tokens, warmup=a.warmup, rep=a.rep,
-               compile_baseline=not a.no_compile_baseline, save=save)
+               compile_baseline=not a.no_compile_baseline, save=save,
+               seqlens=tuple(a.seqlens))
     print("wrote", save(doc))
     return 0
 

@@ -2,7 +2,8 @@
 
 Some choices can only be made by timing them on the GPU that runs them: the fused linear
 cross-entropy's backend (Triton or the CUDA extension) and schedule (recompute or token-chunk),
-and whether the model's fused layer ops beat eager PyTorch and torch.compile. `xlmr-fast tune`
+whether the model's fused layer ops beat eager PyTorch and torch.compile, and whether our
+attention or SDPA is faster at a given sequence length. `xlmr-fast tune`
 (xlmr_fast/tune.py) times the candidates at XLM-R's shapes and writes a tuning file; the ops
 read it here. A tuning file is JSON:
 
@@ -38,6 +39,8 @@ KNOBS: dict[str, tuple[tuple[str, ...], str]] = {
     "linear_cross_entropy.schedule": (("recompute", "tokenchunk"), "hidden size,compute dtype"),
     "add_dropout_layernorm": (("fused", "torch"), "hidden size,x dtype,residual dtype"),
     "bias_gelu": (("fused", "torch"), "hidden size,GEMM dtype"),
+    "attention.backend": (("triton", "sdpa"),
+                          "padded|varlen,max_seqlen bucket,heads,dropout|no-dropout,dtype"),
 }
 
 _OFF = ("off", "0", "none")

@@ -26,7 +26,9 @@ Backends (attention_backend() returns the choice and the reason):
             CUDA tensors, or CPU tensors under TRITON_INTERPRET=1; fp16/bf16 (fp32 only
             under the interpreter or when forced); head dim 32, 64 or 128.
     sdpa    torch.nn.functional.scaled_dot_product_attention with an additive mask (its
-            dropout uses torch's RNG, not the keep-mask above); everything else.
+            dropout uses torch's RNG, not the keep-mask above); everything else, and on a GPU
+            where `xlmr-fast tune` measured SDPA faster for this layout, length bucket
+            (SEQLEN_BUCKETS), head count, dropout and dtype (tuning knob attention.backend).
 XLMR_FAST_BACKEND=triton|cuda forces the Triton kernel (there is no separate CUDA-extension
 attention; an unsupported input then raises), =reference forces SDPA.
 attention_reference() is the fp32 plain-torch math that every backend is tested against.
@@ -38,6 +40,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from .. import tuning
 from . import _backend
 
 log = logging.getLogger(__name__)
@@ -184,8 +187,46 @@ def _sdpa_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale):
 
 
 # ---------------------------------------------------------------- backend choice
+# Sequence-length buckets of the tuned choice (knob attention.backend): a batch whose (max)
+# length is T uses the entry of the smallest bucket >= T; longer batches are not tuned.
+SEQLEN_BUCKETS = (128, 256, 512)
+
+
+def seqlen_bucket(T: int) -> int | None:
+    """The tuning key's length for a batch of (max) length T, or None above SEQLEN_BUCKETS."""
+    for b in SEQLEN_BUCKETS:
+        if T <= b:
+            return b
+    return None
+
+
+def _key_parts(layout: str, T: int, heads: int, dropout: bool, dtype) -> tuple | None:
+    bucket = seqlen_bucket(T)
+    if bucket is None:
+        return None
+    return layout, bucket, heads, "dropout" if dropout else "no-dropout", dtype
+
+
+def attention_tuning_key(layout: str, T: int, heads: int, dropout: bool, dtype) -> str | None:
+    """The attention.backend key of a batch (`xlmr-fast tune` writes it); None when its length
+    is not tuned."""
+    parts = _key_parts(layout, T, heads, dropout, dtype)
+    return None if parts is None else tuning.key(*parts)
+
+
+@torch.compiler.assume_constant_result
+def _tuned_backend(dev_index, layout: str, T: int, heads: int, dropout: bool, dtype) -> str:
+    # A pure function of the GPU, the tuning files and the key: torch.compile evaluates it once
+    # while tracing instead of tracing the file lookup. "" when nothing is tuned.
+    parts = _key_parts(layout, T, heads, dropout, dtype)
+    if parts is None:
+        return ""
+    device = torch.device("cuda", dev_index) if dev_index is not None else torch.device("cuda")
+    return tuning.choice("attention.backend", device, *parts) or ""
+
+
 def attention_backend(q, k=None, v=None, *, key_padding_mask=None, cu_seqlens=None,
-                      dropout_p=0.0):
+                      dropout_p=0.0, max_seqlen=None):
     """(backend, reason): which backend attention() uses for these inputs, and why."""
     f = _backend.forced()
     if f == "reference":
@@ -198,6 +239,14 @@ def attention_backend(q, k=None, v=None, *, key_padding_mask=None, cu_seqlens=No
         return "triton", f"XLMR_FAST_BACKEND={f}"
     if why_not:
         return "sdpa", why_not
+    if q.device.type == "cuda":
+        varlen = cu_seqlens is not None
+        T = max_seqlen if varlen else q.shape[2]
+        layout = "varlen" if varlen else "padded"
+        if isinstance(T, int) and _tuned_backend(q.device.index, layout, T, q.shape[1],
+                                                 dropout_p > 0.0, q.dtype) == "sdpa":
+            return "sdpa", (f"tuning file: SDPA measured faster on this GPU ({layout}, "
+                            f"max_seqlen <= {seqlen_bucket(T)}, {q.shape[1]} heads)")
     return "triton", "supported"
 
 
@@ -446,7 +495,8 @@ def attention(q, k, v, *, key_padding_mask=None, cu_seqlens=None, max_seqlen=Non
     _validate(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed)
     dropout_p = float(dropout_p)
     backend, reason = attention_backend(q, key_padding_mask=key_padding_mask,
-                                        cu_seqlens=cu_seqlens, dropout_p=dropout_p)
+                                        cu_seqlens=cu_seqlens, dropout_p=dropout_p,
+                                        max_seqlen=max_seqlen)
     return _dispatch(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p,
                      softmax_scale, seed, backend, reason)
 
@@ -486,7 +536,8 @@ def attention_qkvpacked(qkv, *, key_padding_mask=None, cu_seqlens=None, max_seql
     _validate(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed)
     dropout_p = float(dropout_p)
     backend, reason = attention_backend(q, key_padding_mask=key_padding_mask,
-                                        cu_seqlens=cu_seqlens, dropout_p=dropout_p)
+                                        cu_seqlens=cu_seqlens, dropout_p=dropout_p,
+                                        max_seqlen=max_seqlen)
     if backend != "triton" or torch.compiler.is_compiling():
         # SDPA, or torch.compile (which sees the custom op and handles the slices itself)
         return _dispatch(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p,
