@@ -157,6 +157,8 @@ def test_attention_follows_tuned_backend(places, monkeypatch):
     assert attn.attention_backend(q(100, dtype=torch.float16))[0] == "triton"
     assert attn.attention_backend(q(512))[0] == "triton"
     assert attn.attention_backend(q(600))[0] == "triton"                 # longer: never tuned
+    d128 = SimpleNamespace(device=GPU, shape=(4, 12, 100, 128), dtype=bf)
+    assert attn.attention_backend(d128)[0] == "triton"                   # tuned at head dim 64
     packed = SimpleNamespace(device=GPU, shape=(1000, 12, 64), dtype=bf)
     cu = torch.zeros(3, dtype=torch.int32)
     assert attn.attention_backend(packed, cu_seqlens=cu, max_seqlen=200, dropout_p=0.1)[0] \

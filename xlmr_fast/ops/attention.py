@@ -28,7 +28,8 @@ Backends (attention_backend() returns the choice and the reason):
     sdpa    torch.nn.functional.scaled_dot_product_attention with an additive mask (its
             dropout uses torch's RNG, not the keep-mask above); everything else, and on a GPU
             where `xlmr-fast tune` measured SDPA faster for this layout, length bucket
-            (SEQLEN_BUCKETS), head count, dropout and dtype (tuning knob attention.backend).
+            (SEQLEN_BUCKETS), head count, dropout and dtype at head dim 64 (tuning knob
+            attention.backend).
 XLMR_FAST_BACKEND=triton|cuda forces the Triton kernel (there is no separate CUDA-extension
 attention; an unsupported input then raises), =reference forces SDPA.
 attention_reference() is the fp32 plain-torch math that every backend is tested against.
@@ -239,7 +240,7 @@ def attention_backend(q, k=None, v=None, *, key_padding_mask=None, cu_seqlens=No
         return "triton", f"XLMR_FAST_BACKEND={f}"
     if why_not:
         return "sdpa", why_not
-    if q.device.type == "cuda":
+    if q.device.type == "cuda" and q.shape[-1] == 64:  # `xlmr-fast tune` times XLM-R's 64
         varlen = cu_seqlens is not None
         T = max_seqlen if varlen else q.shape[2]
         layout = "varlen" if varlen else "padded"
