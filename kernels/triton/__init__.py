@@ -56,6 +56,12 @@ class ForcedConfigs:
                               for lst, c in zip(self._lists, (fwd, bwd)))
 
 
+def config_launch_kw(cfg) -> dict:
+    """The launch keywords of a triton.Config forced in place of the autotuner's choice: its
+    block sizes, warps and stages, and LAUNCH."""
+    return dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **LAUNCH)
+
+
 def tune_bench(kernel_call, quantiles):
     """How the layer ops' autotuners time a config (triton.autotune(do_bench=...)).
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import LAUNCH, ForcedConfigs, tune_bench
+from . import LAUNCH, ForcedConfigs, config_launch_kw, tune_bench
 from .rng import mix32 as _mix32
 
 
@@ -161,8 +161,7 @@ def forward(x2, r2, weight, bias, y2, mean, rstd, key1, key2, thresh, scale, eps
     cfg = _forced.fwd
     if cfg is not None:
         _adln_fwd_kernel[(triton.cdiv(M, cfg.kwargs["BLOCK_M"]),)](
-            *args, HAS_DROPOUT=has_dropout, BLOCK_N=BN, **cfg.kwargs, num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages, **LAUNCH)
+            *args, HAS_DROPOUT=has_dropout, BLOCK_N=BN, **config_launch_kw(cfg))
     elif tune:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),)  # noqa: E731
         _fwd_tuned[grid](*args, HAS_DROPOUT=has_dropout, BLOCK_N=BN, **LAUNCH)
@@ -182,8 +181,8 @@ def backward(dy2, x2, r2, weight, mean, rstd, dx2, dr2, dw_part, db_part, rows_p
             key1, key2, thresh, scale)
     cfg = _forced.bwd
     if cfg is not None:
-        _adln_bwd_kernel[(G,)](*args, HAS_DROPOUT=has_dropout, BLOCK_N=BN, **cfg.kwargs,
-                               num_warps=cfg.num_warps, num_stages=cfg.num_stages, **LAUNCH)
+        _adln_bwd_kernel[(G,)](*args, HAS_DROPOUT=has_dropout, BLOCK_N=BN,
+                               **config_launch_kw(cfg))
     elif tune:
         _bwd_tuned[(G,)](*args, HAS_DROPOUT=has_dropout, BLOCK_N=BN, **LAUNCH)
     else:

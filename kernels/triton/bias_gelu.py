@@ -15,7 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import LAUNCH, ForcedConfigs, tune_bench
+from . import LAUNCH, ForcedConfigs, config_launch_kw, tune_bench
 
 _RSQRT2 = tl.constexpr(0.7071067811865476)
 _RSQRT2PI = tl.constexpr(0.3989422804014327)
@@ -94,17 +94,13 @@ _forced = ForcedConfigs(FWD_CONFIGS, BWD_CONFIGS)
 set_configs = _forced.set
 
 
-def _launch_opts(cfg):
-    return dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **LAUNCH)
-
-
 def forward(x2, bias, y2, tune: bool):
     """Launch on (M, F) contiguous views. tune=False: one fixed config (interpreter)."""
     M, F = x2.shape
     cfg = _forced.fwd
     if cfg is not None:
         grid = (triton.cdiv(M, cfg.kwargs["BLOCK_M"]), triton.cdiv(F, cfg.kwargs["BLOCK_N"]))
-        _bias_gelu_fwd_kernel[grid](x2, bias, y2, M, F, **_launch_opts(cfg))
+        _bias_gelu_fwd_kernel[grid](x2, bias, y2, M, F, **config_launch_kw(cfg))
     elif tune:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(F, meta["BLOCK_N"]))  # noqa: E731
         _fwd_tuned[grid](x2, bias, y2, M, F, **LAUNCH)
@@ -121,7 +117,7 @@ def backward(dy2, x2, bias, dx2, db_part, rows_per_prog, tune: bool):
     cfg = _forced.bwd
     if cfg is not None:
         _bias_gelu_bwd_kernel[(G, triton.cdiv(F, cfg.kwargs["BLOCK_N"]))](
-            dy2, x2, bias, dx2, db_part, M, F, rows_per_prog, **_launch_opts(cfg))
+            dy2, x2, bias, dx2, db_part, M, F, rows_per_prog, **config_launch_kw(cfg))
     elif tune:
         grid = lambda meta: (G, triton.cdiv(F, meta["BLOCK_N"]))  # noqa: E731
         _bwd_tuned[grid](dy2, x2, bias, dx2, db_part, M, F, rows_per_prog, **LAUNCH)
