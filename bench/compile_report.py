@@ -208,6 +208,8 @@ def launches_fused(op: str, defaults: bool):
     (their fixed-config path), then each of the autotuner's configs in its place (on a GPU
     the autotuner picks among them; it needs a GPU to time them, the compiler does not)."""
     import triton
+
+    from xlmr_fast.kernels.triton import config_launch_kw
     mod = __import__(f"xlmr_fast.kernels.triton.{op}", fromlist=["_"])
     out = []
     M = 64 * 512
@@ -235,7 +237,7 @@ def launches_fused(op: str, defaults: bool):
         for fn, args, kwargs in rec:
             for c, cfg in enumerate(tuned[fn].configs):
                 kw = {k: v for k, v in kwargs.items() if k not in cfg.kwargs}
-                kw.update(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                kw.update(config_launch_kw(cfg))  # as the ops launch a forced config
                 out.append((f"T{M} N{N}" + (" r32" if r32 else ""), f"autotune {c}",
                             (fn, args, kw)))
     return out
@@ -276,7 +278,6 @@ def _collect(ops, defaults):
 # raises OutOfResources only when it loads it on the GPU.
 MAX_SMEM = {75: 65_536, 80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448, 100: 232_448,
             120: 101_376}
-SM90_MAX_SMEM = MAX_SMEM[90]
 
 
 def _target(arch: int = 90):
