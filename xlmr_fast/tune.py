@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import os
 import statistics
 import time
@@ -43,8 +44,6 @@ from . import tuning
 from .cli import register
 
 OPS = ("linear_cross_entropy", "add_dropout_layernorm", "bias_gelu", "attention")
-SEQLENS = (128, 256, 512)   # xlmr_fast.ops.attention.SEQLEN_BUCKETS
-HEAD_DIM = 64
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DROPOUT = 0.1   # XLM-R's hidden dropout
 EPS = 1e-5
@@ -283,21 +282,22 @@ def attention_candidates(device, heads: int, dtype, T: int, tokens: int, varlen:
     """fwd+bwd of attention_qkvpacked (the model's call) on one batch, through our Triton kernel
     and through SDPA (each forced with XLMR_FAST_BACKEND, as attention_backend() would pick it)."""
     from .ops import attention_qkvpacked
+    from .ops.attention import TUNED_HEAD_DIM as D
     B = max(1, tokens // T)
     g = torch.Generator().manual_seed(T)
     lengths = torch.randint(T // 2, T + 1, (B,), generator=g)
     lengths[0] = T  # the batch's longest sequence has the bucket's length
     if varlen:
         total = int(lengths.sum())
-        qkv = torch.randn(total, 3, heads, HEAD_DIM, device=device, dtype=dtype)
+        qkv = torch.randn(total, 3, heads, D, device=device, dtype=dtype)
         cu = torch.zeros(B + 1, dtype=torch.int32)
         cu[1:] = lengths.cumsum(0)
         kw = dict(cu_seqlens=cu.to(device), max_seqlen=T)
-        dout = torch.randn(total, heads, HEAD_DIM, device=device, dtype=dtype)
+        dout = torch.randn(total, heads, D, device=device, dtype=dtype)
     else:
-        qkv = torch.randn(B, T, 3, heads, HEAD_DIM, device=device, dtype=dtype)
+        qkv = torch.randn(B, T, 3, heads, D, device=device, dtype=dtype)
         kw = dict(key_padding_mask=(torch.arange(T)[None, :] >= lengths[:, None]).to(device))
-        dout = torch.randn(B, heads, T, HEAD_DIM, device=device, dtype=dtype)
+        dout = torch.randn(B, heads, T, D, device=device, dtype=dtype)
     qkv.requires_grad_()
 
     def run(forced):
@@ -364,10 +364,13 @@ def _versions() -> dict:
 def tune(device: torch.device, ops=OPS, hidden=(768, 1024), dtypes=(torch.bfloat16,),
          rows: int = 8192, vocab: int = 250002, tokens: int = 64 * 512, warmup: int = 3,
          rep: int = 10, compile_baseline: bool = True, timer=time_ms, log=print,
-         save=None, seqlens=SEQLENS) -> dict:
+         save=None, seqlens=None) -> dict:
     """Time every candidate and return the tuning document (choices, timings, settings).
     save(doc), if given, gets the document so far after each measurement: a run cut short
-    (a device call's time limit) keeps what it measured."""
+    (a device call's time limit) keeps what it measured. seqlens: attention's batch lengths
+    (default: xlmr_fast.ops.attention.SEQLEN_BUCKETS)."""
+    from .ops.attention import SEQLEN_BUCKETS, TUNED_HEAD_DIM, attention_tuning_key
+    seqlens = tuple(seqlens or SEQLEN_BUCKETS)
     unknown = [o for o in ops if o not in OPS]
     if unknown:
         raise ValueError(f"tune: unknown op(s) {unknown}; known: {', '.join(OPS)}")
@@ -435,25 +438,18 @@ def tune(device: torch.device, ops=OPS, hidden=(768, 1024), dtypes=(torch.bfloat
         if why:
             skipped["attention"] = why
         else:
-            from .ops.attention import attention_tuning_key
-            for dtype in dtypes:
-                for H in hidden:
-                    heads = max(1, H // HEAD_DIM)
-                    for T in seqlens:
-                        for varlen in (False, True):
-                            for p in (0.0, DROPOUT):
-                                key = attention_tuning_key("varlen" if varlen else "padded", T,
-                                                           heads, p > 0, dtype)
-                                if key is None:
-                                    skipped["attention"] = (f"--seqlens {T}: longer than the "
-                                                            f"tuned lengths")
-                                    continue
-                                times = measure(attention_candidates(device, heads, dtype, T,
-                                                                     tokens, varlen, p),
-                                                device, warmup, rep, timer)
-                                best = fastest(times)
-                                record("attention", key, times,
-                                       {"attention.backend": best} if best else {})
+            for dtype, H, T, varlen, p in itertools.product(dtypes, hidden, seqlens,
+                                                            (False, True), (0.0, DROPOUT)):
+                heads = max(1, H // TUNED_HEAD_DIM)
+                key = attention_tuning_key("varlen" if varlen else "padded", T, heads, p > 0,
+                                           dtype)
+                if key is None:
+                    skipped["attention"] = f"--seqlens {T}: longer than the tuned lengths"
+                    continue
+                times = measure(attention_candidates(device, heads, dtype, T, tokens, varlen, p),
+                                device, warmup, rep, timer)
+                best = fastest(times)
+                record("attention", key, times, {"attention.backend": best} if best else {})
     for op, why in skipped.items():
         log(f"{op:22s} skipped: {why}")
     return document()
@@ -505,7 +501,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab", type=int, default=250002, help="vocabulary size")
     p.add_argument("--tokens", type=int, default=64 * 512,
                    help="tokens for the layer ops and per attention batch")
-    p.add_argument("--seqlens", nargs="+", type=int, default=list(SEQLENS),
+    from .ops.attention import SEQLEN_BUCKETS
+    p.add_argument("--seqlens", nargs="+", type=int, default=list(SEQLEN_BUCKETS),
                    help="attention batch lengths to time (each is filed under its bucket: "
                         "128, 256 or 512)")
     p.add_argument("--warmup", type=int, default=3)
@@ -541,8 +538,9 @@ def _run(a: argparse.Namespace) -> int:
     for flag in ("rows", "vocab", "tokens", "rep"):
         if getattr(a, flag) < 1:
             raise ValueError(f"--{flag} must be >= 1, got {getattr(a, flag)}")
-    if any(not 2 <= t <= SEQLENS[-1] for t in a.seqlens):
-        raise ValueError(f"--seqlens must be in [2, {SEQLENS[-1]}] (the tuned lengths), "
+    from .ops.attention import SEQLEN_BUCKETS
+    if any(not 2 <= t <= SEQLEN_BUCKETS[-1] for t in a.seqlens):
+        raise ValueError(f"--seqlens must be in [2, {SEQLEN_BUCKETS[-1]}] (the tuned lengths), "
                          f"got {a.seqlens}")
     if any(h < 1 for h in a.hidden):
         raise ValueError(f"--hidden must be positive, got {a.hidden}")

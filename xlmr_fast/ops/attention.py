@@ -191,6 +191,7 @@ def _sdpa_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale):
 # Sequence-length buckets of the tuned choice (knob attention.backend): a batch whose (max)
 # length is T uses the entry of the smallest bucket >= T; longer batches are not tuned.
 SEQLEN_BUCKETS = (128, 256, 512)
+TUNED_HEAD_DIM = 64  # XLM-R's: the head dim `xlmr-fast tune` times
 
 
 def seqlen_bucket(T: int) -> int | None:
@@ -240,7 +241,7 @@ def attention_backend(q, k=None, v=None, *, key_padding_mask=None, cu_seqlens=No
         return "triton", f"XLMR_FAST_BACKEND={f}"
     if why_not:
         return "sdpa", why_not
-    if q.device.type == "cuda" and q.shape[-1] == 64:  # `xlmr-fast tune` times XLM-R's 64
+    if q.device.type == "cuda" and q.shape[-1] == TUNED_HEAD_DIM:
         varlen = cu_seqlens is not None
         T = max_seqlen if varlen else q.shape[2]
         layout = "varlen" if varlen else "padded"
