@@ -118,7 +118,7 @@ def _run_label(key) -> str:
 
 def newest(runs_, judge, goal, target) -> Verdict:
     """judge(run rows) -> (measured, ok) or None; the newest run it accepts, else not measured
-    (judge's missing() text, when it has one)."""
+    (with judge's docstring: the rows it needs)."""
     for key, rows in runs_:
         got = judge(rows)
         if got is not None:
@@ -250,7 +250,8 @@ def attention_goals(runs_) -> list[Verdict]:
 
 
 def _layer_rows(rows, op, width):
-    """(mode, shape) pairs of op's device-time rows at this width, eager rows if no graph."""
+    """(mode, shapes): the mode to judge op by at this width (fwd+bwd device time from the
+    CUDA-graph rows, fwd+bwd if the run has none) and its shapes at this width."""
     key = f"{LAYER_OPS[op]}={width},"
     shapes = {r["shape"] for r in rows if r["op"] == op and key in r["shape"] + ","
               and not r["shape"].startswith("ctx")}
