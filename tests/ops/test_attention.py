@@ -130,6 +130,36 @@ def test_sdpa_backend_matches_reference(monkeypatch):
     check_against_reference(q, k, v, kpm)
 
 
+def test_sdpa_leaves_no_row_fully_masked(monkeypatch):
+    """The SDPA path never hands SDPA a row whose every key is masked: cuDNN's backward returns
+    NaN dQ for such rows (logsumexp ~ finfo.min) at T % 128 == 64 on H100/H200
+    (pytorch#196678). An all-padding sequence attends unmasked instead and its output and
+    gradients are zeroed, as the contract says."""
+    import torch.nn.functional as F
+    monkeypatch.setenv("XLMR_FAST_BACKEND", "reference")
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, attn_mask=None, **kw):
+        seen.append(attn_mask)
+        return sdpa(*args, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    q, k, v = make_qkv(4, 3, 13, 16, torch.float32, "cpu")
+    kpm = make_mask(4, 13, "cpu")  # row 1: all padding
+    out = xf.ops.attention(q, k, v, key_padding_mask=kpm, dropout_p=0.2, seed=1)
+    assert seen and all((m > torch.finfo(m.dtype).min).any(-1).all() for m in seen)
+    assert (seen[0][0, 0, 0] < 0).equal(kpm[0])  # ordinary rows keep their mask
+    assert (out[1] == 0).all()
+    g = grads(out, (q, k, v), torch.randn_like(out))
+    assert all(torch.isfinite(x).all() and (x[1] == 0).all() for x in g)
+    lengths = [5, 0, 11]  # varlen: a zero-length sequence becomes an all-padding row
+    qp, kp, vp = (torch.randn(sum(lengths), 2, 16, requires_grad=True) for _ in range(3))
+    seen.clear()
+    xf.ops.attention(qp, kp, vp, cu_seqlens=cu_from(lengths, "cpu"), max_seqlen=11)
+    assert all((m > torch.finfo(m.dtype).min).any(-1).all() for m in seen)
+
+
 def test_sdpa_varlen_matches_reference(monkeypatch):
     monkeypatch.setenv("XLMR_FAST_BACKEND", "reference")
     lengths = [5, 1, 0, 11]
@@ -595,6 +625,17 @@ def test_gpu_opcheck_and_compile(force_triton):
     out = compiled(q, k, v, kpm)
     out.float().sum().backward()
     assert torch.isfinite(q.grad).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [64, 192])
+def test_gpu_sdpa_all_padding_rows_at_cudnn_nan_lengths(T, monkeypatch):
+    """SDPA (the fallback, and the backend a tuning file may pick for short padded batches)
+    with an all-padding sequence at T % 128 == 64, where cuDNN's backward returned NaN dQ on
+    H100/H200 for fully masked rows (pytorch#196678)."""
+    monkeypatch.setenv("XLMR_FAST_BACKEND", "reference")
+    q, k, v = make_qkv(4, 12, T, 64, torch.bfloat16, "cuda", seed=T)
+    check_against_reference(q, k, v, make_mask(4, T, "cuda", seed=T))
 
 
 @pytest.mark.gpu

@@ -159,19 +159,22 @@ def _varlen_index(cu_seqlens, total, max_seqlen):
 
 
 def _sdpa(q, k, v, key_padding_mask, dropout_p, softmax_scale):
-    mask = None
-    if key_padding_mask is not None:
-        # Additive float mask: a bool mask was measured slower in SDPA (fairseq2 #438), and
-        # a finite minimum (not -inf) keeps all-padding rows NaN-free in every backend.
-        mask = torch.zeros(key_padding_mask.shape, dtype=q.dtype, device=q.device)
-        mask = mask.masked_fill(key_padding_mask, torch.finfo(q.dtype).min)[:, None, None, :]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                         scale=softmax_scale)
-    if key_padding_mask is not None:
-        # Zero the rows whose every key is padding (SDPA would average V uniformly there).
-        all_pad = key_padding_mask.all(dim=-1)[:, None, None, None]
-        out = out.masked_fill(all_pad, 0.0)
-    return out
+    if key_padding_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=softmax_scale)
+    # A sequence whose every key is padding attends to all its keys unmasked here, and its
+    # output (and so its gradient) is zeroed below. Masked, its rows' logsumexp would be about
+    # finfo.min, and cuDNN's backward (the default SDPA backend on H100/H200 since torch 2.11)
+    # returns NaN dQ for such rows when T % 128 == 64 (pytorch#196678: exp(0 - lse) overflows
+    # on the padded tail of its last key tile), which the Q projection would spread to every
+    # weight.
+    all_pad = key_padding_mask.all(dim=-1, keepdim=True)
+    # Additive float mask: a bool mask was measured slower in SDPA (fairseq2 #438), and a
+    # finite minimum (not -inf) keeps every row's softmax NaN-free in every backend.
+    mask = torch.zeros(key_padding_mask.shape, dtype=q.dtype, device=q.device)
+    mask = mask.masked_fill(key_padding_mask & ~all_pad, torch.finfo(q.dtype).min)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :],
+                                         dropout_p=dropout_p, scale=softmax_scale)
+    return out.masked_fill(all_pad[:, :, None, None], 0.0)
 
 
 def _sdpa_varlen(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale):
