@@ -204,6 +204,18 @@ def test_validation_varlen_errors():
         xf.ops.attention(q, q, q, cu_seqlens=torch.tensor([0, 6], dtype=torch.int32))
     with pytest.raises(ValueError, match="shape"):
         xf.ops.attention(q, q, q[:, :1])
+    # cu_seqlens' promises (checked on CPU, where reading it costs no device sync), whichever
+    # backend would run: tokens past the last sequence, a decreasing entry, a sequence longer
+    # than max_seqlen
+    for cu, max_seqlen, match in (([0, 2, 5], 3, "0 to the packed token count 6"),
+                                  ([1, 6], 6, "0 to the packed"),
+                                  ([0, 4, 3, 6], 4, "decrease"),
+                                  ([0, 1, 6], 4, "max_seqlen=4 but a sequence .* 5 tokens")):
+        with pytest.raises(ValueError, match=match):
+            xf.ops.attention(q, q, q, cu_seqlens=torch.tensor(cu, dtype=torch.int32),
+                             max_seqlen=max_seqlen)
+    xf.ops.attention(q, q, q, cu_seqlens=torch.tensor([0, 0, 6, 6], dtype=torch.int32),
+                     max_seqlen=6)
 
 
 def test_dropout_mask_statistics_and_determinism():

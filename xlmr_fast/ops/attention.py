@@ -9,8 +9,10 @@ Contract (stable):
            key_padding_mask (B, T) bool, True where the KEY is padding (any pattern).
            Returns (B, H, T, D) (stored as (B, T, H, D) on the Triton path, so
            out.transpose(1, 2).reshape(B, T, H*D) is a free view).
-* varlen:  q, k, v (total_tokens, H, D) packed; cu_seqlens int32 (B+1,) prefix sums;
-           max_seqlen a Python int >= every length (no host sync is done to find it).
+* varlen:  q, k, v (total_tokens, H, D) packed; cu_seqlens int32 (B+1,) prefix sums from 0
+           to total_tokens (zero-length sequences allowed); max_seqlen a Python int >= every
+           length (no host sync is done to find it). Checked for CPU tensors only: on a GPU
+           reading cu_seqlens would sync.
            Returns (total_tokens, H, D).
 * Rows whose keys are all padding (and zero-length sequences) give zeros.
 * softmax_scale defaults to D ** -0.5. Softmax statistics are fp32.
@@ -473,12 +475,32 @@ def _validate(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, dropout_p, soft
             raise ValueError(f"attention: with cu_seqlens, max_seqlen must be a Python int >= "
                              f"the longest sequence (no host sync is done to find it), got "
                              f"{max_seqlen!r}")
+        if cu_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():
+            _check_cu_seqlens(cu_seqlens, q.shape[0], max_seqlen)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
     if softmax_scale is not None and not softmax_scale > 0:
         raise ValueError(f"attention: softmax_scale must be > 0, got {softmax_scale}")
     if seed is not None and (not isinstance(seed, int) or seed < 0):
         raise ValueError(f"attention: seed must be a non-negative int or None, got {seed!r}")
+
+
+def _check_cu_seqlens(cu_seqlens, total, max_seqlen):
+    """The packed layout's promises, checked where reading cu_seqlens costs no device sync (a
+    CPU tensor). On a GPU they are the caller's: a token past cu_seqlens[-1] belongs to no
+    sequence and gets an unspecified output and gradient from the Triton kernel (pad a packed
+    buffer by giving its padding tokens a sequence of their own), and a sequence longer than
+    max_seqlen is cut short."""
+    cu = cu_seqlens.tolist()
+    if cu[0] != 0 or cu[-1] != total:
+        raise ValueError(f"attention: cu_seqlens must run from 0 to the packed token count "
+                         f"{total}, got {cu[0]} .. {cu[-1]}")
+    lengths = [e - s for s, e in zip(cu, cu[1:])]
+    if lengths and min(lengths) < 0:
+        raise ValueError("attention: cu_seqlens must not decrease")
+    if lengths and max(lengths) > max_seqlen:
+        raise ValueError(f"attention: max_seqlen={max_seqlen} but a sequence in cu_seqlens has "
+                         f"{max(lengths)} tokens")
 
 
 def _kernel_args(q, cu_seqlens, max_seqlen, dropout_p, softmax_scale, seed):
