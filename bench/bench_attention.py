@@ -15,6 +15,9 @@ Providers (same inputs, one process):
     sdpa_efficient      SDPA mem-efficient backend, additive float mask
     sdpa_cudnn          SDPA cuDNN backend, additive float mask
     sdpa_math           SDPA math backend (materialised scores), additive float mask
+    torch_varlen        torch.nn.attention.varlen.varlen_attn (PyTorch >= 2.10: its vendored
+                        FlashAttention-2 varlen kernels) on the same packed tokens as
+                        ours_varlen: the strongest public varlen kernel in torch, no dropout
     triton_tutorial     bench/baselines/triton_tutorial_attention.py: the textbook FA2 Triton
                         kernel (no mask, no dropout), like sdpa_flash_nomask an upper bound
     compile_reference   torch.compile(attention_reference) (fp32 softmax, materialised P);
@@ -60,8 +63,8 @@ SHAPES = [  # (B, T, heads, mean padding fraction); SHAPES[:3] is --quick, SHORT
     (2, 16, 12, 0.0),
 ]
 SHORT = SHAPES[6:8]  # fine-tuning batches: what TUNED_BY_SEQLEN's short-sequence rows are for
-GRAPH_PROVIDERS = ("sdpa_flash_nomask", "sdpa_cudnn", "ours_mask", "ours_varlen",
-                   "ours_mask_drop0.1", "ours_varlen_drop0.1", "ours_slices_of_qkv",
+GRAPH_PROVIDERS = ("sdpa_flash_nomask", "sdpa_cudnn", "torch_varlen", "ours_mask",
+                   "ours_varlen", "ours_mask_drop0.1", "ours_varlen_drop0.1", "ours_slices_of_qkv",
                    "ours_qkvpacked")
 GRAPH_CALLS = 10
 
@@ -80,6 +83,15 @@ def _tutorial():
         return tutorial_attention
     except Exception as e:  # a missing baseline is reported, not fatal
         print(f"  triton_tutorial: unavailable ({type(e).__name__}: {e})")
+        return None
+
+
+def _torch_varlen():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+        return varlen_attn
+    except Exception as e:  # torch < 2.10
+        print(f"  torch_varlen: unavailable ({type(e).__name__}: {e})")
         return None
 
 
@@ -124,6 +136,10 @@ def _providers(q, k, v, kpm, lengths, T, compile_ref):
         "sdpa_cudnn": sdpa(SDPBackend.CUDNN_ATTENTION, add_mask),
         "sdpa_math": sdpa(SDPBackend.MATH, add_mask),
     }
+    varlen_attn = _torch_varlen()
+    if varlen_attn is not None:
+        # max_q = max_k = T, an upper bound as ours gets (no host sync for the true maximum)
+        provs["torch_varlen"] = (lambda: varlen_attn(qp, kp, vp, cu, cu, T, T), (qp, kp, vp))
     tut = _tutorial()
     if tut is not None:
         provs["triton_tutorial"] = (lambda: tut(q, k, v), (q, k, v))
