@@ -250,17 +250,21 @@ def _run(shapes, tune, device, save, warmup, rounds, compile_ref):
             note = (f"real work {work:.2f} of padded" if "varlen" in name else
                     f"key blocks {mask_work:.2f} of padded" if "ours" in name and pad_frac
                     else "")
-            failed = [times[m][name] for m in MODES if isinstance(times[m][name], Exception)]
-            if failed:
-                _unavailable(name, failed[0])
+            ok = {m for m in MODES if not isinstance(times[m][name], Exception)}
+            for m in MODES:  # a mode that failed is reported; the others keep their rows
+                if m not in ok:
+                    _unavailable(f"{name} {m}", times[m][name])
+            if not ok:
                 continue
-            peak = harness.peak_mb(calls[name]["fwd+bwd"])
+            peak = harness.peak_mb(calls[name]["fwd+bwd"]) if "fwd+bwd" in ok else float("nan")
             for mode, fl in zip(MODES, (flops, 2.5 * flops, 3.5 * flops)):
+                if mode not in ok:
+                    continue
                 rows.append(harness.row("attention", name, mode, shape, times[mode][name],
                                         flops=fl,
                                         peak=peak if mode == "fwd+bwd" else float("nan"),
                                         note=note))
-            if cuda and name in GRAPH_PROVIDERS:
+            if cuda and name in GRAPH_PROVIDERS and "fwd+bwd" in ok:
                 rows.append(harness.row("attention", name, "graph", shape, _graph_ms(fn, inputs),
                                         flops=3.5 * flops,
                                         note=("fwd+bwd device time; " + note).strip("; ")))

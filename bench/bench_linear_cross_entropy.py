@@ -50,6 +50,17 @@ def torch_eager(h, w, b, t):
     return F.cross_entropy(F.linear(h, w, b).float(), t)
 
 
+def cce_exact_variant():
+    """(provider name, kwargs) of Cut Cross-Entropy without its gradient filtering, the mode
+    its authors advise for pretraining (kernels.md 1.4): impl="cce_kahan_full_c" where the
+    installed version has it (newer releases), else filter_eps=None (25.1.x, the wheel the
+    device gets, whose impl is only "cce" or "torch_compile")."""
+    from cut_cross_entropy.linear_cross_entropy import LinearCrossEntropyImpl
+    if "CCE_KAHAN_FULL_C" in LinearCrossEntropyImpl.__members__:
+        return "cce-kahan-full-c", {"impl": "cce_kahan_full_c"}
+    return "cce-exact", {"filter_eps": None}
+
+
 def providers(args):
     """name -> (callable(h, w, b, t) -> loss, uses_bias, note)."""
     lce = importlib.import_module("xlmr_fast.ops.linear_cross_entropy")
@@ -68,8 +79,8 @@ def providers(args):
         from cut_cross_entropy import linear_cross_entropy as cce
 
         out["cce"] = (lambda h, w, b, t: cce(h, w, t), False, "no bias")
-        out["cce-kahan-full-c"] = (lambda h, w, b, t: cce(h, w, t, impl="cce_kahan_full_c"),
-                                   False, "no bias")
+        name, kw = cce_exact_variant()
+        out[name] = (lambda h, w, b, t: cce(h, w, t, **kw), False, f"no bias; {kw}")
     except Exception as e:
         print(f"[skip] cut_cross_entropy: {type(e).__name__}: {e}", file=sys.stderr)
 
@@ -340,6 +351,8 @@ def main(argv=None):
         shape = f"N{N}_H{H}_V{V}_{args.dtype}"
         if args.sweep:
             sweep_triton(args, h, w, b, t, shape, rows)
+            if not args.no_save:
+                saved = harness.append_new(rows, saved)
             continue
         if args.breakdown:
             for r in [None] + list(args.rows or []):
@@ -357,7 +370,7 @@ def main(argv=None):
         if not args.no_save:  # per shape: a device call that times out keeps what it finished
             saved = harness.append_new(rows, saved)
     harness.print_table(rows, baseline_provider=("torch-eager", "torch-compile", "liger-flce",
-                                                 "cce", "cce-kahan-full-c"))
+                                                 "cce", "cce-kahan-full-c", "cce-exact"))
     if rows and not args.no_save:
         print("appended to", harness.results_path())
     return 0

@@ -103,14 +103,21 @@ def graph_replay(fn, calls: int):
     inputs fixed). time_ms(graph_replay(fn, n)) / n is fn's device time without the host:
     comparing it with time_ms(fn) shows whether a provider is host-bound at a shape."""
     side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
+    prev = torch.cuda.current_stream()
+    side.wait_stream(prev)
     with torch.cuda.stream(side):  # warm-up outside capture (allocations, lazy init)
         fn()
-    torch.cuda.current_stream().wait_stream(side)
+    prev.wait_stream(side)
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
+    try:
+        with torch.cuda.graph(g):
+            for _ in range(calls):
+                fn()
+    finally:
+        # torch.cuda.graph's exit ends the capture before it restores the stream: when the
+        # body raises, ending the capture raises too and the capture stream stays current, so
+        # every later provider would run on it. Put the caller's stream back.
+        torch.cuda.set_stream(prev)
     return g.replay
 
 
@@ -120,7 +127,13 @@ def device_ms(fn, calls: int = 10) -> float:
     try:
         replay = graph_replay(fn, calls)
     except Exception as e:
-        print(f"  (no CUDA graph: {type(e).__name__}: {str(e).splitlines()[0][:100]})")
+        def line(x):
+            return f"{type(x).__name__}: {(str(x).splitlines() or [''])[0][:100]}"
+        # a body failing in capture surfaces as capture_end's own error, with the body's
+        # error (the cause worth reading) as its __context__
+        why = line(e) + (f"; raised while handling {line(e.__context__)}"
+                         if e.__context__ is not None else "")
+        print(f"  (no CUDA graph: {why})")
         return float("nan")
     return time_ms(replay, warmup=2, rep=10).scaled(1 / calls)
 
@@ -135,8 +148,10 @@ def hbm_gbps() -> float:
         src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
         dst = torch.empty_like(src)
         ms = device_ms(lambda: dst.copy_(src), calls=5)
-        _HBM.append(2 * src.numel() / ms / 1e6)
         del src, dst
+        if not ms == ms:
+            return float("nan")  # a failed capture is not cached: the next call measures again
+        _HBM.append(2 * 2**30 / ms / 1e6)
     return _HBM[0]
 
 

@@ -5,7 +5,7 @@
 # rows in $OUT/goals.txt (bench/goals.py).
 #   usage: bash scripts/gpu_check.sh [build|test|bench|tune|profile|all|ensure]
 #          (default all; tune and profile are not in all; ensure: build only if the CUDA
-#          extension does not load, nothing else)
+#          extension does not load or its sources changed since its build, nothing else)
 #   tune: `xlmr-fast tune` (TUNE_ARGS) -> $OUT/tuning.json: commit it as xlmr_fast/tuned/<slug>.json
 #   profile: where the MLM step's device time goes (bench_model --profile, PROFILE_ARGS) ->
 #            $OUT/profile.log and model_step_profile rows in $OUT/results.csv
@@ -22,15 +22,27 @@ export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MA
 export XLMR_FAST_COMMIT="${XLMR_FAST_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 source scripts/baseline_wheels.sh
 # A later call on the same (still warm) machine keeps the built extension: rebuild only when
-# asked to, or when the extension does not load with its CUDA kernels.
+# asked to, when the extension does not load with its CUDA kernels, or when its sources changed
+# since it was built (the stamp: a hash of them, in the git-ignored build/).
 cuda_ext_loads() { $PY -c "import sys, xlmr_fast._ext as e; sys.exit(0 if e.cuda_built() else 1)" 2>/dev/null; }
-if [[ "$WHAT" == build || "$WHAT" == all ]] || ! cuda_ext_loads; then
+src_hash() { cat setup.py csrc/* kernels/cuda/* 2>/dev/null | sha256sum | cut -d' ' -f1; }
+STAMP="${XLMR_FAST_BUILD_STAMP:-build/cuda_sources.sha256}"
+if [[ "$WHAT" == build || "$WHAT" == all ]] || ! cuda_ext_loads \
+   || [[ "$(cat "$STAMP" 2>/dev/null)" != "$(src_hash)" ]]; then
   { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
     $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
     time $PY -m pip install --no-build-isolation --no-deps -e . 2>&1 | tail -3
     $PY -c "import xlmr_fast._ext as e; print('extension', e.available(), e.build_info(), e._LOAD_ERROR)"
   } > "$OUT/build.log" 2>&1
   tail -5 "$OUT/build.log"
+  if cuda_ext_loads; then
+    mkdir -p "$(dirname "$STAMP")" && src_hash > "$STAMP"
+  else
+    rm -f "$STAMP"
+    echo "build: the CUDA extension does not load (see $OUT/build.log)"
+    # the plan's build step must say so (its rc); `all` goes on: the Triton paths need no build
+    [[ "$WHAT" == all ]] || exit 1
+  fi
 fi
 if [[ "$WHAT" == test || "$WHAT" == all ]]; then
   timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -m "${TEST_MARK:-not interpret}" ${TEST_ARGS:-tests} -p no:cacheprovider \

@@ -204,6 +204,8 @@ def test_harness_interleaved_rounds():
     got = harness.time_interleaved({n: fn(n) for n in ("a", "bad", "b")}, warmup=2, rounds=3,
                                    rep=2, context=ctx)
     assert isinstance(got["bad"], RuntimeError) and str(got["bad"]) == "boom"
+    # kept without its traceback: its frames would hold the failed call's tensors alive
+    assert got["bad"].__traceback__ is None
     assert isinstance(got["a"], harness.Timing) and got["a"].p20 <= got["a"] <= got["a"].p80
     # warm-up: `warmup` calls each, then 3 rounds of 2 timed calls
     assert log == (["<a", "a", "a", "<bad", "bad", "bad", "<b", "b", "b"]
@@ -330,3 +332,80 @@ def test_harness_results_path_may_be_a_bare_file_name(tmp_path, monkeypatch):
     monkeypatch.setenv("XLMR_FAST_BENCH_OUT", "rows.csv")
     harness.append_rows([harness.row("op", "p", "fwd", "s", 1.0)])
     assert (tmp_path / "rows.csv").read_text().count("\n") == 2
+
+
+@pytest.mark.parametrize("members,want", [
+    (("CCE", "TORCH_COMPILE"), ("cce-exact", {"filter_eps": None})),  # 25.1.x, the device wheel
+    (("CCE", "CCE_KAHAN_FULL_C", "TORCH_COMPILE"),
+     ("cce-kahan-full-c", {"impl": "cce_kahan_full_c"}))])
+def test_cce_exact_variant_follows_the_installed_version(monkeypatch, members, want):
+    # 25.1.1 has no impl "cce_kahan_full_c" (NotImplementedError): the unfiltered CCE row was
+    # lost on every device run until the variant was chosen by what the version has.
+    import enum
+    import sys
+    import types
+    mod = types.ModuleType("cut_cross_entropy.linear_cross_entropy")
+    mod.LinearCrossEntropyImpl = enum.IntEnum("LinearCrossEntropyImpl", members)
+    monkeypatch.setitem(sys.modules, "cut_cross_entropy", types.ModuleType("cut_cross_entropy"))
+    monkeypatch.setitem(sys.modules, "cut_cross_entropy.linear_cross_entropy", mod)
+    from bench import bench_linear_cross_entropy as B
+    assert B.cce_exact_variant() == want
+
+
+def test_harness_graph_capture_failure_restores_the_stream_and_names_the_cause(monkeypatch,
+                                                                               capsys):
+    # torch.cuda.graph's exit ends the capture before restoring the stream; when the captured
+    # body raises, ending the capture raises too. The caller's stream must be current again
+    # (later providers would run on the capture stream) and the printed reason must be the
+    # body's error, not capture_end's. Stand-ins for the CUDA calls: this runs on the CPU.
+    import contextlib
+
+    from bench import harness
+    cuda = harness.torch.cuda
+    current = ["main"]
+
+    class Stream:
+        def __init__(self, name="side"):
+            self.name = name
+
+        def wait_stream(self, other):
+            pass
+
+    @contextlib.contextmanager
+    def stream(s):
+        prev, current[0] = current[0], s.name
+        yield
+        current[0] = prev
+
+    @contextlib.contextmanager
+    def graph(g):
+        current[0] = "capture"
+        try:
+            yield
+        finally:  # as torch's exit: capture_end first (raising after a failed body)
+            raise RuntimeError("operation failed due to a previous error during capture")
+
+    calls = []
+
+    def body():
+        calls.append(current[0])
+        if current[0] == "capture":
+            raise RuntimeError("host sync during capture")
+
+    monkeypatch.setattr(cuda, "Stream", Stream)
+    monkeypatch.setattr(cuda, "current_stream", lambda: Stream(current[0]))
+    monkeypatch.setattr(cuda, "stream", stream)
+    monkeypatch.setattr(cuda, "CUDAGraph", lambda: None)
+    monkeypatch.setattr(cuda, "graph", graph)
+    monkeypatch.setattr(cuda, "set_stream", lambda s: current.__setitem__(0, s.name))
+    assert harness.device_ms(body, 3) != harness.device_ms(body, 3)  # nan
+    assert current == ["main"] and calls[:2] == ["side", "capture"]
+    out = capsys.readouterr().out
+    assert "while handling RuntimeError: host sync during capture" in out
+    # and the HBM yardstick does not cache a failed measurement
+    monkeypatch.setattr(harness, "_HBM", [])
+    monkeypatch.setattr(harness.torch, "empty", lambda *a, **k: torch.zeros(1))
+    monkeypatch.setattr(harness, "device_ms", lambda fn, calls: float("nan"))
+    assert harness.hbm_gbps() != harness.hbm_gbps() and harness._HBM == []
+    monkeypatch.setattr(harness, "device_ms", lambda fn, calls: 1.0)
+    assert harness.hbm_gbps() == 2 * 2**30 / 1e6 and harness._HBM

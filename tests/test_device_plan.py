@@ -15,7 +15,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "device_plan.sh"
 
 
 def _run(tmp_path, which, deadline):
-    env = dict(os.environ, PYTHON="echo", DEADLINE=str(deadline), OUT=str(tmp_path))
+    env = dict(os.environ, PYTHON="echo", DEADLINE=str(deadline), OUT=str(tmp_path),
+               XLMR_FAST_BUILD_STAMP=str(tmp_path / "stamp"))
     return subprocess.run(["bash", str(SCRIPT), which], env=env, capture_output=True, text=True,
                           timeout=120)
 
@@ -86,3 +87,35 @@ def test_plan_commands_parse(which, tmp_path, monkeypatch):
             continue
         with pytest.raises(_Parsed):
             main(argv)
+
+
+GPU_CHECK = SCRIPT.parent / "gpu_check.sh"
+
+
+def test_gpu_check_ensure_rebuilds_on_changed_sources_and_fails_when_nothing_loads(tmp_path):
+    # A warm machine keeps the built extension between calls; `ensure` rebuilds only when it
+    # does not load or when csrc/, kernels/cuda/ or setup.py changed since (a stamp of their
+    # hash), and a build that leaves no loadable extension fails the step (it said rc=0).
+    loads = tmp_path / "loads"
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/bash\n[[ "$1" == -c && "$2" == *cuda_built* ]] && '
+                    f'{{ [[ -f {loads} ]]; exit $?; }}\nexit 0\n')
+    fake.chmod(0o755)
+    stamp = tmp_path / "stamp"
+    env = dict(os.environ, PYTHON=str(fake), OUT=str(tmp_path / "out"),
+               XLMR_FAST_BUILD_STAMP=str(stamp))
+    build_log = tmp_path / "out" / "build.log"
+
+    def ensure():
+        build_log.unlink(missing_ok=True)
+        r = subprocess.run(["bash", str(GPU_CHECK), "ensure"], env=env, capture_output=True,
+                           text=True, timeout=60)
+        return r.returncode, build_log.exists()
+
+    loads.touch()
+    assert ensure() == (0, True) and stamp.read_text().strip()  # no stamp yet: builds
+    assert ensure() == (0, False)  # loads and the sources are the stamped ones
+    stamp.write_text("0" * 64 + "\n")  # sources changed since the build
+    assert ensure() == (0, True)
+    loads.unlink()  # the build leaves no loadable CUDA extension
+    assert ensure() == (1, True) and not stamp.exists()

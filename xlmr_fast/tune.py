@@ -144,7 +144,9 @@ def interleaved(calls: dict, device: torch.device, warmup: int, rounds: int, per
                     else:
                         got[name].append(timer(fn, device, 0, per_round))
             except Exception as e:  # OOM or a library failure: the caller reports it
-                got[name] = e
+                # without its traceback, whose frames would keep the failed call's tensors
+                # (e.g. a V x H gradient) alive through every later candidate
+                got[name] = e.with_traceback(None)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     return got
