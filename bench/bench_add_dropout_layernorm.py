@@ -4,7 +4,10 @@ Providers (same inputs, one process):
   eager    the plain composition F.layer_norm(residual + F.dropout(x, p)) in torch eager
   compile  torch.compile of that same function
   liger    Liger's LayerNorm kernel after a torch dropout + add (only if liger_kernel imports)
-  ours     xf.ops.add_dropout_layernorm (Triton; dropout mask regenerated, never stored)
+  ours     xf.ops.add_dropout_layernorm (Triton; dropout mask regenerated, never stored), its
+           fixed block config (the default: reproducible in every process)
+  ours_autotuned  the same with XLMR_FAST_AUTOTUNE=1: Triton's autotuner picks the config by
+           timing (printed after each shape); the keep/drop verdict reads ours
 Modes: fwd (inputs require grad, as in training) and fwd+bwd (grads of x, residual, weight, bias),
 each timed eagerly (calls enqueued back to back: host dispatch shows when it is the limit) and as
 "(graph)": device time alone, 10 calls replayed from one CUDA graph.
@@ -51,6 +54,7 @@ def _providers(p, compile_baseline=True):
         pass
     provs["ours"] = lambda x, r, w, b: add_dropout_layernorm(x, r, w, b, dropout_p=p, eps=EPS,
                                                              seed=12345)
+    provs["ours_autotuned"] = provs["ours"]  # timed under harness.autotuned
     return provs
 
 
@@ -82,8 +86,13 @@ def run(T=T, hidden=(768, 1024), device="cuda", warmup=10, rep=50, save=True,
                 return torch.autograd.grad(fn(x, r, w, b), (x, r, w, b), dy)
 
             for mode, call, nbytes in (("fwd", fwd, fwd_bytes), ("fwd+bwd", fwdbwd, all_bytes)):
+                if name == "ours_autotuned":
+                    call = H.autotuned(call)
                 H.time_rows(rows, OP, name, mode, shape, call, warmup=warmup, rep=rep,
                             nbytes=nbytes, graph=device == "cuda")
+        if device == "cuda":
+            from xlmr_fast.kernels.triton import add_dropout_layernorm as kern
+            H.print_autotune_picks(kern)
         if save:
             saved = H.append_new(rows, saved)
     return rows

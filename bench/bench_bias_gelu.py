@@ -3,7 +3,10 @@
 Standalone providers (same inputs, one process):
   eager      x + bias then F.gelu (exact erf), torch eager
   compile    torch.compile of that same function
-  ours       xf.ops.bias_gelu (Triton)
+  ours       xf.ops.bias_gelu (Triton), its fixed block config (the default: reproducible in
+             every process)
+  ours_autotuned  the same with XLMR_FAST_AUTOTUNE=1 (Triton's autotuner picks the config by
+             timing; printed after each width); the keep/drop verdict reads ours
   gelu_only  F.gelu(x) alone, eager: what the model pays when the bias rides in the GEMM
              (addmm's bias epilogue). Informational: ours must beat it to be worth un-fusing
              the bias from the GEMM.
@@ -58,6 +61,8 @@ def run(T=T, widths=((768, 3072), (1024, 4096)), device="cuda", warmup=10, rep=5
             return torch.autograd.grad(fn(*inputs), inputs, dy)
 
         call = fwd if mode == "fwd" else fwdbwd
+        if name == "ours_autotuned":
+            call = H.autotuned(call)
         H.time_rows(rows, OP, name, mode, shape, call, warmup=warmup, rep=rep, nbytes=nbytes,
                     flops=flops, graph=device == "cuda")
 
@@ -78,14 +83,19 @@ def run(T=T, widths=((768, 3072), (1024, 4096)), device="cuda", warmup=10, rep=5
             bench("eager", mode, cshape, _ctx_eager, (h, W, b), dy, flops=fl)
             if compile_baseline:
                 bench("compile", mode, cshape, compiled_ctx, (h, W, b), dy, flops=fl)
-            bench("ours", mode, cshape, lambda h, W, b: bias_gelu(F.linear(h, W), b), (h, W, b),
-                  dy, flops=fl)
+            for name in ("ours", "ours_autotuned"):
+                bench(name, mode, cshape, lambda h, W, b: bias_gelu(F.linear(h, W), b),
+                      (h, W, b), dy, flops=fl)
         for mode, nbytes in (("fwd", 2 * T * Fd * elt), ("fwd+bwd", 5 * T * Fd * elt)):
             bench("eager", mode, shape, _eager, (x, b), dy, nbytes)
             if compile_baseline:
                 bench("compile", mode, shape, compiled, (x, b), dy, nbytes)
             bench("ours", mode, shape, bias_gelu, (x, b), dy, nbytes)
+            bench("ours_autotuned", mode, shape, bias_gelu, (x, b), dy, nbytes)
             bench("gelu_only", mode, shape, F.gelu, (x,), dy, nbytes)
+        if device == "cuda":
+            from xlmr_fast.kernels.triton import bias_gelu as kern
+            H.print_autotune_picks(kern)
         if save:
             saved = H.append_new(rows, saved)
     return rows

@@ -180,6 +180,26 @@ def time_rows(rows, op, provider, mode, shape, call, *, warmup, rep, nbytes=None
         print(f"{provider} {mode} {shape}: failed: {type(e).__name__}: {e}")
 
 
+def autotuned(call):
+    """call, run with XLMR_FAST_AUTOTUNE=1 through its forward and backward: the layer ops'
+    timing-based config choice (kernels/triton.autotune_on), timed next to the fixed config the
+    model runs by default (provider ours_autotuned vs ours)."""
+    from xlmr_fast.tune import scoped_env
+
+    def f():
+        with scoped_env(XLMR_FAST_AUTOTUNE="1"):
+            return call()
+    return f
+
+
+def print_autotune_picks(kern) -> None:
+    """The configs a layer-op kernel module's autotuners picked in this process, by key: what a
+    fixed default (kernels/triton/<op>.py forward / backward) could be set to."""
+    for name, tuner in (("fwd", kern._fwd_tuned), ("bwd", kern._bwd_tuned)):
+        for key, cfg in getattr(tuner, "cache", {}).items():
+            print(f"  autotuned {kern.__name__.rsplit('.', 1)[-1]} {name} {key}: {cfg}")
+
+
 def fused_op_main(run, op, **keep_summary) -> int:
     """main() of a fused layer-op benchmark: run() on CUDA (it appends its rows shape by
     shape), then the table and the keep/drop summary against eager and compile."""

@@ -296,7 +296,7 @@ def test_bench_layer_ops_run_under_the_interpreter(op, monkeypatch, tmp_path, ca
     for shape in shapes:
         for mode in ("fwd", "fwd+bwd"):
             got = {r["provider"] for r in rows if r["shape"] == shape and r["mode"] == mode}
-            assert {"eager", "ours"} <= got, (shape, mode, got)
+            assert {"eager", "ours", "ours_autotuned"} <= got, (shape, mode, got)
     failed = [line for line in capsys.readouterr().out.splitlines() if "failed" in line]
     assert all(line.startswith("liger ") for line in failed), failed
     with open(out, newline="") as f:
@@ -409,3 +409,13 @@ def test_harness_graph_capture_failure_restores_the_stream_and_names_the_cause(m
     assert harness.hbm_gbps() != harness.hbm_gbps() and harness._HBM == []
     monkeypatch.setattr(harness, "device_ms", lambda fn, calls: 1.0)
     assert harness.hbm_gbps() == 2 * 2**30 / 1e6 and harness._HBM
+
+
+def test_harness_autotuned_sets_the_switch_for_forward_and_backward(monkeypatch):
+    # ours_autotuned rows: XLMR_FAST_AUTOTUNE=1 while the whole call (forward and the backward
+    # it runs) executes, and the caller's environment back afterwards.
+    from bench import harness
+    monkeypatch.delenv("XLMR_FAST_AUTOTUNE", raising=False)
+    seen = []
+    call = harness.autotuned(lambda: seen.append(os.environ.get("XLMR_FAST_AUTOTUNE")) or 7)
+    assert call() == 7 and seen == ["1"] and "XLMR_FAST_AUTOTUNE" not in os.environ

@@ -121,8 +121,10 @@ def test_layer_op_autotuners_time_with_tune_bench():
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["triton"], indirect=True)
 def test_autotuner_times_with_tune_bench_gpu(backend, monkeypatch):
-    # The autotuners time each config once with kernels/triton.tune_bench (20 ms, not
-    # Triton's 125 ms per config), then reuse the choice for the key in this process.
+    # With XLMR_FAST_AUTOTUNE=1 the autotuners time each config once with
+    # kernels/triton.tune_bench (20 ms, not Triton's 125 ms per config), then reuse the choice
+    # for the key in this process. Without it (the default) nothing is timed: the fixed config
+    # runs, the same in every process.
     from xlmr_fast.kernels.triton import bias_gelu as k
     timed = []
 
@@ -134,9 +136,29 @@ def test_autotuner_times_with_tune_bench_gpu(backend, monkeypatch):
     monkeypatch.setattr(k._fwd_tuned, "cache", {})
     x, b = _inputs((64, 200), torch.bfloat16, "cuda")
     with torch.no_grad():
+        monkeypatch.delenv("XLMR_FAST_AUTOTUNE", raising=False)
+        y0 = bias_gelu(x, b)
+        assert not timed
+        monkeypatch.setenv("XLMR_FAST_AUTOTUNE", "1")
         y = bias_gelu(x, b)
         assert len(timed) == len(k.FWD_CONFIGS)
         assert torch.equal(bias_gelu(x, b), y) and len(timed) == len(k.FWD_CONFIGS)
+        assert torch.equal(y0, y)  # elementwise: the config does not change the forward
+
+
+def test_layer_ops_autotune_only_when_asked(monkeypatch):
+    # Timing-based config choice can differ between processes, and the gradient sums' rounding
+    # depends on the config: off unless XLMR_FAST_AUTOTUNE=1, and never for CPU tensors.
+    from types import SimpleNamespace
+
+    from xlmr_fast.kernels.triton import autotune_on
+    gpu, cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    monkeypatch.delenv("XLMR_FAST_AUTOTUNE", raising=False)
+    assert not autotune_on(gpu) and not autotune_on(cpu)
+    monkeypatch.setenv("XLMR_FAST_AUTOTUNE", "1")
+    assert autotune_on(gpu) and not autotune_on(cpu)
+    monkeypatch.setenv("XLMR_FAST_AUTOTUNE", "0")
+    assert not autotune_on(gpu)
 
 
 def _erf_not_tanh(device):
