@@ -526,6 +526,8 @@ def _run(a: argparse.Namespace) -> int:
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device here; tuning times the GPU paths")
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # the timing events record on the current device
     name = device_name(device)
     if a.show:
         for path in tuning.sources(name):

@@ -39,6 +39,25 @@ def tuned_here(device) -> bool:
     return capability(device) == TUNED_CAPABILITY
 
 
+def on_input_device(fn):
+    """Decorator of a kernel module's entry function: run it with its first argument's CUDA
+    device current. Triton launches on the current device (and that device's current stream),
+    torch ops on their tensors' own: with tensors on cuda:1 while cuda:0 is current, a launch
+    would run on the wrong GPU (an illegal address, or no ordering with torch's work)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(x, *args, **kwargs):
+        dev = x.device
+        if dev.type == "cuda" and dev.index is not None:
+            import torch
+            if dev.index != torch.cuda.current_device():
+                with torch.cuda.device(dev):
+                    return fn(x, *args, **kwargs)
+        return fn(x, *args, **kwargs)
+    return wrapper
+
+
 class ForcedConfigs:
     """An op's forced block configs, in place of its own choice (the layer ops' autotuner or
     fixed interpreter config, attention's tables): .fwd / .bwd are None (no forcing) or an

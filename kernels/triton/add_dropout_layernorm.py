@@ -20,7 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import LAUNCH, ForcedConfigs, config_launch_kw, tune_bench
+from . import LAUNCH, ForcedConfigs, config_launch_kw, on_input_device, tune_bench
 from .rng import mix32 as _mix32
 
 
@@ -153,6 +153,7 @@ def block_n(N: int) -> int:
     return triton.next_power_of_2(N)
 
 
+@on_input_device
 def forward(x2, r2, weight, bias, y2, mean, rstd, key1, key2, thresh, scale, eps, has_dropout,
             tune: bool):
     """Launch the forward on (M, N) contiguous views. tune=False: the fixed config (the
@@ -173,6 +174,7 @@ def forward(x2, r2, weight, bias, y2, mean, rstd, key1, key2, thresh, scale, eps
                                                 BLOCK_N=BN, num_warps=4, **LAUNCH)
 
 
+@on_input_device
 def backward(dy2, x2, r2, weight, mean, rstd, dx2, dr2, dw_part, db_part, rows_per_prog,
              key1, key2, thresh, scale, has_dropout, tune: bool):
     """Launch the backward; dw_part/db_part are (G, N) fp32 with G = cdiv(M, rows_per_prog)."""

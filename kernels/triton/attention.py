@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import LAUNCH, ForcedConfigs, tuned_here
+from . import LAUNCH, ForcedConfigs, on_input_device, tuned_here
 from .rng import mix32 as _mix32
 
 LOG2E = 1.4426950408889634
@@ -510,6 +510,7 @@ def _lse_strides(lse, varlen):
     return (0, lse.stride(0)) if varlen else (lse.stride(0), lse.stride(1))
 
 
+@on_input_device
 def attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_scale,
                   dropout_p, seed_key, drop_thresh):
     """Returns (out, lse, out_lo). seed_key/drop_thresh: uint32 ints from xlmr_fast.ops.attention.
@@ -546,6 +547,7 @@ def attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_sca
     return out, lse, out_lo
 
 
+@on_input_device
 def attention_bwd(do, q, k, v, out, out_lo, lse, key_padding_mask, cu_seqlens, max_seqlen,
                   softmax_scale, dropout_p, seed_key, drop_thresh, dq=None, dk=None, dv=None):
     """Returns (dq, dk, dv), in the layout of empty_like_layout, or written into the given

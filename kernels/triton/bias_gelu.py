@@ -15,7 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import LAUNCH, ForcedConfigs, config_launch_kw, tune_bench
+from . import LAUNCH, ForcedConfigs, config_launch_kw, on_input_device, tune_bench
 
 _RSQRT2 = tl.constexpr(0.7071067811865476)
 _RSQRT2PI = tl.constexpr(0.3989422804014327)
@@ -95,6 +95,7 @@ _forced = ForcedConfigs(FWD_CONFIGS, BWD_CONFIGS)
 set_configs = _forced.set
 
 
+@on_input_device
 def forward(x2, bias, y2, tune: bool):
     """Launch on (M, F) contiguous views. tune=False: one fixed config (the interpreter's, and
     the GPU default: see kernels/triton.autotune_on); True: the autotuner."""
@@ -112,6 +113,7 @@ def forward(x2, bias, y2, tune: bool):
             x2, bias, y2, M, F, BLOCK_M=bm, BLOCK_N=bn, num_warps=4, **LAUNCH)
 
 
+@on_input_device
 def backward(dy2, x2, bias, dx2, db_part, rows_per_prog, tune: bool):
     """db_part: (G, F) fp32 with G = cdiv(M, rows_per_prog)."""
     M, F = x2.shape

@@ -62,7 +62,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import LAUNCH, tuned_here
+from . import LAUNCH, on_input_device, tuned_here
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -556,6 +556,7 @@ def _split_partials(vtiles: int, row_blocks: int, rows: int, device, smooth: boo
     return splits, tiles_per_split, (pm, ps, pzt, psz)
 
 
+@on_input_device
 def lce_forward(x, w, b, targets, ignore_index: int, label_smoothing: float, *,
                 splits: int | None = None, config: dict | None = None, flat: bool | None = None):
     """Per-row loss (N,) fp32 (0 on ignored rows) and stats (2, N) fp32 (row max, log sum-exp).
@@ -660,6 +661,7 @@ def mm_backend(override: str | None = None) -> str:
     return name
 
 
+@on_input_device
 def lce_backward(grad_rows, x, w, b, targets, stats, ignore_index: int, label_smoothing: float, *,
                  grad_weight_dtype=None, grad_bias_dtype=None, chunk: int | None = None,
                  config: dict | None = None, mm: str | None = None, dw_out=None,
@@ -746,6 +748,7 @@ def token_chunk_rows(n_rows: int, V: int, elt_bytes: int, rows: int | None = Non
     return max(1, min(int(rows), n_rows))
 
 
+@on_input_device
 def lce_fwdgrad(x, w, b, targets, ignore_index: int, label_smoothing: float, *,
                 rows: int | None = None, need_dx: bool = True, need_dw: bool = True,
                 stats_config: dict | None = None, grad_config: dict | None = None,

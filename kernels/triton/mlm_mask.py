@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import LAUNCH
+from . import LAUNCH, on_input_device
 from .rng import mix32 as _mix32
 
 DEFAULT_BLOCK = 2048
@@ -97,6 +97,7 @@ def _eligible(ids, pad_id, MASK_SPECIAL: tl.constexpr):
     return ok
 
 
+@on_input_device
 def mlm_mask_static(input_ids: torch.Tensor, vocab_size: int, mask_id: int, key: int, key2: int,
                     threshold: int, pad_id: int, mask_special: bool, capacity: int, *,
                     block: int = DEFAULT_BLOCK, num_warps: int = DEFAULT_WARPS):

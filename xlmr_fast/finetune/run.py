@@ -165,7 +165,10 @@ class Task:
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is not None and torch.cuda.is_available():
+        torch.cuda.set_device(dev)  # what every later "cuda" without an index means
+    return dev
 
 
 def _amp(dev: torch.device):
