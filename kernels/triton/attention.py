@@ -477,6 +477,21 @@ def _unit_last(x):
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+I32_MAX = 2**31 - 1
+
+
+def _kernel_strides_ok(x, varlen, T):
+    """x itself, or a copy the kernels can index: their token offsets within one sequence,
+    position * token stride, are 32-bit products (the batch and head offsets are 64-bit). A
+    padded view of a sequence-first buffer of many sequences, (T, B, H, D) permuted, has a token
+    stride of B*H*D and overflows them at large T*B (e.g. T 4,096, B 1,024, 16 heads of 64); the
+    copy is stored as empty_like_layout stores outputs: (B, T, H, D), or contiguous packed."""
+    x = _unit_last(x)
+    if (T - 1) * x.stride(0 if varlen else 2) + x.shape[-1] <= I32_MAX:
+        return x
+    return x.contiguous() if varlen else x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 def empty_like_layout(x, varlen):
     """Output buffer for a q-shaped tensor: packed (total, H, D), or (B, H, T, D) stored as
     (B, T, H, D) so the caller's transpose(1, 2).reshape(B, T, H*D) is a free view."""
@@ -521,8 +536,8 @@ def attention_fwd(q, k, v, key_padding_mask, cu_seqlens, max_seqlen, softmax_sca
     concentrated (a one-key row with dropout: O = V / (1 - p) is not representable), and dK
     ends up several times further from fp32 than plain torch, which keeps an fp32 P.
     """
-    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     varlen, B, H, T, has_mask, kpm, cu, smb = _common(q, key_padding_mask, cu_seqlens, max_seqlen)
+    q, k, v = (_kernel_strides_ok(t, varlen, T) for t in (q, k, v))
     D = q.shape[-1]
     out = empty_like_layout(q, varlen)
     store_lo = q.dtype != torch.float32
@@ -553,12 +568,12 @@ def attention_bwd(do, q, k, v, out, out_lo, lse, key_padding_mask, cu_seqlens, m
     """Returns (dq, dk, dv), in the layout of empty_like_layout, or written into the given
     dq / dk / dv buffers (q-shaped, any strides with a unit last dim: e.g. the three slices of
     one packed dqkv). out_lo: see attention_fwd."""
-    do, q, k, v, out = (_unit_last(t) for t in (do, q, k, v, out))
+    varlen, B, H, T, has_mask, kpm, cu, smb = _common(q, key_padding_mask, cu_seqlens, max_seqlen)
+    do, q, k, v, out = (_kernel_strides_ok(t, varlen, T) for t in (do, q, k, v, out))
     has_lo = out_lo.numel() > 0
     if has_lo and out_lo.stride() != out.stride():  # the pre kernel reads both with O's strides
         out_lo = torch.empty_strided(out.shape, out.stride(), dtype=out.dtype,
                                      device=out.device).copy_(out_lo)
-    varlen, B, H, T, has_mask, kpm, cu, smb = _common(q, key_padding_mask, cu_seqlens, max_seqlen)
     D = q.shape[-1]
     dq, dk, dv = (buf if buf is not None else empty_like_layout(t, varlen)
                   for buf, t in ((dq, q), (dk, k), (dv, v)))

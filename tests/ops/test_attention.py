@@ -696,11 +696,48 @@ def test_launch_grids_fit_cuda_limits_at_large_batch(layout):
         assert math.prod(grid) >= B * H, f"{name}: grid {grid} misses some (batch, head)"
 
 
+def test_token_offsets_fit_the_kernels_32_bit_index_math():
+    # The kernels multiply a position by the token stride in 32 bits. A padded view of a
+    # sequence-first (T, B, H, D) buffer has token stride B*H*D: at T 4,096 x B 1,024 x 16 x 64
+    # that product passes 2^31, and such inputs are copied to (B, T, H, D) storage first.
+    # Meta tensors: the shapes without the memory.
+    kern = pytest.importorskip("xlmr_fast.kernels.triton.attention")
+    T, B, H, D = 4096, 1024, 16, 64
+    seq_first = torch.empty(T, B, H, D, device="meta", dtype=torch.bfloat16).permute(1, 2, 0, 3)
+    safe = kern._kernel_strides_ok(seq_first, False, T)
+    assert safe.shape == seq_first.shape and safe.stride() == (T * H * D, D, H * D, 1)
+    # B 16: the largest offset is (T - 1) * 16*H*D, well inside
+    small = torch.empty(T, 16, H, D, device="meta", dtype=torch.bfloat16).permute(1, 2, 0, 3)
+    assert kern._kernel_strides_ok(small, False, T) is small
+    model = torch.empty(B, T, 3, H, D, device="meta").permute(2, 0, 3, 1, 4)[0]  # qkv slices
+    assert kern._kernel_strides_ok(model, False, T) is model
+    # packed: max_seqlen 512 x token stride; 511 x 2.56M fits, 511 x 4.48M does not
+    packed = torch.empty(B * T, 40000, D, device="meta")[:, :H]
+    assert kern._kernel_strides_ok(packed, True, 512) is packed
+    wide = torch.empty(B * T, 70000, D, device="meta")[:, :H]
+    assert kern._kernel_strides_ok(wide, True, 512).stride() == (H * D, D, 1)
+
+
 @pytest.mark.gpu
 def test_gpu_more_than_65535_batch_heads(force_triton):
     B, H = BIG_BH
     q, k, v = make_qkv(B, H, 5, 64, torch.bfloat16, "cuda", seed=9)
     check_against_reference(q, k, v, make_mask(B, 5, "cuda", seed=9), dropout_p=0.1, seed=4)
+
+
+@pytest.mark.gpu
+def test_gpu_token_stride_past_32_bit_offsets(force_triton):
+    # q, k, v of one sequence of 2,048 tokens whose token stride is 1.1M elements (slices of a
+    # 4.5 GB buffer): position x stride passes 2^31, the kernels' 32-bit offset math.
+    T, D, S = 2048, 64, 17200
+    buf = torch.empty(T, S, D, device="cuda", dtype=torch.bfloat16)
+    q, k, v = (buf[:, i][None, None] for i in range(3))  # (1, 1, T, D), token stride S * D
+    assert (T - 1) * q.stride(2) > 2**31
+    for x in (q, k, v):
+        x.copy_(torch.randn(x.shape, device="cuda"))
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    check_against_reference(q, k, v, make_mask(1, T, "cuda"))
+    del buf
 
 
 @pytest.mark.gpu
