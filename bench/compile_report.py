@@ -166,6 +166,13 @@ def launches_linear_cross_entropy(defaults: bool):
                 # one chunk's three launches are enough: the other chunks only move c0
                 out += [(shape, f"{part} {tag}", r) for part, r in zip(("dlogits", "dW", "dX"),
                                                                        rec[:3])]
+                if cfg is None and not flat:  # label smoothing: the forward's extra sum
+                    with recording() as rec:
+                        try:
+                            kern.lce_forward(x, w, b, t, -100, 0.1)
+                        except Exception:
+                            pass
+                    out += [(shape, "fwd smooth", r) for r in rec]
             # the token-chunk schedule's two kernels (first chunk); its GEMMs are cuBLAS calls
             # (kern._gemm), skipped here: on CPU tensors they would really run
             gemm = kern._gemm
