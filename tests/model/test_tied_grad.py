@@ -1,11 +1,12 @@
 """The tied token table's gradient in MLM training: one V x H buffer (.grad), not two.
 
-XLMRForMaskedLM (training, labels, eager) looks the tokens up with a sparse gradient and has the
-fused loss add the decoder's dW straight into .grad (ops.linear_cross_entropy
-accumulate_weight_grad). Checked: the gradients equal the plain path's (dense lookup, dW
-through autograd) for every backend, padded and unpadded, with accumulation over micro-batches;
-and the backward allocates one strided V x H tensor where the plain path allocates two or more
-(none at all when .grad already exists and the Triton GEMM adds into it)."""
+XLMRForMaskedLM (training, labels, eager) has the fused loss add the decoder's dW straight into
+.grad (ops.linear_cross_entropy accumulate_weight_grad) and the token lookup add its rows into
+.grad in place (xlmr._LookupIntoGrad). Checked: the gradients equal the plain path's (dense
+lookup, dW through autograd) for every backend, padded and unpadded, with accumulation over
+micro-batches; and the backward allocates one strided V x H tensor where the plain path
+allocates two or more (none at all when .grad already exists and the Triton GEMM adds into
+it)."""
 import importlib
 
 import pytest
@@ -41,7 +42,7 @@ def _plain(m):
     """The ordinary autograd path: dense lookup, dW returned through autograd."""
     orig_tokens = xlmr.XLMRModel._tokens
     orig_lce = xlmr.ops.linear_cross_entropy
-    m.setattr(xlmr.XLMRModel, "_tokens", lambda self, ids, sparse: orig_tokens(self, ids, False))
+    m.setattr(xlmr.XLMRModel, "_tokens", lambda self, ids, into: orig_tokens(self, ids, False))
     m.setattr(xlmr.ops, "linear_cross_entropy",
               lambda *a, accumulate_weight_grad=False, **k: orig_lce(*a, **k))
 
@@ -187,3 +188,79 @@ def test_token_chunk_schedule(monkeypatch):
     assert first == {grad_ptr}, first
     assert len(second) == 1 and grad_ptr not in second, second
     assert table.grad.untyped_storage().data_ptr() == grad_ptr
+
+
+class _Ops(TorchDispatchMode):
+    """aten ops run (with their accumulate flag, for index_put_)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append((func.overloadpacket.__name__, args[3] if len(args) > 3 else None))
+        return func(*args, **(kwargs or {}))
+
+
+def test_lookup_adds_rows_into_grad_without_atomics_or_syncs(monkeypatch):
+    # The lookup's backward adds its rows into .grad with index_put_(accumulate=True) (sorted,
+    # deterministic on CUDA) instead of autograd adding an uncoalesced sparse gradient with
+    # index_add_ (atomics on CUDA), and zeroes the padding rows instead of indexing them out
+    # (a boolean index is a nonzero(): a host sync on CUDA). Padding tokens give the padding row
+    # no gradient from the lookup.
+    w = torch.randn(V, H, requires_grad=True)
+    ids = torch.tensor([[5, 7, 5, 1], [7, 7, 1, 1]])
+    before = torch.randn(V, H)
+    w.grad = before.clone()
+    out = xlmr._LookupIntoGrad.apply(ids, w, 1)
+    dout = torch.randn_like(out)
+    with _Ops() as ops:
+        out.backward(dout)
+    names = [n for n, _ in ops.seen]
+    assert ("index_put_", True) in ops.seen, names
+    assert not {"index_add", "index_add_", "nonzero", "embedding_sparse_backward",
+                "_coalesce"} & set(names), names
+    want = before.clone()
+    for b, t in ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1)):  # the non-padding tokens
+        want[ids[b, t]] += dout[b, t]
+    torch.testing.assert_close(w.grad, want)
+    assert w.grad.layout == torch.strided
+    # torch.autograd.grad (which leaves .grad alone): the same dense gradient as the plain path
+    model = _model()
+    ids, labels = _batch()
+    table = model.encoder.embed_tokens.weight
+    model.zero_grad(set_to_none=True)
+    with monkeypatch.context() as m:
+        _backend(m, "fused")
+        g_tied, = torch.autograd.grad(model(ids, labels=labels).loss, [table])
+        assert table.grad is None
+        _plain(m)
+        g_plain, = torch.autograd.grad(model(ids, labels=labels).loss, [table])
+    torch.testing.assert_close(g_tied, g_plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_gpu_table_grad_is_bitwise_reproducible_and_syncs_nothing():
+    # On CUDA the tied table's gradient (LM head dW into .grad, then the lookup's rows added in
+    # place) is the same bits on every run, and the backward makes no host sync. Repeated
+    # tokens (a small vocabulary) are what made the old sparse path's atomics reorder sums.
+    model = _model().cuda()
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(4, 40, (8, 33), generator=g).cuda()
+    ids[2, 20:] = 1
+    labels = torch.full_like(ids, -100)
+    labels[:, 5:15] = ids[:, 5:15]
+    pos = torch.nonzero(labels.reshape(-1) != -100).squeeze(1)
+    runs = []
+    for _ in range(5):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(ids, labels=labels, masked_positions=pos).loss
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            loss.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        runs.append(model.encoder.embed_tokens.weight.grad.clone())
+    assert all(torch.equal(runs[0], r) for r in runs[1:])

@@ -30,6 +30,7 @@ from .. import ops
 from ..config import XLMRConfig
 from ..ops.add_dropout_layernorm import faster_than_torch as _adln_faster
 from ..ops.bias_gelu import faster_than_torch as _bias_gelu_faster
+from ..ops.linear_cross_entropy import _engine_accumulates
 
 IGNORE_INDEX = -100
 
@@ -200,12 +201,12 @@ class XLMRModel(_Pretrained):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 output_hidden_states: bool = False, *,
-                sparse_token_grad: bool = False) -> XLMROutput:
+                token_grad_into_grad: bool = False) -> XLMROutput:
         """input_ids (B, T) int; attention_mask (B, T), 1/True = attend, 0 = padding (default:
         wherever input_ids is pad_token_id). Positions always come from the pad ids, as in HF.
-        sparse_token_grad: the token table's gradient from this lookup is sparse (rows of the
-        used ids, not a dense V x H tensor); XLMRForMaskedLM sets it when its tied LM head
-        writes the dense part into .grad, see there."""
+        token_grad_into_grad: this lookup adds its gradient rows into the token table's .grad
+        in place (no V x H tensor of its own); XLMRForMaskedLM sets it when its tied LM head
+        writes the dense part into .grad, see there and _LookupIntoGrad."""
         if input_ids.dim() != 2:
             raise ValueError(f"XLMRModel: input_ids must be (batch, tokens), got shape "
                              f"{tuple(input_ids.shape)}")
@@ -225,8 +226,8 @@ class XLMRModel(_Pretrained):
         positions = make_positions(input_ids, pad)
         if self.config.unpad:
             return self._forward_unpadded(input_ids, positions, key_padding_mask,
-                                          output_hidden_states, sparse_token_grad)
-        x = self._tokens(input_ids, sparse_token_grad) + self.embed_positions(positions)
+                                          output_hidden_states, token_grad_into_grad)
+        x = self._tokens(input_ids, token_grad_into_grad) + self.embed_positions(positions)
         x = F.dropout(self.embed_ln(x), self.config.hidden_dropout, self.training)
         hidden = [x] if output_hidden_states else None
         for layer in self.layers:
@@ -236,12 +237,14 @@ class XLMRModel(_Pretrained):
         return XLMROutput(last_hidden_state=x,
                           hidden_states=tuple(hidden) if hidden is not None else None)
 
-    def _tokens(self, ids: torch.Tensor, sparse: bool) -> torch.Tensor:
-        return F.embedding(ids, self.embed_tokens.weight, self.embed_tokens.padding_idx,
-                           sparse=sparse)
+    def _tokens(self, ids: torch.Tensor, into_grad: bool) -> torch.Tensor:
+        if into_grad:
+            return _LookupIntoGrad.apply(ids, self.embed_tokens.weight,
+                                         self.embed_tokens.padding_idx)
+        return F.embedding(ids, self.embed_tokens.weight, self.embed_tokens.padding_idx)
 
     def _forward_unpadded(self, input_ids, positions, key_padding_mask, output_hidden_states,
-                          sparse_token_grad=False):
+                          token_grad_into_grad=False):
         """The encoder on packed tokens: gather the non-pad tokens once (row-major, so each
         row's tokens stay in order and contiguous), run every layer on (N, H) with varlen
         attention, scatter back to (B, T, H) at the end (zeros at pad positions). Saves the
@@ -252,7 +255,7 @@ class XLMRModel(_Pretrained):
         lengths = keep_BT.sum(1, dtype=torch.int32)
         cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
         # T bounds the longest row: no sync for max(lengths); it only sizes the kernel grid.
-        x = (self._tokens(input_ids.reshape(-1).index_select(0, index), sparse_token_grad)
+        x = (self._tokens(input_ids.reshape(-1).index_select(0, index), token_grad_into_grad)
              + self.embed_positions(positions.reshape(-1).index_select(0, index)))
         x = F.dropout(self.embed_ln(x), self.config.hidden_dropout, self.training)
 
@@ -267,6 +270,45 @@ class XLMRModel(_Pretrained):
                 hidden.append(scatter(x))
         return XLMROutput(last_hidden_state=hidden[-1] if hidden else scatter(x),
                           hidden_states=tuple(hidden) if hidden is not None else None)
+
+
+class _LookupIntoGrad(torch.autograd.Function):
+    """The token lookup of the tied table in MLM training (tied_grad): its backward adds the
+    looked-up rows' gradients into the table's .grad in place, which the fused LM head's
+    backward (earlier in the backward pass) has just filled, and hands autograd an empty sparse
+    gradient (so the table's gradient-accumulation hooks, e.g. DDP's, fire as usual).
+
+    Why not F.embedding(sparse=True), the earlier way: autograd added its uncoalesced sparse
+    gradient into the dense .grad with index_add_, whose CUDA kernel uses atomics (a repeated
+    token's rows summed in a varying order: not bitwise reproducible, against the trainer's
+    resume guarantee), and its padding_idx filter is a boolean index (a host sync per
+    micro-step). index_put_(accumulate=True) on CUDA sorts the indices and sums each row's
+    duplicates in that order (deterministic, no sync); the padding row is zeroed, not indexed
+    out. Under torch.autograd.grad, or without a dense .grad, the gradient is returned dense."""
+
+    @staticmethod
+    def forward(ctx, ids, weight, padding_idx):
+        ctx.save_for_backward(ids)
+        ctx.weight, ctx.padding_idx = weight, padding_idx  # the leaf: its .grad is written
+        return F.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (ids,) = ctx.saved_tensors
+        weight = ctx.weight
+        flat = ids.reshape(-1)
+        rows = grad_out.reshape(flat.numel(), -1)
+        if ctx.padding_idx is not None:  # the padding row gets no gradient from the lookup
+            rows = rows.masked_fill((flat == ctx.padding_idx)[:, None], 0.0)
+        grad = weight.grad
+        if (grad is not None and grad.layout == torch.strided and grad.shape == weight.shape
+                and _engine_accumulates(weight)):
+            grad.index_put_((flat,), rows.to(grad.dtype), accumulate=True)
+            empty = torch.sparse_coo_tensor(flat.new_zeros(1, 0), rows.new_zeros(0, rows.shape[1]),
+                                            weight.shape, dtype=weight.dtype, is_coalesced=True)
+            return None, empty, None
+        dense = torch.zeros_like(weight)
+        return None, dense.index_put_((flat,), rows.to(dense.dtype), accumulate=True), None
 
 
 class XLMRLMHead(nn.Module):
@@ -313,15 +355,15 @@ class XLMRForMaskedLM(_Pretrained):
 
         Training with labels (eager): the tied token table gets ONE V x H gradient buffer, its
         .grad: the fused loss adds the decoder's dW into .grad itself (accumulate_weight_grad)
-        and the token lookup's gradient is sparse (the looked-up rows), which autograd adds
-        into .grad in place. The plain way holds two dense V x H gradients at the backward's
-        end (the decoder's and the lookup's) before summing them: 1 GB extra at H = 1024 with
-        fp32 master weights. Under torch.compile, in eval, or without labels, both are plain."""
+        and the token lookup adds its rows into .grad in place (_LookupIntoGrad). The plain
+        way holds two dense V x H gradients at the backward's end (the decoder's and the
+        lookup's) before summing them: 1 GB extra at H = 1024 with fp32 master weights. Under
+        torch.compile, in eval, or without labels, both are plain."""
         tied_grad = (labels is not None and self.training and torch.is_grad_enabled()
                      and not torch.compiler.is_compiling() and self.decoder_weight.is_leaf
                      and self.decoder_weight.requires_grad)
         out = self.encoder(input_ids, attention_mask, output_hidden_states,
-                           sparse_token_grad=tied_grad)
+                           token_grad_into_grad=tied_grad)
         h_BTH = out.last_hidden_state
         if return_logits is None:
             return_logits = labels is None

@@ -19,10 +19,10 @@ Contract (stable):
 * accumulate_weight_grad=True (eager, fused backends, weight a leaf that requires grad): the
   backward adds the weight's gradient straight into weight.grad (setting it when None; the
   Triton dW GEMM reads and writes .grad in place) and gives autograd no weight gradient. For a
-  tied weight whose other use has a sparse gradient (XLMRForMaskedLM's token lookup), .grad is
-  then the only V x H gradient buffer, instead of autograd's sum of two dense ones. .grad must
-  be contiguous and of the weight's dtype and shape to be added into in place (else it is
-  replaced by .grad + dW). Ignored (ordinary autograd) under torch.compile, with the
+  tied weight whose other use adds its rows into .grad too (XLMRForMaskedLM's token lookup),
+  .grad is then the only V x H gradient buffer, instead of autograd's sum of two dense ones.
+  .grad must be contiguous and of the weight's dtype and shape to be added into in place (else
+  it is replaced by .grad + dW). Ignored (ordinary autograd) under torch.compile, with the
   reference backend or when weight is not a leaf; the C++ backend adds its dW buffer into
   .grad (one transient V x H). Under torch.autograd.grad (which returns gradients and leaves
   .grad alone) the backward sees that .grad is not being accumulated and returns dW as usual.
