@@ -244,7 +244,10 @@ def test_gpu_table_grad_is_bitwise_reproducible_and_syncs_nothing():
     # On CUDA the tied table's gradient (LM head dW into .grad, then the lookup's rows added in
     # place) is the same bits on every run, and the backward makes no host sync. Repeated
     # tokens (a small vocabulary) are what made the old sparse path's atomics reorder sums.
-    model = _model().cuda()
+    torch.manual_seed(0)  # one head of 64: our attention (deterministic backward), not SDPA's
+    cfg = xf.XLMRConfig(vocab_size=V, hidden_size=H, num_layers=2, num_heads=1, ffn_size=96,
+                        max_position_embeddings=40, hidden_dropout=0.0, attention_dropout=0.0)
+    model = xf.XLMRForMaskedLM(cfg).cuda().train()
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(4, 40, (8, 33), generator=g).cuda()
     ids[2, 20:] = 1
