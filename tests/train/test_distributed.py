@@ -48,8 +48,9 @@ def _run(prepared, out, nproc, *over, env_extra=None):
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_ranks_equal_one_rank(prepared, tmp_path, mode, lce):
     # lce="fused": the LM-head loss on the C++ path's CPU twin, so the tied token table's
-    # decoder gradient goes straight into .grad (accumulate_weight_grad) and the lookup's is
-    # sparse: DDP's hooks and FSDP2's reduce-scatter must still see the whole gradient.
+    # decoder gradient goes straight into .grad (accumulate_weight_grad) and the lookup adds
+    # its rows there too: DDP's hooks and FSDP2's reduce-scatter must still see the whole
+    # gradient.
     env = None
     if lce == "fused":
         from xlmr_fast import _ext
@@ -72,3 +73,19 @@ def test_two_ranks_equal_one_rank(prepared, tmp_path, mode, lce):
     # the exported model is whole (FSDP gathers the shards)
     assert (tmp_path / "two" / "final" / "model.safetensors").stat().st_size == \
         (tmp_path / "one" / "final" / "model.safetensors").stat().st_size
+
+
+def test_fsdp_evaluation_with_batches_not_divisible_by_ranks(prepared, tmp_path):
+    # 3 evaluation batches on 2 ranks: rank 0 evaluates two, rank 1 one. Under FSDP every
+    # forward all-gathers the parameters, so rank 1 runs a filler forward (its loss dropped);
+    # without it rank 0's second forward waited for a collective rank 1 never joined (a hang,
+    # here the subprocess timeout). Same evaluation as one rank.
+    _, one_e = _run(prepared, tmp_path / "one", 1, "optim.grad_accum=2", "run.eval_batches=3")
+    _, two_e = _run(prepared, tmp_path / "two", 2, "optim.grad_accum=1", "run.eval_batches=3",
+                    "run.distributed=fsdp")
+    assert sorted(one_e) == sorted(two_e) == [2, 4]
+    _, two_batches = _run(prepared, tmp_path / "two_batches", 1, "optim.grad_accum=2")
+    assert one_e[2]["targets"] > two_batches[2]["targets"]  # a third batch was evaluated
+    for s in one_e:
+        assert two_e[s]["targets"] == one_e[s]["targets"]
+        assert two_e[s]["loss"] == pytest.approx(one_e[s]["loss"], rel=1e-5, abs=1e-5)

@@ -388,11 +388,12 @@ class Trainer:
         for j, ids, langs in batches:
             ids, langs = ids.to(self.device), langs.to(self.device)
             capacity = mask_capacity(ids.shape[0], T, cfg.mask.prob, cfg.mask.capacity_sigmas)
-            masked, labels, pos, _ = self._mask(ids, cfg.run.seed + 1, j, capacity)
+            masked, labels, pos, _ = self._mask(ids, cfg.run.seed + 1, j or 0, capacity)
             with self.autocast:
                 loss_N = self.forward(masked, labels=labels, masked_positions=pos,
                                       reduction="none").loss
-            _add_per_language(loss, count, loss_N, pos, langs, T)
+            if j is not None:  # None: a filler batch, run only to keep the ranks in step
+                _add_per_language(loss, count, loss_N, pos, langs, T)
         self.model.train()
         total, per, n = self._reduce_per_language(loss, count, languages)
         out = {"loss": total, "ppl": math.exp(min(total, 50.0)), "loss_lang": per,
@@ -427,10 +428,18 @@ class Trainer:
 
     def _my_batches(self, n_rows: int):
         """(j, lo, hi) of the batches of micro_batch rows (of n_rows) this rank evaluates: batch
-        j goes to rank j mod world_size, so the result does not depend on the number of ranks."""
+        j goes to rank j mod world_size, so the result does not depend on the number of ranks.
+        Then (None, 0, 1) fillers until every rank has yielded ceil(batches / world_size): with
+        FSDP every forward all-gathers the parameters, so a rank that ran one forward fewer
+        would leave the others waiting in that collective (an NCCL hang at, e.g., the default
+        20 evaluation batches on 8 GPUs). A filler's forward is run and its loss dropped."""
         B, W = self.cfg.data.micro_batch, self.dist.world_size
-        for j in range(self.dist.rank, (n_rows + B - 1) // B, W):
+        nb = (n_rows + B - 1) // B
+        mine = range(self.dist.rank, nb, W)
+        for j in mine:
             yield j, j * B, min(j * B + B, n_rows)
+        for _ in range(-(-nb // W) - len(mine)):
+            yield None, 0, 1
 
     def _split_batches(self, ids, langs):
         """(j, ids, langs) of this rank's batches of in-memory rows (see _my_batches)."""
