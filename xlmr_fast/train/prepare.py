@@ -6,10 +6,14 @@ demo default) runs before training.
 work_dir/prepare.json records the corpus and the tokenizer arguments; a second call with the same
 ones reuses the tokenizer and lets `preprocess` skip its finished languages (it is resumable), so
 an interrupted preparation continues where it stopped. Other arguments for the same work_dir are
-an error rather than a silent mix of two tokenizers.
+an error rather than a silent mix of two tokenizers. Processes preparing one work_dir at once
+(every rank of `torchrun ... pretrain --corpus DIR`) take turns on a lock file: the first does
+the work, the others then find it done (preprocess deletes a language's leftover partial files
+before writing it, so two at once could delete each other's).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,14 +41,41 @@ def prepare_corpus(corpus, work_dir=None, *, vocab_size: int = 8000, sentences: 
     returns (shards dir, tokenizer dir). vocab_size counts sentencepiece pieces; on a small
     corpus sentencepiece may return fewer (hard_vocab_limit off), the real size is in the meta."""
     from ..data.corpus import list_languages
-    from ..data.preprocess import preprocess
-    from ..tokenizer import META_FILE, train_tokenizer
 
     corpus = Path(corpus)
     list_languages(corpus)  # a clear error for a missing or empty corpus, before any work
     work = Path(work_dir) if work_dir is not None else default_work_dir(corpus, vocab_size,
                                                                          sentences)
     work.mkdir(parents=True, exist_ok=True)
+    with _exclusive(work / ".prepare.lock"):
+        return _prepare(corpus, work, vocab_size, sentences, alpha, workers, seed, progress)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """An exclusive advisory lock (flock) on lock_path for the block; a process that has to
+    wait says so. Where fcntl is missing (not POSIX) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock_path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process preparing {lock_path.parent} ...", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepare(corpus: Path, work: Path, vocab_size, sentences, alpha, workers, seed, progress):
+    from ..data.preprocess import preprocess
+    from ..tokenizer import META_FILE, train_tokenizer
+
     args = {"corpus": str(corpus.resolve()), "vocab_size": vocab_size, "sentences": sentences,
             "alpha": alpha, "seed": seed}
     record = work / "prepare.json"
