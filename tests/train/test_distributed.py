@@ -89,3 +89,20 @@ def test_fsdp_evaluation_with_batches_not_divisible_by_ranks(prepared, tmp_path)
     for s in one_e:
         assert two_e[s]["targets"] == one_e[s]["targets"]
         assert two_e[s]["loss"] == pytest.approx(one_e[s]["loss"], rel=1e-5, abs=1e-5)
+
+
+def test_local_rank_maps_onto_the_visible_gpus(monkeypatch):
+    # LOCAL_RANK counts a node's processes; with one visible GPU per process (SLURM
+    # --gpus-per-task=1) every rank's GPU is cuda:0, and "cuda:{LOCAL_RANK}" was an invalid
+    # ordinal. Stand-ins for the CUDA calls.
+    import torch
+
+    from xlmr_fast.train import distributed as D
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    for count, local_rank, want in ((1, 5, 0), (8, 5, 5), (4, 6, 2)):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda c=count: c)
+        assert D._pick_device("cuda", local_rank) == torch.device("cuda", want)
+    assert chosen == [torch.device("cuda", w) for w in (0, 5, 2)]
+    assert D._pick_device("cpu", 3) == torch.device("cpu")

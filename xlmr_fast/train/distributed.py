@@ -50,7 +50,12 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
-        device = f"cuda:{local_rank}"
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"run.device={device!r} but torch sees no CUDA device "
+                               f"(torch {torch.__version__}); use run.device=cpu")
+        # LOCAL_RANK counts the node's processes; a launcher that shows each process only its
+        # own GPU (e.g. SLURM --gpus-per-task=1) makes cuda:0 the right one for every rank.
+        device = f"cuda:{local_rank % torch.cuda.device_count()}"
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
