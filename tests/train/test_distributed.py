@@ -106,3 +106,14 @@ def test_local_rank_maps_onto_the_visible_gpus(monkeypatch):
         assert D._pick_device("cuda", local_rank) == torch.device("cuda", want)
     assert chosen == [torch.device("cuda", w) for w in (0, 5, 2)]
     assert D._pick_device("cpu", 3) == torch.device("cpu")
+
+
+def test_ranks_agree_on_a_time_limit_stop(prepared, tmp_path):
+    # Each rank reads its own clock; the stop requests ride on the step's all-reduce, so both
+    # ranks leave the loop after the same step (a rank leaving alone would hang the other in
+    # its next collective), then save, evaluate and export together.
+    train, _ = _run(prepared, tmp_path / "two", 2, "optim.grad_accum=1", "optim.max_steps=500",
+                    "run.max_time_minutes=0.0001", "run.distributed=ddp")
+    last = max(train)
+    assert 1 <= last < 500
+    assert (tmp_path / "two" / "final" / "model.safetensors").is_file()

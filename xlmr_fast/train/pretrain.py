@@ -238,6 +238,10 @@ class Trainer:
         self.step = 0            # optimizer steps taken or skipped (drives loader and mask keys)
         self.bad_steps = 0       # consecutive non-finite steps
         self._reset_acc()
+        # Why the run stops: _stop_request is this rank's (a signal, the time limit), _stop the
+        # one every rank agreed on (the loop tests it). With several ranks the agreement rides
+        # on the all-reduce each step already makes (_train_step), not on one of its own.
+        self._stop_request: str | None = None
         self._stop: str | None = None
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -264,8 +268,10 @@ class Trainer:
                     self.save()
                 if (cfg.run.max_time_minutes
                         and time.monotonic() - t_start > 60 * cfg.run.max_time_minutes):
-                    self._stop = self._stop or "time limit"
-                self._agree_on_stop()
+                    self._stop_request = self._stop_request or "time limit"
+                if not dist.active:
+                    self._stop = self._stop_request
+            self._agree_on_stop()  # a request that came after the last step's all-reduce
             bar.close()
             stopped_by_signal = self._stop not in (None, "time limit")
             # Save before logging a partial interval: the checkpoint keeps the interval's sums,
@@ -321,13 +327,17 @@ class Trainer:
             acc["tokens"] += (ids != self.model_cfg.pad_token_id).sum()
 
         # fairseq normalisation: gradient of (sum of target losses) / (global target count).
-        # DDP/FSDP averaged over ranks, hence the factor W.
-        D.all_reduce_sum(n_targets, dist)
+        # DDP/FSDP averaged over ranks, hence the factor W. The ranks' stop requests ride along.
+        requested = float(self._stop_request is not None)
+        counts = torch.stack([n_targets, n_targets.new_tensor(requested)])
+        D.all_reduce_sum(counts, dist)
         params = [p for p in self.raw.parameters() if p.grad is not None]
         norm = _grad_norm(params)
         if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
             norm = norm.full_tensor()
-        n, raw_norm = torch.stack([n_targets, norm.float()]).tolist()  # the one host sync
+        n, stops, raw_norm = torch.cat([counts, norm.float().reshape(1)]).tolist()  # one sync
+        if stops and dist.active:  # every rank read the same sum: they stop after this step
+            self._stop = self._stop_request or "another rank"
         scale = W / max(n, 1.0)
         grad_norm = raw_norm * scale
         if not math.isfinite(grad_norm):
@@ -626,9 +636,9 @@ class Trainer:
     def _install_signal_handlers(self):
         def handler(signum, frame):
             name = signal.Signals(signum).name
-            if self._stop == name:  # a second signal: stop now, without the checkpoint
+            if self._stop_request == name:  # a second signal: stop now, without the checkpoint
                 raise KeyboardInterrupt
-            self._stop = name
+            self._stop_request = name
             log.warning("%s received: finishing this step, then saving a checkpoint", name)
         old = {}
         for s in (signal.SIGTERM, signal.SIGINT):
@@ -644,13 +654,17 @@ class Trainer:
             signal.signal(s, h)
 
     def _agree_on_stop(self) -> None:
-        """Every rank must stop at the same step (a signal may reach them at different times)."""
+        """After the loop: a stop requested on some rank after the last step's all-reduce (every
+        rank leaves the loop at the same step, so this one collective is safe), so that all
+        ranks save and return alike. During the loop the requests ride on _train_step's
+        all-reduce instead: a collective of its own cost a host sync per step."""
         if not self.dist.active:
+            self._stop = self._stop or self._stop_request
             return
-        flag = torch.tensor([1.0 if self._stop else 0.0], device=self.device)
+        flag = torch.tensor([1.0 if self._stop_request else 0.0], device=self.device)
         D.all_reduce_sum(flag, self.dist)
         if flag.item() > 0 and self._stop is None:
-            self._stop = "another rank"
+            self._stop = self._stop_request or "another rank"
 
 
 def pretrain(cfg: TrainConfig, *, resume: bool = False) -> dict:
