@@ -224,6 +224,30 @@ def test_squad_scores_language_matters():
     assert squad_scores({"q": "北京大学"}, refs, "en")["f1"] == 0.0
 
 
+def _squad_v11_normalize(s):
+    # the SQuAD v1.1 evaluation script's normalize_answer, transcribed
+    import re
+    import string
+    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
+
+
+def test_squad_rules_are_the_squad_v11_script_whatever_the_language():
+    # XQuAD is scored with the SQuAD v1.1 script (XTREME, the XQuAD authors), not MLQA's rules:
+    # no character tokens for Chinese, no Arabic article removal, only ASCII punctuation.
+    cases = ["北京大学。", "The «Cat» sat, an hour!", "الكتاب الجديد", "Die Katze — der Hund",
+             "a b  the c", "¿Qué? ¡Sí!"]
+    for text in cases:
+        for lang in ("en", "zh", "ar", "de", "es"):
+            assert normalize_answer(text, lang, rules="squad") == _squad_v11_normalize(text)
+    refs = {"q": ["北京"]}
+    assert squad_scores({"q": "北京大学"}, refs, "zh", rules="squad")["f1"] == 0.0
+    assert squad_scores({"q": "北京大学"}, refs, "zh", rules="mlqa")["f1"] == pytest.approx(
+        100 * 2 / 3)
+    with pytest.raises(ValueError, match="rules"):
+        squad_f1("a", "a", "en", rules="xtreme")
+
+
 def test_squad_scores_errors():
     with pytest.raises(ValueError, match="empty"):
         squad_scores({}, {})

@@ -150,6 +150,7 @@ def test_xquad_real_files(shared_data):
     for lang in XQUAD_LANGS:
         ex = read_squad(os.path.join(shared_data, "xquad", f"xquad.{lang}.json"))
         assert len(ex) == 1190 and {e.lang for e in ex} == {lang}
+        assert {e.scoring for e in ex} == {"squad"}  # XQuAD: the SQuAD v1.1 script
         for e in ex:
             assert e.answers
             for text, start in e.answers:
@@ -168,7 +169,11 @@ def test_mlqa_real_files(shared_data):
         path = os.path.join(shared_data, "mlqa", f"dev-context-{lang}-question-{lang}.json")
         ex = read_squad(path)
         assert len(ex) == n and ex[0].lang == lang
+        assert {e.scoring for e in ex} == {"mlqa"}  # MLQA's files: MLQA's evaluation script
         assert all(e.context[s : s + len(t)] == t for e in ex for t, s in e.answers)
+    assert {e.scoring for e in read_squad(path, scoring="squad")} == {"squad"}
+    with pytest.raises(ValueError, match="scoring"):
+        read_squad(path, scoring="xtreme")
 
 
 # ------------------------------------------------------------------------------------------------

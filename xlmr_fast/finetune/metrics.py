@@ -4,8 +4,9 @@
 - :func:`entity_spans` / :func:`span_f1`: entity-level micro precision / recall / F1 by the CoNLL
   ``conlleval`` chunk rules, the same as ``seqeval``'s default (non-strict) mode (fractions in [0, 1]).
 - :func:`normalize_answer`, :func:`squad_f1`, :func:`exact_match`, :func:`squad_scores`: SQuAD-style
-  answer F1 / exact match with MLQA's language-aware normalisation; :func:`squad_scores` returns percent,
-  as the official SQuAD and MLQA scripts print.
+  answer F1 / exact match with MLQA's language-aware normalisation (rules="mlqa", MLQA's files) or the
+  SQuAD v1.1 script's (rules="squad", XQuAD and other SQuAD-format files); :func:`squad_scores`
+  returns percent, as the official SQuAD and MLQA scripts print.
 """
 
 from __future__ import annotations
@@ -166,7 +167,15 @@ def _mixed_segmentation(text: str, single: re.Pattern) -> list[str]:
     return tokens
 
 
-def _answer_tokens(s: str, lang: str) -> list[str]:
+RULES = ("mlqa", "squad")
+
+
+def _answer_tokens(s: str, lang: str, rules: str = "mlqa") -> list[str]:
+    if rules == "squad":  # the SQuAD v1.1 script, whatever the language
+        text = "".join(ch for ch in s.lower() if ch not in _ASCII_PUNCT)
+        return _ARTICLES["en"].sub(" ", text).split()
+    if rules != "mlqa":
+        raise ValueError(f"answer normalisation rules must be one of {RULES}, got {rules!r}")
     lang = _base_lang(lang)
     text = "".join(ch for ch in s.lower() if not _is_punct(ch))
     articles = _ARTICLES.get(lang)
@@ -179,22 +188,26 @@ def _answer_tokens(s: str, lang: str) -> list[str]:
     return text.split()
 
 
-def normalize_answer(s: str, lang: str) -> str:
-    """An answer string normalised by MLQA's rules for ``lang`` (tokens joined by single spaces).
+def normalize_answer(s: str, lang: str, rules: str = "mlqa") -> str:
+    """An answer string normalised for scoring (tokens joined by single spaces).
 
-    en/es/de/vi/ar/hi/zh are exactly MLQA's rules (see the comment above). Other languages (XQuAD's el,
-    ro, ru, th, tr, ...) get the same lowercase + Unicode punctuation removal, no article removal and
-    whitespace tokens (MLQA raises on them; XTREME scores XQuAD with the English SQuAD script, which differs
-    only in removing English articles and ASCII punctuation alone). ``ja`` is segmented like ``zh`` with
-    kana included (our extension). Region suffixes are ignored (``zh-Hans`` -> ``zh``).
+    rules="mlqa": MLQA's rules for ``lang``. en/es/de/vi/ar/hi/zh are exactly MLQA's (see the comment
+    above): Unicode punctuation removed, per-language articles, character tokens for Chinese. Other
+    languages get the same lowercase + Unicode punctuation removal, no article removal and whitespace
+    tokens (MLQA raises on them). ``ja`` is segmented like ``zh`` with kana included (our extension).
+    Region suffixes are ignored (``zh-Hans`` -> ``zh``).
+    rules="squad": the SQuAD v1.1 script whatever ``lang``: lowercase, ASCII punctuation removed,
+    English articles removed, whitespace tokens. XTREME and the XQuAD authors score XQuAD with it; on
+    Chinese or Arabic it gives markedly different numbers from MLQA's rules (no character tokens, no
+    "ال" removal), so published XQuAD figures compare only with these.
     """
-    return " ".join(_answer_tokens(s, lang))
+    return " ".join(_answer_tokens(s, lang, rules))
 
 
-def squad_f1(pred: str, gold: str, lang: str = "en") -> float:
+def squad_f1(pred: str, gold: str, lang: str = "en", rules: str = "mlqa") -> float:
     """Token-overlap F1 between one prediction and one gold answer after :func:`normalize_answer`;
     0.0 when they share no token (including an empty prediction, and both normalising to empty)."""
-    p, g = _answer_tokens(pred, lang), _answer_tokens(gold, lang)
+    p, g = _answer_tokens(pred, lang, rules), _answer_tokens(gold, lang, rules)
     same = sum((Counter(p) & Counter(g)).values())
     if same == 0:
         return 0.0
@@ -202,15 +215,17 @@ def squad_f1(pred: str, gold: str, lang: str = "en") -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def exact_match(pred: str, gold: str, lang: str = "en") -> float:
+def exact_match(pred: str, gold: str, lang: str = "en", rules: str = "mlqa") -> float:
     """1.0 if the normalised strings are equal, else 0.0 (two answers normalising to "" are equal)."""
-    return float(normalize_answer(pred, lang) == normalize_answer(gold, lang))
+    return float(normalize_answer(pred, lang, rules) == normalize_answer(gold, lang, rules))
 
 
 def squad_scores(
-    predictions: Mapping[str, str], references: Mapping[str, Sequence[str]], lang: str = "en"
+    predictions: Mapping[str, str], references: Mapping[str, Sequence[str]], lang: str = "en",
+    rules: str = "mlqa",
 ) -> dict:
-    """Dataset F1 and exact match in percent, as MLQA's / SQuAD v1.1's ``evaluate``.
+    """Dataset F1 and exact match in percent, as MLQA's (rules="mlqa") / SQuAD v1.1's
+    (rules="squad") ``evaluate``; see :func:`normalize_answer`.
 
     ``references`` maps every question id to its gold answer texts; each question scores the max over its
     golds. A question without a prediction scores 0 and still counts in the denominator; predictions for
@@ -232,8 +247,8 @@ def squad_scores(
             missing += 1
             continue
         pred = predictions[qid]
-        f1 += max(squad_f1(pred, g, lang) for g in golds)
-        em += max(exact_match(pred, g, lang) for g in golds)
+        f1 += max(squad_f1(pred, g, lang, rules) for g in golds)
+        em += max(exact_match(pred, g, lang, rules) for g in golds)
     total = len(references)
     return {
         "f1": 100.0 * f1 / total,

@@ -76,6 +76,7 @@ class QAExample:
     context: str
     answers: tuple[tuple[str, int], ...]  # (answer text, character offset of its start in context)
     lang: str
+    scoring: str = "squad"  # answer normalisation: "mlqa" (MLQA's per-language rules) or "squad"
 
 
 # Label strings used by ../shared/data/xnli (XTREME layout) and the XNLI 1.0 release; the index is
@@ -489,9 +490,18 @@ def _get(obj, key, path, where, kind):
     return val
 
 
-def read_squad(path, lang: str | None = None) -> list[QAExample]:
+_MLQA_NAME = re.compile(r"(dev|test)-context-[a-z]{2}-question-[a-z]{2}\.json$")
+
+
+def read_squad(path, lang: str | None = None, scoring: str | None = None) -> list[QAExample]:
     """Questions from a SQuAD v1.1 JSON file (XQuAD ``xquad.<l>.json``, MLQA
     ``dev-context-<l>-question-<q>.json``, TyDiQA-GoldP), in file order.
+
+    ``scoring`` (QAExample.scoring): how answers are normalised when scored. "mlqa" for MLQA's
+    files (by name, ``(dev|test)-context-<l>-question-<q>.json``): MLQA's evaluation script,
+    Unicode punctuation and per-language articles and segmentation; "squad" for every other file:
+    the SQuAD v1.1 script, which XTREME and the XQuAD authors score XQuAD (and TyDiQA-GoldP) with
+    whatever the language. Pass it to override the name.
 
     Validation, with errors naming the file and the JSON path ``data[a].paragraphs[p].qas[q]``:
     missing or mistyped keys, duplicate question ids, a question with no answers (SQuAD v2 unanswerable
@@ -505,6 +515,10 @@ def read_squad(path, lang: str | None = None) -> list[QAExample]:
     would bias the evaluation.) None of the XQuAD / MLQA files in ../shared/data needs it.
     """
     lang = _resolve_lang(path, lang)
+    if scoring is None:
+        scoring = "mlqa" if _MLQA_NAME.search(os.path.basename(os.fspath(path))) else "squad"
+    if scoring not in ("mlqa", "squad"):
+        raise ValueError(f"read_squad: scoring must be 'mlqa' or 'squad', got {scoring!r}")
     try:
         with open(path, encoding="utf-8-sig") as f:
             doc = json.load(f)
@@ -562,7 +576,7 @@ def read_squad(path, lang: str | None = None) -> list[QAExample]:
                         start = found
                         moved += 1
                     answers.append((text, start))
-                out.append(QAExample(qid, question, context, tuple(answers), lang))
+                out.append(QAExample(qid, question, context, tuple(answers), lang, scoring))
     if moved:
         warnings.warn(
             f"{os.fspath(path)}: {moved} answer_start value(s) did not match the context; moved to the "

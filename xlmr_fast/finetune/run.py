@@ -5,8 +5,9 @@
 One loop for the three tasks (the pretraining trainer's optimizer, schedule and precision):
   read examples (finetune/readers.py) -> features (finetune/tasks.py) -> length-bucketed batches
   padded to a multiple of 8 -> bf16 autocast on CUDA, fused AdamW, linear warmup/decay, clipping
-  -> after every epoch: evaluation on the joint dev set (all dev languages pooled, as the paper
-  selects one model, #M = 1) keeps the best weights -> per-language scores on every eval file
+  -> after every epoch: evaluation on the joint dev set (the mean of the dev languages' scores,
+  as the paper selects one model, #M = 1) keeps the best weights -> per-language scores on every
+  eval file
   -> several seeds: mean and standard deviation per language -> a table shaped like the paper's
   (Markdown + JSON in the output directory).
 Protocols: "transfer" trains on one language and evaluates zero-shot on all eval languages;
@@ -156,8 +157,10 @@ class Task:
         ends = [o[1][:len(f["input_ids"])] for o, f in zip(outs, feats)]
         pred = K.decode_qa(feats, starts, ends, examples)
         lang = examples[0].lang if examples else "en"
+        rules = examples[0].scoring if examples else "squad"  # MLQA's files: MLQA's script
         refs = {e.qid: [a[0] for a in e.answers] for e in examples}
-        r = M.squad_scores(pred, refs, lang=lang)
+        r = M.squad_scores(pred, refs, lang=lang, rules=rules)
+        r["rules"] = rules
         return r["f1"], r
 
 

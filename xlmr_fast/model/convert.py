@@ -286,7 +286,9 @@ def hf_to_ours(hf: dict, notes: list | None = None) -> dict:
             if out[pos_key].shape[-1] != tt.shape[-1]:
                 raise CheckpointError(f"token_type_embeddings width {tt.shape[-1]} != position "
                                       f"table width {out[pos_key].shape[-1]}")
-            out[pos_key] = out[pos_key] + tt[0].to(out[pos_key].dtype)
+            # in fp32: a half-precision checkpoint's sum rounded to 16 bits is not the
+            # embedding HF computes (it adds the two rows in the model's fp32)
+            out[pos_key] = out[pos_key].float() + tt[0].float()
             notes.append("folded the non-zero token_type_embeddings[0] into the position table "
                          "(HF adds it to every token)")
 
