@@ -225,6 +225,12 @@ def test_lookup_adds_rows_into_grad_without_atomics_or_syncs(monkeypatch):
         want[ids[b, t]] += dout[b, t]
     torch.testing.assert_close(w.grad, want)
     assert w.grad.layout == torch.strided
+    # an empty batch (B = 0, T = 0): nothing added, no error
+    for shape in ((0, 5), (3, 0)):
+        w.grad = before.clone()
+        out = xlmr._LookupIntoGrad.apply(torch.zeros(shape, dtype=torch.long), w, 1)
+        out.backward(torch.ones_like(out))
+        assert torch.equal(w.grad, before)
     # torch.autograd.grad (which leaves .grad alone): the same dense gradient as the plain path
     model = _model()
     ids, labels = _batch()

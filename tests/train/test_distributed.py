@@ -101,11 +101,15 @@ def test_local_rank_maps_onto_the_visible_gpus(monkeypatch):
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
-    for count, local_rank, want in ((1, 5, 0), (8, 5, 5), (4, 6, 2)):
+    for count, local_rank, want in ((1, 5, 0), (8, 5, 5), (4, 3, 3)):
         monkeypatch.setattr(torch.cuda, "device_count", lambda c=count: c)
         assert D._pick_device("cuda", local_rank) == torch.device("cuda", want)
-    assert chosen == [torch.device("cuda", w) for w in (0, 5, 2)]
+    assert chosen == [torch.device("cuda", w) for w in (0, 5, 3)]
     assert D._pick_device("cpu", 3) == torch.device("cpu")
+    # more ranks than visible GPUs: a clear error, not two ranks on one GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(RuntimeError, match="LOCAL_RANK=6 but this process sees 4 GPUs"):
+        D._pick_device("cuda", 6)
 
 
 def test_ranks_agree_on_a_time_limit_stop(prepared, tmp_path):

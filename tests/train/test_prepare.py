@@ -66,3 +66,30 @@ def test_a_second_process_waits_for_the_lock(tmp_path):
     out, _ = p.communicate(timeout=60)
     assert "waiting for another process preparing" in out
     assert float(out.split("got it")[1]) >= released
+
+
+def test_a_filesystem_without_locks_prepares_unlocked(tmp_path, monkeypatch):
+    # e.g. Lustre mounted without flock: ENOSYS. Preparing goes on (with a warning) rather than
+    # failing on every rank.
+    import errno
+    import fcntl
+
+    import pytest
+
+    from xlmr_fast.train.prepare import _exclusive
+
+    def no_flock(f, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    ran = []
+    with pytest.warns(RuntimeWarning, match="no file locks"):
+        with _exclusive(tmp_path / ".prepare.lock"):
+            ran.append(1)
+    assert ran == [1]
+
+    def broken(f, op):
+        raise OSError(errno.EIO, "I/O error")
+    monkeypatch.setattr(fcntl, "flock", broken)
+    with pytest.raises(OSError, match="I/O error"):
+        with _exclusive(tmp_path / ".prepare.lock"):
+            pass

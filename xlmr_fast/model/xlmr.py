@@ -297,7 +297,7 @@ class _LookupIntoGrad(torch.autograd.Function):
         (ids,) = ctx.saved_tensors
         weight = ctx.weight
         flat = ids.reshape(-1)
-        rows = grad_out.reshape(flat.numel(), -1)
+        rows = grad_out.reshape(flat.numel(), weight.shape[1])  # (0, H) for an empty batch
         if ctx.padding_idx is not None:  # the padding row gets no gradient from the lookup
             rows = rows.masked_fill((flat == ctx.padding_idx)[:, None], 0.0)
         grad = weight.grad
@@ -305,7 +305,8 @@ class _LookupIntoGrad(torch.autograd.Function):
                 and _engine_accumulates(weight)):
             grad.index_put_((flat,), rows.to(grad.dtype), accumulate=True)
             empty = torch.sparse_coo_tensor(flat.new_zeros(1, 0), rows.new_zeros(0, rows.shape[1]),
-                                            weight.shape, dtype=weight.dtype, is_coalesced=True)
+                                            weight.shape, dtype=weight.dtype, is_coalesced=True,
+                                            check_invariants=False)
             return None, empty, None
         dense = torch.zeros_like(weight)
         return None, dense.index_put_((flat,), rows.to(dense.dtype), accumulate=True), None

@@ -55,7 +55,12 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
                                f"(torch {torch.__version__}); use run.device=cpu")
         # LOCAL_RANK counts the node's processes; a launcher that shows each process only its
         # own GPU (e.g. SLURM --gpus-per-task=1) makes cuda:0 the right one for every rank.
-        device = f"cuda:{local_rank % torch.cuda.device_count()}"
+        n = torch.cuda.device_count()
+        if n > 1 and local_rank >= n:
+            raise RuntimeError(f"LOCAL_RANK={local_rank} but this process sees {n} GPUs: launch "
+                               f"at most {n} processes per node (two ranks on one GPU make "
+                               f"NCCL fail)")
+        device = f"cuda:{local_rank if n > 1 else 0}"
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():

@@ -14,9 +14,11 @@ before writing it, so two at once could delete each other's).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
+import warnings
 from pathlib import Path
 
 from .._io import atomic_write
@@ -51,6 +53,9 @@ def prepare_corpus(corpus, work_dir=None, *, vocab_size: int = 8000, sentences: 
         return _prepare(corpus, work, vocab_size, sentences, alpha, workers, seed, progress)
 
 
+_NO_FLOCK = (errno.ENOSYS, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP)
+
+
 @contextlib.contextmanager
 def _exclusive(lock_path: Path):
     """An exclusive advisory lock (flock) on lock_path for the block; a process that has to
@@ -66,6 +71,15 @@ def _exclusive(lock_path: Path):
         except BlockingIOError:
             print(f"waiting for another process preparing {lock_path.parent} ...", flush=True)
             fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError as e:
+            if e.errno not in _NO_FLOCK:
+                raise
+            # e.g. Lustre mounted without flock: as before the lock, one process at a time is
+            # then the caller's to arrange (prepare once, then launch the ranks)
+            warnings.warn(f"{lock_path.parent}: this filesystem has no file locks ({e}); "
+                          f"preparing without one", RuntimeWarning, stacklevel=3)
+            yield
+            return
         try:
             yield
         finally:

@@ -439,7 +439,7 @@ class Trainer:
     def _my_batches(self, n_rows: int):
         """(j, lo, hi) of the batches of micro_batch rows (of n_rows) this rank evaluates: batch
         j goes to rank j mod world_size, so the result does not depend on the number of ranks.
-        Then (None, 0, 1) fillers until every rank has yielded ceil(batches / world_size): with
+        Then (None, 0, B) fillers until every rank has yielded ceil(batches / world_size): with
         FSDP every forward all-gathers the parameters, so a rank that ran one forward fewer
         would leave the others waiting in that collective (an NCCL hang at, e.g., the default
         20 evaluation batches on 8 GPUs). A filler's forward is run and its loss dropped."""
@@ -448,8 +448,8 @@ class Trainer:
         mine = range(self.dist.rank, nb, W)
         for j in mine:
             yield j, j * B, min(j * B + B, n_rows)
-        for _ in range(-(-nb // W) - len(mine)):
-            yield None, 0, 1
+        for _ in range(-(-nb // W) - len(mine)):  # a full batch: no new shape to compile
+            yield None, 0, min(B, n_rows)
 
     def _split_batches(self, ids, langs):
         """(j, ids, langs) of this rank's batches of in-memory rows (see _my_batches)."""
