@@ -121,3 +121,17 @@ def test_ranks_agree_on_a_time_limit_stop(prepared, tmp_path):
     last = max(train)
     assert 1 <= last < 500
     assert (tmp_path / "two" / "final" / "model.safetensors").is_file()
+
+
+def test_every_rank_takes_the_same_stop_from_the_same_sums():
+    # A signal anywhere wins over a time limit elsewhere: a rank that hit its own time limit
+    # while another got SIGTERM must also save and return (not evaluate and export), or the
+    # ranks wait in different collectives.
+    from xlmr_fast.train.pretrain import Trainer
+    for own, sums, want in (("time limit", (1, 1), "another rank"), ("SIGTERM", (1, 0), "SIGTERM"),
+                            (None, (0, 1), "time limit"), ("time limit", (0, 1), "time limit"),
+                            (None, (1, 0), "another rank"), (None, (0, 0), None)):
+        t = Trainer.__new__(Trainer)
+        t._stop_request, t._stop = own, None
+        t._agree(*sums)
+        assert t._stop == want, (own, sums)

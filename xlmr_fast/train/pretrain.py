@@ -328,16 +328,15 @@ class Trainer:
 
         # fairseq normalisation: gradient of (sum of target losses) / (global target count).
         # DDP/FSDP averaged over ranks, hence the factor W. The ranks' stop requests ride along.
-        requested = float(self._stop_request is not None)
-        counts = torch.stack([n_targets, n_targets.new_tensor(requested)])
+        counts = torch.cat([n_targets.reshape(1), self._stop_flags()])
         D.all_reduce_sum(counts, dist)
         params = [p for p in self.raw.parameters() if p.grad is not None]
         norm = _grad_norm(params)
         if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
             norm = norm.full_tensor()
-        n, stops, raw_norm = torch.cat([counts, norm.float().reshape(1)]).tolist()  # one sync
-        if stops and dist.active:  # every rank read the same sum: they stop after this step
-            self._stop = self._stop_request or "another rank"
+        n, signals, limits, raw_norm = torch.cat([counts, norm.float().reshape(1)]).tolist()
+        if dist.active:  # every rank read the same sums: they stop after this step, alike
+            self._agree(signals, limits)
         scale = W / max(n, 1.0)
         grad_norm = raw_norm * scale
         if not math.isfinite(grad_norm):
@@ -653,6 +652,25 @@ class Trainer:
         for s, h in old.items():
             signal.signal(s, h)
 
+    def _stop_flags(self) -> torch.Tensor:
+        """(signal requested, time limit requested) of this rank, for the ranks' sum."""
+        r = self._stop_request
+        return torch.tensor([float(r not in (None, "time limit")), float(r == "time limit")],
+                            device=self.device)
+
+    def _agree(self, signals: float, limits: float) -> None:
+        """The stop every rank takes from the same sums: a signal anywhere wins (every rank then
+        saves and returns; "another rank" where the signal did not arrive), else a time limit
+        anywhere (every rank then evaluates and exports). Ranks that took different branches
+        would wait for each other in different collectives."""
+        if self._stop is not None:
+            return
+        if signals > 0:
+            r = self._stop_request
+            self._stop = r if r not in (None, "time limit") else "another rank"
+        elif limits > 0:
+            self._stop = "time limit"
+
     def _agree_on_stop(self) -> None:
         """After the loop: a stop requested on some rank after the last step's all-reduce (every
         rank leaves the loop at the same step, so this one collective is safe), so that all
@@ -661,10 +679,9 @@ class Trainer:
         if not self.dist.active:
             self._stop = self._stop or self._stop_request
             return
-        flag = torch.tensor([1.0 if self._stop_request else 0.0], device=self.device)
-        D.all_reduce_sum(flag, self.dist)
-        if flag.item() > 0 and self._stop is None:
-            self._stop = self._stop_request or "another rank"
+        flags = self._stop_flags()
+        D.all_reduce_sum(flags, self.dist)
+        self._agree(*flags.tolist())
 
 
 def pretrain(cfg: TrainConfig, *, resume: bool = False) -> dict:
