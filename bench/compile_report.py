@@ -234,12 +234,12 @@ def launches_fused(op: str, defaults: bool):
         part = torch.empty(G, N)
         with recording() as rec:
             if ln:
-                mod.forward(x, r, w, w, r, st, st, 1, 2, 3, 1.1, 1e-5, True, tune=False)
+                mod.forward(x, r, w, w, r, st, st, 1, 2, 3, 1.1, 1e-5, True)
                 mod.backward(r, x, r, w, st, st, x, r, part, part, triton.cdiv(M, G), 1, 2, 3,
-                             1.1, True, tune=False)
+                             1.1, True)
             else:
-                mod.forward(x, w, x, tune=False)
-                mod.backward(x, x, w, x, part, triton.cdiv(M, G), tune=False)
+                mod.forward(x, w, x)
+                mod.backward(x, x, w, x, part, triton.cdiv(M, G))
         tuned = {t.fn: t for t in (mod._fwd_tuned, mod._bwd_tuned)}
         for fn, args, kwargs in rec:
             for c, cfg in enumerate(tuned[fn].configs):

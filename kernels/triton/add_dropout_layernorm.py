@@ -20,7 +20,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import LAUNCH, ForcedConfigs, config_launch_kw, on_input_device, tune_bench
+from . import (LAUNCH, ForcedConfigs, autotune_on, config_launch_kw, on_input_device,
+               tune_bench)
 from .rng import mix32 as _mix32
 
 
@@ -154,10 +155,9 @@ def block_n(N: int) -> int:
 
 
 @on_input_device
-def forward(x2, r2, weight, bias, y2, mean, rstd, key1, key2, thresh, scale, eps, has_dropout,
-            tune: bool):
-    """Launch the forward on (M, N) contiguous views. tune=False: the fixed config (the
-    interpreter's, and the GPU default: see kernels/triton.autotune_on); True: the autotuner."""
+def forward(x2, r2, weight, bias, y2, mean, rstd, key1, key2, thresh, scale, eps, has_dropout):
+    """Launch the forward on (M, N) contiguous views: the fixed config (the interpreter's, and
+    the GPU default), or the autotuner where kernels/triton.autotune_on says so."""
     M, N = x2.shape
     BN = block_n(N)
     args = (x2, r2, weight, bias, y2, mean, rstd, M, N, key1, key2, thresh, scale, eps)
@@ -165,7 +165,7 @@ def forward(x2, r2, weight, bias, y2, mean, rstd, key1, key2, thresh, scale, eps
     if cfg is not None:
         _adln_fwd_kernel[(triton.cdiv(M, cfg.kwargs["BLOCK_M"]),)](
             *args, HAS_DROPOUT=has_dropout, BLOCK_N=BN, **config_launch_kw(cfg))
-    elif tune:
+    elif autotune_on(x2):
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),)  # noqa: E731
         _fwd_tuned[grid](*args, HAS_DROPOUT=has_dropout, BLOCK_N=BN, **LAUNCH)
     else:
@@ -176,7 +176,7 @@ def forward(x2, r2, weight, bias, y2, mean, rstd, key1, key2, thresh, scale, eps
 
 @on_input_device
 def backward(dy2, x2, r2, weight, mean, rstd, dx2, dr2, dw_part, db_part, rows_per_prog,
-             key1, key2, thresh, scale, has_dropout, tune: bool):
+             key1, key2, thresh, scale, has_dropout):
     """Launch the backward; dw_part/db_part are (G, N) fp32 with G = cdiv(M, rows_per_prog)."""
     M, N = x2.shape
     G = dw_part.shape[0]
@@ -187,7 +187,7 @@ def backward(dy2, x2, r2, weight, mean, rstd, dx2, dr2, dw_part, db_part, rows_p
     if cfg is not None:
         _adln_bwd_kernel[(G,)](*args, HAS_DROPOUT=has_dropout, BLOCK_N=BN,
                                **config_launch_kw(cfg))
-    elif tune:
+    elif autotune_on(x2):
         _bwd_tuned[(G,)](*args, HAS_DROPOUT=has_dropout, BLOCK_N=BN, **LAUNCH)
     else:
         bm = max(1, min(4, 4096 // BN))

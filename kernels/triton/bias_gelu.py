@@ -15,7 +15,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import LAUNCH, ForcedConfigs, config_launch_kw, on_input_device, tune_bench
+from . import (LAUNCH, ForcedConfigs, autotune_on, config_launch_kw, on_input_device,
+               tune_bench)
 
 _RSQRT2 = tl.constexpr(0.7071067811865476)
 _RSQRT2PI = tl.constexpr(0.3989422804014327)
@@ -96,15 +97,15 @@ set_configs = _forced.set
 
 
 @on_input_device
-def forward(x2, bias, y2, tune: bool):
-    """Launch on (M, F) contiguous views. tune=False: one fixed config (the interpreter's, and
-    the GPU default: see kernels/triton.autotune_on); True: the autotuner."""
+def forward(x2, bias, y2):
+    """Launch on (M, F) contiguous views: one fixed config (the interpreter's, and the GPU
+    default), or the autotuner where kernels/triton.autotune_on says so."""
     M, F = x2.shape
     cfg = _forced.fwd
     if cfg is not None:
         grid = (triton.cdiv(M, cfg.kwargs["BLOCK_M"]), triton.cdiv(F, cfg.kwargs["BLOCK_N"]))
         _bias_gelu_fwd_kernel[grid](x2, bias, y2, M, F, **config_launch_kw(cfg))
-    elif tune:
+    elif autotune_on(x2):
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(F, meta["BLOCK_N"]))  # noqa: E731
         _fwd_tuned[grid](x2, bias, y2, M, F, **LAUNCH)
     else:
@@ -114,7 +115,7 @@ def forward(x2, bias, y2, tune: bool):
 
 
 @on_input_device
-def backward(dy2, x2, bias, dx2, db_part, rows_per_prog, tune: bool):
+def backward(dy2, x2, bias, dx2, db_part, rows_per_prog):
     """db_part: (G, F) fp32 with G = cdiv(M, rows_per_prog)."""
     M, F = x2.shape
     G = db_part.shape[0]
@@ -122,7 +123,7 @@ def backward(dy2, x2, bias, dx2, db_part, rows_per_prog, tune: bool):
     if cfg is not None:
         _bias_gelu_bwd_kernel[(G, triton.cdiv(F, cfg.kwargs["BLOCK_N"]))](
             dy2, x2, bias, dx2, db_part, M, F, rows_per_prog, **config_launch_kw(cfg))
-    elif tune:
+    elif autotune_on(x2):
         grid = lambda meta: (G, triton.cdiv(F, meta["BLOCK_N"]))  # noqa: E731
         _bwd_tuned[grid](dy2, x2, bias, dx2, db_part, M, F, rows_per_prog, **LAUNCH)
     else:

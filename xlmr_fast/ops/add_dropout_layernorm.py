@@ -205,11 +205,6 @@ def _bwd_reference(dy2, x2, r2, weight, mean, rstd, dropout_p, seed):
     return dx.to(x2.dtype), ds.to(r2.dtype), dw.to(weight.dtype), db.to(weight.dtype)
 
 
-def _autotune_on(x2) -> bool:
-    from xlmr_fast.kernels.triton import autotune_on  # lazily: triton may be missing
-    return autotune_on(x2)
-
-
 def _fwd_triton(x2, r2, weight, bias, dropout_p, eps, seed):
     from xlmr_fast.kernels.triton import add_dropout_layernorm as _k
 
@@ -221,8 +216,7 @@ def _fwd_triton(x2, r2, weight, bias, dropout_p, eps, seed):
         return y, mean, rstd
     key1, key2 = dropout_keys(seed) if dropout_p > 0.0 else (0, 0)
     _k.forward(x2, r2, weight.contiguous(), bias.contiguous(), y, mean, rstd, key1, key2,
-               dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p), float(eps), dropout_p > 0.0,
-               tune=_autotune_on(x2))
+               dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p), float(eps), dropout_p > 0.0)
     return y, mean, rstd
 
 
@@ -240,8 +234,7 @@ def _bwd_triton(dy2, x2, r2, weight, mean, rstd, dropout_p, seed):
     db_part = torch.empty((G, N), dtype=torch.float32, device=x2.device)
     key1, key2 = dropout_keys(seed) if dropout_p > 0.0 else (0, 0)
     _k.backward(dy2, x2, r2, weight.contiguous(), mean, rstd, dx, dr, dw_part, db_part, rows_per_prog,
-                key1, key2, dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p), dropout_p > 0.0,
-                tune=_autotune_on(x2))
+                key1, key2, dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p), dropout_p > 0.0)
     # Fixed-order reduction over G partial rows: deterministic weight/bias gradients.
     return dx, dr, dw_part.sum(0).to(weight.dtype), db_part.sum(0).to(weight.dtype)
 

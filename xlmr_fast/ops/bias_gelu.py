@@ -109,17 +109,12 @@ def _bwd_reference(dy2, x2, bias):
     return dz.to(x2.dtype), dz.sum(0).to(bias.dtype)
 
 
-def _autotune_on(x2) -> bool:
-    from xlmr_fast.kernels.triton import autotune_on  # lazily: triton may be missing
-    return autotune_on(x2)
-
-
 def _fwd_triton(x2, bias):
     from xlmr_fast.kernels.triton import bias_gelu as _k
 
     y = torch.empty_like(x2)
     if x2.shape[0] > 0:
-        _k.forward(x2, bias.contiguous(), y, tune=_autotune_on(x2))
+        _k.forward(x2, bias.contiguous(), y)
     return y
 
 
@@ -132,7 +127,7 @@ def _bwd_triton(dy2, x2, bias):
         return dx, torch.zeros_like(bias)
     G, rows_per_prog = _bwd_grid(M, x2.device)
     db_part = torch.empty((G, Fd), dtype=torch.float32, device=x2.device)
-    _k.backward(dy2, x2, bias.contiguous(), dx, db_part, rows_per_prog, tune=_autotune_on(x2))
+    _k.backward(dy2, x2, bias.contiguous(), dx, db_part, rows_per_prog)
     return dx, db_part.sum(0).to(bias.dtype)  # fixed-order reduction: deterministic
 
 
