@@ -49,10 +49,13 @@ class DistInfo:
 def _pick_device(device: str, local_rank: int) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"run.device={device!r} but torch sees no CUDA device "
-                               f"(torch {torch.__version__}); use run.device=cpu")
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return dev
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"run.device={device!r} but torch sees no CUDA device "
+                           f"(torch {torch.__version__}); use run.device=cpu")
+    if dev.index is None:
         # LOCAL_RANK counts the node's processes; a launcher that shows each process only its
         # own GPU (e.g. SLURM --gpus-per-task=1) makes cuda:0 the right one for every rank.
         n = torch.cuda.device_count()
@@ -60,13 +63,8 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
             raise RuntimeError(f"LOCAL_RANK={local_rank} but this process sees {n} GPUs: launch "
                                f"at most {n} processes per node (two ranks on one GPU make "
                                f"NCCL fail)")
-        device = f"cuda:{local_rank if n > 1 else 0}"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"run.device={device!r} but torch sees no CUDA device "
-                               f"(torch {torch.__version__}); use run.device=cpu")
-        torch.cuda.set_device(dev)
+        dev = torch.device("cuda", local_rank if n > 1 else 0)
+    torch.cuda.set_device(dev)
     return dev
 
 
