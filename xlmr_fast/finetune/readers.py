@@ -23,6 +23,8 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from .metrics import RULES  # the answer normalisations QAExample.scoring names
+
 __all__ = [
     "PAWSX_LABELS",
     "XNLI_LABELS",
@@ -517,7 +519,7 @@ def read_squad(path, lang: str | None = None, scoring: str | None = None) -> lis
     lang = _resolve_lang(path, lang)
     if scoring is None:
         scoring = "mlqa" if _MLQA_NAME.search(os.path.basename(os.fspath(path))) else "squad"
-    if scoring not in ("mlqa", "squad"):
+    if scoring not in RULES:
         raise ValueError(f"read_squad: scoring must be 'mlqa' or 'squad', got {scoring!r}")
     try:
         with open(path, encoding="utf-8-sig") as f:
