@@ -212,6 +212,46 @@ def test_truncated_checkpoint_is_an_error_naming_the_file(tmp_path):
     assert mgr.load(mgr.path_for(1))["step"] == 1
 
 
+_RSS_PROBE = r"""
+import sys, torch
+from xlmr_fast.train.checkpoint import CheckpointManager
+
+def anon_kb():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+
+mgr = CheckpointManager(sys.argv[1])
+before = anon_kb()
+state = mgr.load(mmap=sys.argv[2] == "1")
+total = float(sum(t.double().sum() for t in state["w"]))  # touch every page
+print(anon_kb() - before, total)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_mmap_load_shares_the_page_cache(tmp_path):
+    """load(mmap=True), used for resumes onto GPUs: the same values, and the 64 MB of tensors
+    are pages of the file (shared by a node's ranks), not private copies in anonymous memory."""
+    import subprocess
+    import sys
+    mgr = CheckpointManager(tmp_path)
+    w = [torch.randn(4 << 20) for _ in range(4)]  # 4 x 16 MB
+    mgr.save(5, {"w": w})
+    got = mgr.load(mmap=True)
+    assert_tree_equal(got["w"], w)
+    grown = {}
+    for mm in ("0", "1"):
+        r = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(tmp_path), mm],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        kb, total = r.stdout.split()
+        assert float(total) == pytest.approx(float(sum(t.double().sum() for t in w)))
+        grown[mm] = int(kb)
+    assert grown["0"] > 48 << 10, grown  # read: at least 48 of the 64 MB private
+    assert grown["1"] < 16 << 10, grown  # mapped: the tensors are file pages
+
+
 def test_load_errors(tmp_path):
     mgr = CheckpointManager(tmp_path)
     with pytest.raises(CheckpointError, match="no checkpoint found"):

@@ -501,7 +501,9 @@ class Trainer:
         if path is None:
             log.warning("--resume: no checkpoint in %s; starting from scratch", self.run_dir)
             return
-        state = self.ckpt.load(path)
+        # Mapped, not read, when the state goes to a GPU: the node's ranks then share one copy of
+        # the file in the page cache instead of holding one each (CheckpointManager.load).
+        state = self.ckpt.load(path, mmap=self.device.type != "cpu")
         set_state_dict(self.raw, self.opt, model_state_dict=state["model"],
                        optim_state_dict=state["optim"],
                        options=StateDictOptions(full_state_dict=True))
