@@ -517,6 +517,9 @@ class Tokenizer:
                 text_pair = [text_pair]
         texts = list(texts)
         if text_pair is not None:
+            if isinstance(text_pair, str) and not single:  # list(str) would pair with chars
+                raise TypeError("text_pair must be a list of strings (one per text) when texts "
+                                "is a batch")
             text_pair = list(text_pair)
             if len(text_pair) != len(texts):
                 raise ValueError(f"text_pair has {len(text_pair)} items, texts {len(texts)}")

@@ -466,20 +466,22 @@ class BlockLoader:
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
+        def put(item):  # gives up when the consumer has gone (never blocks past stop)
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    pass
+
         def produce(step, cur):
             try:
                 while not stop.is_set():
                     ids, langs, cur = self._make(step, cur)
                     step += 1
-                    item = (ids, langs, step, cur)
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            pass
+                    put((ids, langs, step, cur))
             except BaseException as e:  # surfaced in the consumer
-                q.put(e)
+                put(e)
 
         th = threading.Thread(target=produce, args=(self._step, self._cursors.copy()),
                               name="xlmr_fast-BlockLoader", daemon=True)

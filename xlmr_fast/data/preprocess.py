@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .corpus import CleanConfig, CorpusError, ReadStats, iter_documents, list_languages
+from .corpus import CleanConfig, CorpusError, ReadStats, iter_document_parts, list_languages
 from .shards import (FORMAT, META, VERSION, ShardError, ShardWriter, file_sha256, open_shard,
                      read_meta, write_meta)
 
@@ -96,7 +96,7 @@ def _encode_language(lang: str, src: str, out_path: str, vocab_size: int, tok_sh
     report = _WORKER.get("report")  # in-process runs report straight to the progress bar
     stats = ReadStats()
     cfg = CleanConfig(**clean) if clean is not None else None
-    docs: list[list[str]] = []
+    docs: list[tuple[list[str], bool]] = []  # (lines, starts a document): parts of documents
     n_batch = 0
     reported = 0
 
@@ -104,12 +104,12 @@ def _encode_language(lang: str, src: str, out_path: str, vocab_size: int, tok_sh
         nonlocal docs, n_batch, reported
         if not docs:
             return
-        out, ends = join_lines(*_encode(tok, [ln for d in docs for ln in d], _threads()))
+        out, ends = join_lines(*_encode(tok, [ln for d, _ in docs for ln in d], _threads()))
         i = 0
-        for d in docs:  # documents as units: slice at their first/last line boundaries
+        for d, new in docs:  # documents as units: slice at their first/last line boundaries
             start = int(ends[i - 1]) if i else 0
             i += len(d)
-            w.add_document(out[start:int(ends[i - 1])], len(d))
+            w.add_document(out[start:int(ends[i - 1])], len(d), new_document=new)
         docs, n_batch = [], 0
         done = stats.bytes - reported
         reported = stats.bytes
@@ -120,9 +120,11 @@ def _encode_language(lang: str, src: str, out_path: str, vocab_size: int, tok_sh
 
     w = ShardWriter(out_path, vocab_size)
     try:
-        for doc in iter_documents(src, stats, cfg):
-            docs.append(doc)
-            n_batch += len(doc)
+        # a document longer than batch_lines comes in parts (one index entry all the same), so
+        # memory is bounded by batch_lines even for a file without a single empty line
+        for part in iter_document_parts(src, stats, cfg, max_lines=batch_lines):
+            docs.append(part)
+            n_batch += len(part[0])
             if n_batch >= batch_lines:
                 flush(w)
         flush(w)
@@ -259,9 +261,11 @@ def preprocess(corpus_dir, tokenizer_dir, out_dir, *, workers: int | None = None
 
     workers:     cores to use (default os.cpu_count()): one process per language up to this,
                  and sentencepiece threads for the busy ones when fewer languages are left.
-    clean:       CleanConfig for corpus.iter_documents (None: lines as they are).
+    clean:       CleanConfig for corpus.iter_document_parts (None: lines as they are).
     languages:   iterable of language codes to do (default all in corpus_dir).
-    batch_lines: lines per encode call (sentencepiece batch; bounds memory per worker).
+    batch_lines: lines per encode call (sentencepiece batch; fewer than 2 x batch_lines even
+                 for long documents, which are encoded in parts): bounds memory per worker.
+                 Shards do not depend on it.
     """
     t_start = time.perf_counter()
     langs = list_languages(corpus_dir)

@@ -24,10 +24,13 @@ import hashlib
 import json
 import os
 import struct
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .._io import atomic_write
 
 MAGIC = b"XLMRTOK1"
 VERSION = 1
@@ -56,7 +59,9 @@ class ShardWriter:
 
         with ShardWriter(path, vocab_size) as w:
             w.add_document(np.asarray(ids, np.uint32), n_lines)
-    Leaving the block by an exception removes the temporary file.
+            w.add_document(more_ids, n_lines, new_document=False)  # the same document, continued
+    Leaving the block by an exception removes the temporary file. The document index is kept as
+    a packed uint64 array (8 bytes per document in memory, not a Python int per document).
     """
 
     def __init__(self, path, vocab_size: int):
@@ -65,15 +70,18 @@ class ShardWriter:
         self.vocab_size = int(vocab_size)
         self.f = open(self.tmp, "wb")
         self.f.write(b"\0" * HEADER.size)
-        self.doc_starts: list[int] = []
+        self.doc_starts = array("Q")  # token offset of each document start
         self.n_tokens = 0
         self.n_lines = 0
 
-    def add_document(self, tokens: np.ndarray, n_lines: int) -> None:
+    def add_document(self, tokens: np.ndarray, n_lines: int, new_document: bool = True) -> None:
+        """Append tokens as a new document, or (new_document=False) to the last document, so a
+        long document can be written in parts without holding it whole."""
         t = np.ascontiguousarray(tokens, dtype="<u4")
         if t.size == 0:
             return
-        self.doc_starts.append(self.n_tokens)
+        if new_document or not self.doc_starts:
+            self.doc_starts.append(self.n_tokens)
         self.f.write(t.tobytes())
         self.n_tokens += int(t.size)
         self.n_lines += int(n_lines)
@@ -81,8 +89,8 @@ class ShardWriter:
     def close(self) -> dict:
         """Finish the file (index + header), fsync, rename; returns its meta entry."""
         index_offset = HEADER.size + 4 * self.n_tokens
-        idx = np.asarray(self.doc_starts + [self.n_tokens], dtype="<u8")
-        self.f.write(idx.tobytes())
+        self.f.write(np.frombuffer(self.doc_starts, dtype=np.uint64).astype("<u8", copy=False))
+        self.f.write(np.asarray([self.n_tokens], dtype="<u8").tobytes())
         self.f.seek(0)
         self.f.write(HEADER.pack(MAGIC, VERSION, self.vocab_size, self.n_tokens,
                                  len(self.doc_starts), self.n_lines, HEADER.size, index_offset))
@@ -160,11 +168,11 @@ def open_shard(path, vocab_size: int | None = None) -> Shard:
 
 
 def write_meta(out_dir, meta: dict) -> None:
-    """Atomic write of OUT/meta.json."""
-    out = Path(out_dir) / META
-    tmp = out.with_name(META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    os.replace(tmp, out)
+    """Atomic, durable write of OUT/meta.json (fsynced before the rename, like the shards: after
+    a power loss it is the old file or the new one, never an empty one that every later run
+    would refuse to read)."""
+    text = json.dumps(meta, indent=1, sort_keys=True)
+    atomic_write(Path(out_dir) / META, lambda f: f.write(text), binary=False)
 
 
 def read_meta(out_dir) -> dict:
