@@ -359,6 +359,8 @@ def test_small_language_dropped_with_warning(tmp_path):
             BlockLoader(root, batch_size=4, block_size=33, languages=["tiny"])
     with pytest.raises(ValueError, match="not in"):
         BlockLoader(root, batch_size=4, block_size=33, languages=["xx"])
+    with pytest.raises(ValueError, match=r"lists \['en'\] more than once"):
+        BlockLoader(root, batch_size=4, block_size=33, languages=["en", "en"])
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -275,6 +275,9 @@ class BlockLoader:
             names = sorted(entries)
         else:
             names = list(languages)
+            repeated = sorted({x for x in names if names.count(x) > 1})
+            if repeated:  # each would be sampled, and its blocks drawn, as two languages
+                raise ValueError(f"languages={names} lists {repeated} more than once")
             missing = [x for x in names if x not in entries]
             if missing:
                 raise ValueError(f"languages={missing} are not in {self.data_dir / 'meta.json'} "
