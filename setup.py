@@ -83,6 +83,8 @@ setup(
     package_dir={"xlmr_fast.kernels": "kernels"},
     # Tuning files measured on our GPUs (`xlmr-fast tune`), read by xlmr_fast.tuning.
     package_data={"xlmr_fast.tuned": ["*.json"]},
+    # MANIFEST.in puts kernels/cuda/ in the sdist for the extension build; it is not package data.
+    include_package_data=False,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = COMMANDS[args.command].run(args)
-    except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError; OSError: a path that
+        # is a file where a directory is wanted (or the reverse), unwritable, ... (names it)
         print(f"xlmr-fast {args.command}: error: {e}", file=sys.stderr)
         return 1
     return int(rc or 0)

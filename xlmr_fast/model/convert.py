@@ -474,6 +474,14 @@ def _build(cls, ours: dict, config, file_config, notes: list, overrides: dict):
 
 
 # ================================================================ files
+def _unreadable(path: str, e: BaseException) -> CheckpointError:
+    """What torch.load / safetensors / json raise on an empty, truncated or foreign file
+    (EOFError, KeyError: 101, a zip RuntimeError, ...) does not name the file: this does."""
+    why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return CheckpointError(f"{path}: not a readable checkpoint (truncated, corrupt or not a "
+                           f"model file? {why})")
+
+
 def _torch_load(path: str, unsafe_load: bool):
     """torch.load without executing arbitrary pickles: tensors, containers and
     argparse.Namespace (fairseq's `args`) only, unless unsafe_load=True."""
@@ -483,6 +491,8 @@ def _torch_load(path: str, unsafe_load: bool):
                 return torch.load(path, map_location="cpu", weights_only=True)
         torch.serialization.add_safe_globals([argparse.Namespace])
         return torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, KeyError, RuntimeError) as e:
+        raise _unreadable(path, e) from e
     except pickle.UnpicklingError as e:
         if not unsafe_load:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -496,11 +506,18 @@ def _torch_load(path: str, unsafe_load: bool):
 
 def _load_weights_file(path: str, unsafe_load: bool = False) -> dict:
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        return load_file(path)
+        try:
+            return load_file(path)
+        except SafetensorError as e:
+            raise _unreadable(path, e) from e
     if path.endswith(".index.json"):
-        with open(path) as f:
-            wmap = json.load(f)["weight_map"]
+        try:
+            with open(path) as f:
+                wmap = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise _unreadable(path, e) from e
         d = os.path.dirname(path)
         sd = {}
         for shard in sorted(set(wmap.values())):
@@ -557,8 +574,11 @@ def read_checkpoint(path, unsafe_load: bool = False) -> tuple[dict, str, object]
         wfile = path
         cfg_path = os.path.join(os.path.dirname(path) or ".", "config.json")
     if os.path.isfile(cfg_path) and not wfile.endswith(".pt"):
-        with open(cfg_path) as f:
-            cfg_json = json.load(f)
+        try:
+            with open(cfg_path) as f:
+                cfg_json = json.load(f)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from e
     obj = _load_weights_file(wfile, unsafe_load)
     if "model" in obj and isinstance(obj["model"], dict):  # a fairseq checkpoint
         args = obj.get("args")
