@@ -44,3 +44,29 @@ def test_convert_corrupt_hf_dir(tmp_path, capsys):
                   "not a readable checkpoint")
     (d / "config.json").write_text("{bad json")
     _fails_naming(capsys, ["convert", str(d), str(tmp_path / "out")], str(d))
+
+
+@pytest.mark.parametrize("extra, names", [
+    (["--device", "foo"], ["--device 'foo'"]),
+    (["--batch-size", "0"], ["--batch-size must be >= 1"]),
+    (["--epochs", "0"], ["--epochs must be >= 1"]),
+    (["--lr", "0"], ["--lr must be > 0"]),
+])
+def test_finetune_bad_options(tmp_path, capsys, extra, names):
+    # checked before anything is read: a one-line error, not a ZeroDivisionError or a
+    # RuntimeError from torch.device deep in the run (or a table of an untrained model)
+    _fails_naming(capsys, ["finetune", "xnli", "--model", str(tmp_path), "--train", "a.tsv",
+                           "--eval", "b.tsv"] + extra, *names)
+
+
+def test_evaluate_bad_device(tmp_path, capsys):
+    import torch
+    _fails_naming(capsys, ["evaluate", "xnli", "--model", str(tmp_path), "--eval", "b.tsv",
+                           "--device", "foo"], "--device 'foo'")
+    if not torch.cuda.is_available():
+        _fails_naming(capsys, ["evaluate", "xnli", "--model", str(tmp_path), "--eval", "b.tsv",
+                               "--device", "cuda"], "CUDA is not available")
+
+
+def test_tune_bad_device(capsys):
+    _fails_naming(capsys, ["tune", "--device", "foo"], "--device 'foo'")

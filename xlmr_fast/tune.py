@@ -523,9 +523,14 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 def _run(a: argparse.Namespace) -> int:
-    device = torch.device(a.device)
+    try:
+        device = torch.device(a.device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {a.device!r} is not a device (cuda, cuda:N, cpu)") from e
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device here; tuning times the GPU paths")
+        raise ValueError("--device cuda: no CUDA device here; tuning times the GPU paths"
+                         + (" (--show reads the choices for a GPU: run it there)" if a.show
+                            else ""))
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # the timing events record on the current device
     name = device_name(device)

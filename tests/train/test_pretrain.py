@@ -186,7 +186,7 @@ def test_sigterm_from_outside_saves_and_resumes(prepared, tmp_path):
     assert CheckpointManager(out).load()["step"] == step + 2
 
 
-def test_main_job_with_no_data_uses_the_demo_corpus(tmp_path, monkeypatch, capsys):
+def test_main_job_with_no_data_uses_the_demo_corpus(tmp_path, monkeypatch, capsys, recwarn):
     """`xlmr-fast pretrain` with no data arguments: demo corpus -> tokenizer -> shards -> a
     short tiny run (steps cut down here) with the per-language table at the end."""
     pytest.importorskip("chatterbot_corpus")
@@ -205,6 +205,13 @@ def test_main_job_with_no_data_uses_the_demo_corpus(tmp_path, monkeypatch, capsy
     assert len(train[-1]["loss_lang"]) >= 20          # most of the 28 demo languages
     assert train[-1]["loss"] < train[0]["loss"]
     assert (run / "final" / "model.safetensors").exists()
+    # the last line lists what the run wrote, and nothing it did not (plots need matplotlib)
+    done = [ln for ln in out.splitlines() if ln.startswith("done:")][-1]
+    for name in ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints/", "final/"):
+        assert (name in done) == (run / name.rstrip("/")).exists(), (name, done)
+    # a language too small for a block is warned about once (the held-out loader repeated it)
+    dropped = [str(w.message) for w in recwarn if "dropped:" in str(w.message)]
+    assert len(dropped) == len(set(dropped)), dropped
     # --resume without --out finds the newest run (finished: nothing left to do)
     assert cli.main(["pretrain", "--resume", "optim.max_steps=40", "optim.warmup_steps=5",
                      "run.progress=false"]) == 0

@@ -168,10 +168,33 @@ class Task:
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is not None and torch.cuda.is_available():
-        torch.cuda.set_device(dev)  # what every later "cuda" without an index means
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N)") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available here (use cpu or auto)")
+        if dev.index is not None:
+            if dev.index >= torch.cuda.device_count():
+                raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA "
+                                 f"device(s) visible")
+            torch.cuda.set_device(dev)  # what every later "cuda" without an index means
     return dev
+
+
+def _check_numbers(args: FinetuneArgs) -> None:
+    """Options that would otherwise fail deep in the loop (a division by zero, an empty run)."""
+    for name in ("epochs", "batch_size", "eval_batch_size", "doc_stride"):
+        if int(getattr(args, name)) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got "
+                             f"{getattr(args, name)}")
+    for name in ("max_steps", "max_length", "max_train_examples", "max_eval_examples"):
+        if int(getattr(args, name)) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got "
+                             f"{getattr(args, name)}")
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
 
 
 def _amp(dev: torch.device):
@@ -286,6 +309,7 @@ def finetune(args: FinetuneArgs) -> dict:
     if args.protocol not in ("transfer", "translate-train-all"):
         raise ValueError(f"--protocol must be transfer or translate-train-all, got "
                          f"{args.protocol!r}")
+    _check_numbers(args)
     dev = _device(args.device)
     tok = Tokenizer.from_pretrained(args.tokenizer or args.model)
     train_ex = read_files(args.task, args.train, "train", args.xnli_premise_split,
@@ -406,7 +430,7 @@ def _args(p) -> None:
     p.add_argument("--max-length", type=int, default=0,
                    help="tokens per input (default 128 xnli, 256 ner, 384 qa)")
     p.add_argument("--doc-stride", type=int, default=128, help="qa: window stride in tokens")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--max-train-examples", type=int, default=0,
                    help="first N examples of each training file (quick runs)")
     p.add_argument("--max-eval-examples", type=int, default=0,
@@ -430,9 +454,11 @@ def _eval_args(p) -> None:
     p.add_argument("task", choices=TASKS)
     p.add_argument("--model", required=True, help="a fine-tuned model dir (finetune's seedN/)")
     p.add_argument("--tokenizer", help="tokenizer dir (default: the model dir)")
-    p.add_argument("--eval", nargs="+", required=True)
-    p.add_argument("--xnli-premise-split", action="store_true")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--eval", nargs="+", required=True, help="evaluation files, one language "
+                   "each (the language comes from the file name)")
+    p.add_argument("--xnli-premise-split", action="store_true", help="XNLI dev files: score "
+                   "premises 600-829 only (the part finetune --xnli-premise-split holds out)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
 
 
 def _eval_run(a) -> int:

@@ -104,10 +104,12 @@ def _cli_run(a) -> int:
               f"xlmr-fast pretrain --resume --out {run_dir}")
         return 130 if summary["stopped"] == "SIGINT" else 143
     t = summary.get("train") or {}
+    wrote = [n for n in ("config.yaml", "metrics.jsonl", "loss.png", "loss_per_language.png")
+             if (run_dir / n).is_file()]  # no plots without matplotlib
+    wrote += [n + "/" for n in ("checkpoints", "final") if (run_dir / n).is_dir()]
     print(f"done: {summary['step']} steps, last train loss {t.get('loss', float('nan')):.3f}, "
-          f"{t.get('tokens_per_s', 0):,.0f} tokens/s. Run directory {run_dir}: config.yaml, "
-          f"metrics.jsonl, loss.png, loss_per_language.png, checkpoints/, final/ (HF model + "
-          f"tokenizer)")
+          f"{t.get('tokens_per_s', 0):,.0f} tokens/s. Run directory {run_dir}: "
+          f"{', '.join(wrote)}" + (" (HF model + tokenizer)" if "final/" in wrote else ""))
     return 0
 
 

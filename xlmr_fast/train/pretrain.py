@@ -216,7 +216,10 @@ class Trainer:
                                   pin_memory=self.device.type == "cuda",
                                   verify_checksums=d.verify_checksums, **common)
         # Held-out rows are listed globally and dealt out by batch in _valid_batches.
+        # The train loader's languages: it has warned about (and dropped) those too small for a
+        # block; the held-out loader would repeat each warning.
         self.valid = (BlockLoader(d.data_dir, split="valid", prefetch=0,
+                                  languages=self.loader.languages,
                                   **{**common, "rank": 0, "world_size": 1})
                       if d.heldout_fraction > 0 else None)
         self.languages = self.loader.languages
