@@ -118,10 +118,13 @@ def _resolve_lang(path, lang: str | None) -> str:
         return lang
     found = lang_from_filename(path)
     if found is None:
-        raise ValueError(
-            f"cannot tell the language of {os.fspath(path)!r} from its name; pass lang=... explicitly"
-        )
+        raise _no_lang(path)
     return found
+
+
+def _no_lang(path) -> ValueError:
+    return ValueError(f"cannot tell the language of {os.fspath(path)!r} from its name: name the file "
+                      f"with its two-letter code as one part (e.g. dev-de.tsv, de.train) or pass lang=...")
 
 
 def _detect_encoding(path) -> str:
@@ -367,9 +370,7 @@ def iter_panx(
                 lang = lang or m.group(1)
                 prefix = m.group(1) + ":"
             if lang is None:
-                raise ValueError(
-                    f"cannot tell the language of {os.fspath(path)!r} from its name; pass lang=... explicitly"
-                )
+                raise _no_lang(path)
         if prefix is not None:
             if not word.startswith(prefix) or len(word) == len(prefix):
                 raise DataFormatError(
