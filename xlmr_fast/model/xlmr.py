@@ -398,6 +398,21 @@ class XLMRForMaskedLM(_Pretrained):
                           hidden_states=out.hidden_states)
 
 
+def _int64(labels: torch.Tensor) -> torch.Tensor:
+    """Integer class indices as int64 (F.cross_entropy refuses int32); float labels are kept
+    as they are, for F.cross_entropy's own error rather than a silent truncation."""
+    return labels if labels.is_floating_point() else labels.long()
+
+
+def _cross_entropy_mean(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the labels that are not IGNORE_INDEX, as HF's CrossEntropyLoss,
+    except with none: 0 with zero gradients (F.cross_entropy gives NaN), like the MLM loss.
+    Integer labels of any width (F.cross_entropy refuses int32). No host sync."""
+    labels = _int64(labels)
+    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
 class XLMRClassificationHead(nn.Module):
     """On the <s> features: dropout, dense, tanh, dropout, out_proj (HF/fairseq key names)."""
 
@@ -444,7 +459,8 @@ class XLMRForSequenceClassification(_Pretrained):
                 else:
                     loss = F.mse_loss(logits, labels.to(logits.dtype))
             elif pt == "single_label_classification":
-                loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
+                loss = _cross_entropy_mean(logits.view(-1, self.config.num_labels),
+                                           labels.view(-1))
             else:
                 loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
         return XLMROutput(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state,
@@ -468,8 +484,7 @@ class XLMRForTokenClassification(_Pretrained):
         logits = self.classifier(h)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1),
-                                   ignore_index=IGNORE_INDEX)
+            loss = _cross_entropy_mean(logits.view(-1, self.config.num_labels), labels.view(-1))
         return XLMROutput(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state,
                           hidden_states=out.hidden_states)
 
@@ -492,8 +507,8 @@ class XLMRForQuestionAnswering(_Pretrained):
         if start_positions is not None and end_positions is not None:
             # As HF: positions outside the input are clamped to T and ignored; mean of the two.
             T = start_logits.shape[1]
-            start = start_positions.reshape(-1).clamp(0, T)
-            end = end_positions.reshape(-1).clamp(0, T)
+            start = _int64(start_positions.reshape(-1)).clamp(0, T)  # CE refuses int32
+            end = _int64(end_positions.reshape(-1)).clamp(0, T)
             loss = (F.cross_entropy(start_logits, start, ignore_index=T)
                     + F.cross_entropy(end_logits, end, ignore_index=T)) / 2
         return XLMROutput(loss=loss, start_logits=start_logits.contiguous(),

@@ -1,9 +1,10 @@
 """Training metrics: model FLOPs and MFU, tokens/s, metrics.jsonl (+ TensorBoard), plots, log lines.
 
     fpt = model_flops_per_token(cfg, seq_len=512)            # training FLOPs per token (3x forward)
-    peak = peak_flops(device, override=train_cfg.peak_flops) # None on CPU / unknown GPU: no MFU
+    tflops = train_cfg.run.peak_tflops                         # TFLOP/s, or None: detect
+    peak = peak_flops(device, override=tflops * 1e12 if tflops else None)  # None: no MFU
     tput = Throughput()
-    ... each optimizer step: tput.update(tokens_in_step)
+    ... each optimizer step: tput.update(tokens_in_step)  # this rank's, all micro-batches
     ... each log interval (after a device sync):
     tps = tput.rate(); tput.reset()
     m = {"loss": 2.31, "loss_lang": {"en": 2.2, "sw": 2.9}, "lr": 1e-4, "grad_norm": 0.8,
@@ -83,8 +84,9 @@ def model_flops_per_token(cfg, seq_len: int, p_mask: float = 0.15, training: boo
 
 def peak_flops(device=None, override: float | None = None) -> float | None:
     """Peak dense bf16 FLOP/s of `device` for MFU, or None when unknown (MFU is then not
-    reported). `override` (e.g. the training config's peak_flops) wins. device: None (the
-    current CUDA device if any, else CPU), an int, a str or a torch.device. CPU -> None."""
+    reported). `override` in FLOP/s (the training config's run.peak_tflops * 1e12) wins.
+    device: None (the current CUDA device if any, else CPU), an int, a str or a torch.device.
+    CPU -> None."""
     if override is not None:
         if isinstance(override, bool) or not isinstance(override, (int, float)) \
                 or not math.isfinite(override) or override <= 0:
@@ -113,12 +115,14 @@ def peak_flops_for_name(name: str) -> float | None:
     if name not in _warned_unknown:
         _warned_unknown.add(name)
         log.warning("peak_flops: unknown GPU %r, MFU will not be reported; pass its dense bf16 "
-                    "peak FLOP/s explicitly (training config peak_flops)", name)
+                    "peak explicitly (training config run.peak_tflops, in TFLOP/s)", name)
     return None
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None) -> float | None:
-    """Model FLOPs utilisation as a fraction (0.55 = 55%), or None when the peak is unknown."""
+    """Model FLOPs utilisation as a fraction (0.55 = 55%), or None when the peak is unknown.
+    tokens_per_s and peak are of the same devices: one GPU's rate against one GPU's peak (a
+    rate summed over W ranks needs peak * W)."""
     if peak is None or peak <= 0:
         return None
     return tokens_per_s * flops_per_token / peak
