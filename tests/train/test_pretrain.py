@@ -324,3 +324,36 @@ def test_verify_checksums_catches_flipped_bytes(prepared, tmp_path):
     cfg = make_cfg((shards, prepared[1]), tmp_path / "run", "data.verify_checksums=true")
     with pytest.raises(ShardError, match=r"checksum mismatch for .*sw\.bin"):
         Trainer(cfg)
+
+
+def test_tokens_per_s_leaves_out_evaluation_and_checkpoints(prepared, tmp_path, monkeypatch):
+    """Each log interval's tokens/s is its steps' rate: the time of evaluations and checkpoint
+    saves in between is not counted (it was: the interval after each one looked slower by its
+    whole duration). A fake clock: a step takes 1 s, an evaluation 50 s, a save 30 s."""
+    import xlmr_fast.train.pretrain as P
+    clock = [0.0]
+
+    class FakeTime:
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def perf_counter():
+            return clock[0]
+
+    def ticking(method, seconds):
+        orig = getattr(Trainer, method)
+
+        def run(self, *a, **k):
+            out = orig(self, *a, **k)
+            clock[0] += seconds
+            return out
+        monkeypatch.setattr(Trainer, method, run)
+    monkeypatch.setattr(P, "time", FakeTime)
+    ticking("_train_step", 1.0)
+    ticking("evaluate", 50.0)
+    ticking("save", 30.0)
+    out = tmp_path / "run"
+    pretrain(make_cfg(prepared, out, "run.log_every=2", "run.eval_every=2", "run.save_every=2"))
+    rates = [r["tokens_per_s"] for r in read_metrics(out) if r["kind"] == "train"]
+    assert len(rates) == 4
+    assert max(rates) / min(rates) < 1.05, rates  # full blocks: the same tokens per step

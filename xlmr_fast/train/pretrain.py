@@ -266,9 +266,9 @@ class Trainer:
                 if self.step % cfg.run.log_every == 0:
                     self._log_train(bar)
                 if cfg.run.eval_every and self.step % cfg.run.eval_every == 0:
-                    self.evaluate()
+                    self._off_the_clock(self.evaluate)
                 if cfg.run.save_every and self.step % cfg.run.save_every == 0:
-                    self.save()
+                    self._off_the_clock(self.save)
                 if (cfg.run.max_time_minutes
                         and time.monotonic() - t_start > 60 * cfg.run.max_time_minutes):
                     self._stop_request = self._stop_request or "time limit"
@@ -279,7 +279,7 @@ class Trainer:
             stopped_by_signal = self._stop not in (None, "time limit")
             # Save before logging a partial interval: the checkpoint keeps the interval's sums,
             # so a resumed run logs exactly the lines the uninterrupted run would have.
-            self.save()
+            self._off_the_clock(self.save)
             if not stopped_by_signal and self.acc["steps"] and self.step % cfg.run.log_every:
                 self._log_train(bar)
             if stopped_by_signal:
@@ -362,8 +362,9 @@ class Trainer:
         self.bad_steps += 1
         self.step += 1
         # the accumulators hold this step's non-finite losses: drop the interval's per-language
-        # sums rather than poison the next log line
-        self._reset_acc(keep_time=True)
+        # sums rather than poison the next log line (and its tokens and time, so tokens/s stays
+        # the rate of the steps it counts)
+        self._reset_acc()
         warnings.warn(f"step {self.step}: non-finite loss or gradient (norm {grad_norm}); step "
                       f"skipped ({self.bad_steps} in a row, limit {self.cfg.run.max_bad_steps})",
                       RuntimeWarning, stacklevel=2)
@@ -550,15 +551,26 @@ class Trainer:
             self._it = iter(self.loader)
         return self._it
 
-    def _reset_acc(self, keep_time: bool = False) -> None:
+    def _reset_acc(self) -> None:
         L = len(self.languages)
 
         def z():
             return torch.zeros(L, dtype=torch.float32, device=self.device)
-        t0 = self.acc["t0"] if keep_time and hasattr(self, "acc") else time.perf_counter()
         self.acc = {"loss": z(), "count": z(), "steps": 0, "grad_norm": float("nan"),
                     "overflow": torch.zeros((), dtype=torch.int64, device=self.device),
-                    "tokens": torch.zeros((), dtype=torch.int64, device=self.device), "t0": t0}
+                    "tokens": torch.zeros((), dtype=torch.int64, device=self.device),
+                    "t0": time.perf_counter()}
+
+    def _off_the_clock(self, fn):
+        """fn() (an evaluation, a checkpoint) with its time left out of the log interval's
+        tokens/s: before, the interval after each one was slower by its whole duration."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the interval's queued steps end on its clock
+        t = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.acc["t0"] += time.perf_counter() - t
 
     def _log_train(self, bar) -> None:
         acc, dist = self.acc, self.dist
