@@ -76,6 +76,32 @@ def test_unpad_no_padding_and_all_pad_row():
     _check(a, b, ids, labels, atol=2e-5)
 
 
+def test_unpad_heads_for_finetuning():
+    """Which fine-tuning heads may run unpadded (finetune.run._unpad): the token and sentence
+    classification losses read no pad position, so they equal the padded path's; QA's is a
+    softmax over every position, pads included (as HF's), and unpadded the pads' hidden states
+    are 0, so its loss differs: finetune keeps QA padded."""
+    from xlmr_fast.finetune.run import _unpad
+    cfg = xf.XLMRConfig.tiny()
+    ids, _ = _batch(6, 19, cfg.vocab_size, seed=3)
+    keep = ids != 1
+    tags = torch.where(keep, ids % 3, torch.full_like(ids, -100))
+    pos = keep.sum(1) - 1  # the last real token of each row
+    cases = {"xnli": (xf.XLMRForSequenceClassification, dict(labels=ids[:, 1] % 3)),
+             "ner": (xf.XLMRForTokenClassification, dict(labels=tags)),
+             "qa": (xf.XLMRForQuestionAnswering, dict(start_positions=pos, end_positions=pos))}
+    for task, (cls, kw) in cases.items():
+        torch.manual_seed(0)
+        a = cls(dataclasses.replace(cfg, num_labels=3)).eval()
+        b = cls(dataclasses.replace(cfg, num_labels=3, unpad=True)).eval()
+        b.load_state_dict(a.state_dict())
+        la, lb = a(ids, **kw).loss, b(ids, **kw).loss
+        same = torch.allclose(la, lb, atol=2e-5, rtol=1e-4)
+        assert same == (task != "qa"), (task, la, lb)
+        assert _unpad(task, torch.device("cuda")) == same
+        assert not _unpad(task, torch.device("cpu"))
+
+
 def test_unpad_config_validation():
     with pytest.raises(ValueError, match="unpad"):
         xf.XLMRConfig.tiny(unpad=1)

@@ -243,11 +243,17 @@ def _by_lang(task, examples) -> dict:
     return sets
 
 
+def _unpad(task_name: str, dev: torch.device) -> bool:
+    """Packed tokens on CUDA, so padded fine-tuning batches waste no FLOPs; not for QA: its loss
+    is a softmax over every position, pads included (as HF's), and unpadded the pads' hidden
+    states are 0 rather than the encoder's, so its loss would differ from the padded path's."""
+    return dev.type == "cuda" and task_name != "qa"
+
+
 def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_sets, dev):
     torch.manual_seed(seed)
-    # unpad on CUDA: packed tokens, so padded fine-tuning batches waste no FLOPs
     model = task.model_cls.from_pretrained(args.model, num_labels=task.num_labels,
-                                           unpad=dev.type == "cuda").to(dev)
+                                           unpad=_unpad(task.name, dev)).to(dev)
     model.train()
     batches_per_epoch = math.ceil(len(train_feats) / args.batch_size)
     total = batches_per_epoch * args.epochs
