@@ -124,3 +124,10 @@ def test_checkpointed_layers_replay_plain_dropout(unpad):
     # and dropout is on: another seed, another loss
     torch.manual_seed(4)
     assert model(ids, labels=labels).loss != la
+
+
+def test_output_indexed_by_name_not_position():
+    out = xf.XLMRForMaskedLM(xf.XLMRConfig.tiny()).eval()(torch.tensor([[0, 5, 2]]))
+    assert out["logits"] is out.logits
+    with pytest.raises(TypeError, match=r"by field name .*'loss'"):
+        out[0]

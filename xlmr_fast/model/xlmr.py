@@ -20,7 +20,7 @@ Differences from the reference code that do not change any output:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -46,6 +46,9 @@ class XLMROutput:
     end_logits: torch.Tensor | None = None         # QA (B, T)
 
     def __getitem__(self, name: str):
+        if not isinstance(name, str):  # HF's outputs[0]: its tuples' order differs per class
+            raise TypeError(f"XLMROutput is indexed by field name (out['loss'], out.logits), not "
+                            f"by position ({name!r}): fields {[f.name for f in fields(self)]}")
         return getattr(self, name)
 
 
