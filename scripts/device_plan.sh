@@ -3,7 +3,10 @@
 # call (at most 600 s, and a session's whole device time is ~15 min, start-up included) never
 # dies half-way: each step runs with a timeout cut to the time left, and a step that cannot get
 # its minimum is skipped and named. Logs and results.csv land in $OUT (see gpu_check.sh).
-#   usage: XLMR_FAST_COMMIT=<sha> bash scripts/device_plan.sh 1|2      (DEADLINE=570 seconds)
+#   usage: XLMR_FAST_COMMIT=<sha> bash scripts/device_plan.sh 1|2      (DEADLINE=590 seconds)
+# DEADLINE: the seconds this call may run (call 2: what the session has left; at most 590, as a
+# call gets 600). The steps end TAIL=20 s before it: the goals and the summary below, and a step
+# killed at its limit, need that time, and a call cut by its own limit would lose them.
 #   1: build; LCE at the goal shape (N8192 H1024, full: eager, compile, Liger, CCE, ours);
 #      attention at 64x512 (--quick); mlm_mask; GPU tests; step profile; LCE token-chunk phases
 #   2: fused layer ops; attention at the fine-tuning shapes with every block config; xlmr-fast
@@ -14,24 +17,28 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT="${OUT:-$PWD/gpu_out}"; mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
-DEADLINE="${DEADLINE:-570}"
+DEADLINE="${DEADLINE:-590}"
+(( DEADLINE > 590 )) && DEADLINE=590
+TAIL=20
 T0=$SECONDS
 export XLMR_FAST_BENCH_OUT="$OUT/results.csv" PYTHONUNBUFFERED=1
 source scripts/baseline_wheels.sh
 SUMMARY=()
+echo "=== plan $* (deadline ${DEADLINE}s, steps end ${TAIL}s before it)" >> "$OUT/plan.log"
 
 # step NAME MIN_S MAX_S CMD...: run CMD (output appended to $OUT/plan.log) with a timeout of
-# min(MAX_S, time left); skipped when less than MIN_S is left. The benches see a soft deadline
+# min(MAX_S, time left before DEADLINE - TAIL); skipped when less than MIN_S is left; a step
+# still running 10 s after its limit's SIGTERM gets a SIGKILL. The benches see a soft deadline
 # (XLMR_FAST_BENCH_DEADLINE, bench/harness.py) an eighth of the limit + 5 s before it: their
 # timing loops stop warming up and timing there and write the rows they have.
 step() {
   local name=$1 min=$2 max=$3; shift 3
-  local left=$(( DEADLINE - (SECONDS - T0) ))
+  local left=$(( DEADLINE - TAIL - (SECONDS - T0) ))
   if (( left < min )); then SUMMARY+=("$name: skipped (${left}s left, needs ${min}s)"); return; fi
   local lim=$(( left < max ? left : max )) t=$SECONDS
   local soft=$(( lim - lim / 8 - 5 ))
   echo "=== $name (limit ${lim}s, bench deadline ${soft}s)" >> "$OUT/plan.log"
-  XLMR_FAST_BENCH_DEADLINE=$(( $(date +%s) + soft )) timeout "$lim" "$@" >> "$OUT/plan.log" 2>&1
+  XLMR_FAST_BENCH_DEADLINE=$(( $(date +%s) + soft )) timeout -k 10 "$lim" "$@" >> "$OUT/plan.log" 2>&1
   local rc=$?
   SUMMARY+=("$name: rc=$rc in $(( SECONDS - t ))s")
 }

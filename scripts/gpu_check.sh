@@ -31,7 +31,9 @@ if [[ "$WHAT" == build || "$WHAT" == all ]] || ! cuda_ext_loads \
    || [[ "$(cat "$STAMP" 2>/dev/null)" != "$(src_hash)" ]]; then
   { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
     $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-    time $PY -m pip install --no-build-isolation --no-deps -e . 2>&1 | tail -3
+    # all of pip's output: on a failed build its last lines are generic and the compiler's
+    # errors come before them. --no-index: nothing to fetch, and no index to wait for offline
+    time $PY -m pip install --no-index --no-build-isolation --no-deps -e . 2>&1
     $PY -c "import xlmr_fast._ext as e; print('extension', e.available(), e.build_info(), e._LOAD_ERROR)"
   } > "$OUT/build.log" 2>&1
   tail -5 "$OUT/build.log"

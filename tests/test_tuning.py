@@ -67,6 +67,15 @@ def test_read_errors(tmp_path):
         tuning.read(tmp_path / "t.json")
 
 
+def test_packaged_files_are_readable_and_named_for_their_device():
+    """xlmr_fast/tuned/<slug>.json is a device run's $OUT/tuning.json, committed: one the ops
+    cannot read stops every run on that GPU at its first op, and one named for another slug
+    (an H200's file as the H100's) is never read."""
+    for path in sorted(tuning.PACKAGED_DIR.glob("*.json")):
+        d = tuning.read(path)
+        assert path.name == f"{tuning.slug(d['device'])}.json", (path, d["device"])
+
+
 def test_unknown_knob_is_ignored(places):
     packaged, _ = places
     tuning.write(doc({"future_op": {"x": "anything"}, "bias_gelu": {"768,bfloat16": "fused"}}),
@@ -322,6 +331,26 @@ def test_cli_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch, capsys
     t = tuning.read(out)["timings_ms"]["linear_cross_entropy"]
     assert set(t) == {"16,bfloat16", "32,bfloat16"}             # 48 was never measured
     assert [p.name for p in tmp_path.iterdir()] == ["t.json"], "a temporary file was left"
+
+
+def test_cli_replaces_a_file_it_cannot_read(tmp_path, monkeypatch, capsys):
+    """The ops' error for an unreadable or other-format tuning file says to re-run `xlmr-fast
+    tune`: the command replaces such a file (said so) instead of failing on it too."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tuning.user_path("cpu")   # where it writes without --out (--device cpu: "cpu")
+    out.parent.mkdir(parents=True)
+    args = ["tune", "--device", "cpu", "--ops", "linear_cross_entropy", "--hidden", "16",
+            "--rows", "5", "--vocab", "70", "--rep", "1", "--warmup", "0"]
+    for bad in ("{not json", json.dumps(doc({}, device="cpu") | {"format": 2})):
+        out.write_text(bad)
+        with pytest.raises(ValueError, match="re-run `xlmr-fast tune`|unreadable"):
+            tuning.read(out)
+        assert cli_main(args) == 0, capsys.readouterr().err
+        assert "replaced by this run's" in capsys.readouterr().out
+        d = tuning.read(out)
+        assert d["format"] == 1 and set(d["timings_ms"]["linear_cross_entropy"]) == {
+            "16,bfloat16"}
 
 
 @pytest.mark.interpret

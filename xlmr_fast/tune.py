@@ -554,7 +554,14 @@ def _run(a: argparse.Namespace) -> int:
     if any(h < 1 for h in a.hidden):
         raise ValueError(f"--hidden must be positive, got {a.hidden}")
     out = a.out or tuning.user_path(name)
-    old = tuning.read(out) if os.path.isfile(out) else None
+    old = None
+    if os.path.isfile(out):
+        try:
+            old = tuning.read(out)
+        except ValueError as e:  # unreadable, or not a format this version reads: the ops'
+            # error for it says to re-run this command, so it must not stop here too
+            print(f"{out}: not a tuning file this version can update, replaced by this run's "
+                  f"({str(e).split(' (re-run')[0]})")
     if old is not None and old["device"] != name:
         print(f"{out} held {old['device']!r}'s choices: replaced by this GPU's")
         old = None
