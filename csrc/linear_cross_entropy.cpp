@@ -78,10 +78,24 @@ void check_inputs(const char* op, const Tensor& hidden, const Tensor& weight,
               ": hidden, weight and targets must be on one device");
 }
 
-void check_stats(const Tensor& stats, int64_t n_rows) {
-  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == 2 && stats.size(1) == n_rows,
-              "linear_cross_entropy_bwd: stats must be (2, N) = (2, ", n_rows, ") as returned "
-              "by linear_cross_entropy_fwd, got ", stats.sizes());
+// The backward's own inputs. grad_rows must be exactly (N,): the CUDA kernel reads grad_rows[row]
+// for every row (a (1,) tensor would be read out of bounds; at:: ops would broadcast it), and
+// it and stats must be on hidden's device (a host pointer in a kernel is an illegal access).
+void check_bwd_inputs(const Tensor& grad_rows, const Tensor& stats, const Tensor& hidden) {
+  const char* op = "linear_cross_entropy_bwd";
+  const int64_t n_rows = hidden.size(0);
+  TORCH_CHECK(grad_rows.dim() == 1 && grad_rows.size(0) == n_rows, op,
+              ": grad_rows must be (N,) = (", n_rows, ",), got ", grad_rows.sizes());
+  TORCH_CHECK(at::isFloatingType(grad_rows.scalar_type()), op,
+              ": grad_rows must be floating point, got ", grad_rows.scalar_type());
+  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == 2 && stats.size(1) == n_rows, op,
+              ": stats must be (2, N) = (2, ", n_rows, ") as returned by "
+              "linear_cross_entropy_fwd, got ", stats.sizes());
+  TORCH_CHECK(at::isFloatingType(stats.scalar_type()), op, ": stats must be floating point, got ",
+              stats.scalar_type());
+  TORCH_CHECK(grad_rows.device() == hidden.device() && stats.device() == hidden.device(), op,
+              ": grad_rows is on ", grad_rows.device(), " and stats on ", stats.device(),
+              ", hidden on ", hidden.device());
 }
 
 // ---------------------------------------------------------------------------- CPU (at:: ops)
@@ -106,7 +120,11 @@ std::tuple<Tensor, Tensor> fwd_cpu(const Tensor& hidden, const Tensor& weight,
     const int64_t vc = std::min(C, V - c0);
     const Tensor z = logits_chunk_cpu(x32, weight, bias, c0, vc);
     const Tensor mn = at::maximum(m, std::get<0>(z.max(1)));
-    s = s * at::exp(m - mn) + at::exp(z - mn.unsqueeze(1)).sum(1);
+    // Shift by 0 while a row has seen only -inf logits (e.g. a -inf bias on the whole first
+    // chunk): exp(-inf - -inf) would be NaN; exp(-inf - 0) is the 0 those logits add.
+    const Tensor shift = at::where(mn == -std::numeric_limits<float>::infinity(),
+                                   at::zeros_like(mn), mn);
+    s = s * at::exp(m - shift) + at::exp(z - shift.unsqueeze(1)).sum(1);
     m = mn;
     const Tensor in_chunk = (targets >= c0) & (targets < c0 + vc);
     const Tensor idx = (targets - c0).clamp(0, vc - 1).unsqueeze(1);
@@ -127,7 +145,7 @@ std::tuple<Tensor, Tensor, Tensor> bwd_cpu(const Tensor& grad_rows, const Tensor
                                            int64_t chunk) {
   check_inputs("linear_cross_entropy_bwd", hidden, weight, bias, targets);
   const int64_t N = hidden.size(0), H = hidden.size(1), V = weight.size(0);
-  check_stats(stats, N);
+  check_bwd_inputs(grad_rows, stats, hidden);
   const int64_t C = chunk_columns(chunk, N, V);
   const double eps = label_smoothing;
   const Tensor row_m = stats[0].to(at::kFloat).unsqueeze(1);
@@ -238,7 +256,7 @@ std::tuple<Tensor, Tensor, Tensor> bwd_cuda(const Tensor& grad_rows, const Tenso
                                             int64_t ignore_index, double label_smoothing,
                                             int64_t chunk) {
   check_inputs("linear_cross_entropy_bwd", hidden, weight, bias, targets);
-  check_stats(stats, hidden.size(0));
+  check_bwd_inputs(grad_rows, stats, hidden);
   const c10::cuda::CUDAGuard guard(hidden.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t N = hidden.size(0), H = hidden.size(1), V = weight.size(0);

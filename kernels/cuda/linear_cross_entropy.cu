@@ -58,7 +58,7 @@ chunk_stats_kernel(const LogitT* __restrict__ logits, int64_t ld, const float* _
     if (z > m) {  // online max: rescale the running sum once per new max
       s = s * __expf(m - z) + 1.f;
       m = z;
-    } else {
+    } else if (z != -INFINITY) {  // a -inf logit adds 0; while m is still -inf, z - m is NaN
       s += __expf(z - m);
     }
   }

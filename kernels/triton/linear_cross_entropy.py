@@ -115,10 +115,12 @@ def _lse_update(z, cols, col_ok, tgt, m, s, zt, sz, B,
     if HAS_BIAS:
         z += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     z = tl.where(col_ok[None, :], z, float("-inf"))
-    # The first tile of a split always has a valid column, so m_new is finite from then on
-    # and exp(-inf - m_new) = 0 masks the tail columns.
+    # exp(-inf - m_new) = 0 masks the tail columns. A row can still have seen only -inf logits
+    # (a -inf bias on the tile's columns: ids masked out of the head); exp(-inf - -inf) would
+    # be NaN, so the shift is 0 until m_new is finite (then it is m_new: the same math).
     m_new = tl.maximum(m, tl.max(z, axis=1))
-    s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
+    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    s = s * tl.exp(m - shift) + tl.sum(tl.exp(z - shift[:, None]), axis=1)
     hit = cols[None, :] == tgt[:, None]
     zt += tl.sum(tl.where(hit, z, 0.0), axis=1)
     if SMOOTH:

@@ -212,6 +212,60 @@ def test_cpu_twin_fp32_master_weight(backend):
         assert (o.float() - r).abs().max() <= 1e-2 * r.abs().max() + 1e-6
 
 
+def minus_inf_bias_inputs(dtype=torch.float32, device="cpu"):
+    """A bias of -inf on columns 0-255 and 300-302 (e.g. ids masked out of the head), no target
+    on them; the loss is finite. With chunk=256 a row's whole first chunk is -inf; with
+    chunk=1024 each of the CUDA stats kernel's 256 threads starts its online max/sum-exp on a
+    -inf logit of chunk 0 and then meets finite ones."""
+    h, w, b, t = make_inputs(40, 64, 1003, seed=17)
+    b[:256] = float("-inf")
+    b[300:303] = float("-inf")
+    t = torch.where((t != -100) & (t < 303), t + 303, t)
+    cast = lambda x: x.to(device=device, dtype=dtype)  # noqa: E731
+    return cast(h), cast(w), cast(b), t.to(device)
+
+
+@needs_twin
+def test_cpu_twin_minus_inf_bias(backend):
+    backend("cuda", chunk=256)
+    compare(*minus_inf_bias_inputs(), "mean", 0.0, torch.float32)
+
+
+@needs_twin
+def test_cpp_backward_checks_grad_rows_and_stats():
+    # The C++ backward reads grad_rows[row] for every row: a (1,) tensor was broadcast by the
+    # CPU twin (and read out of bounds by the CUDA kernel); now it is an error that names it.
+    fwd = _ext.require("linear_cross_entropy_fwd", "CPU")
+    bwd = _ext.require("linear_cross_entropy_bwd", "CPU")
+    h, w, b, t = make_inputs(5, 16, 50)
+    _, stats = fwd(h, w, b, t, -100, 0.0, 0)
+    bwd(torch.ones(5), h, w, b, t, stats, -100, 0.0, 0)  # the right shapes run
+    for g in (torch.ones(1), torch.ones(6), torch.ones(5, 1), torch.ones(5, dtype=torch.long)):
+        with pytest.raises(RuntimeError, match="grad_rows must be"):
+            bwd(g, h, w, b, t, stats, -100, 0.0, 0)
+    for st in (stats[:1], stats.t(), stats.long()):
+        with pytest.raises(RuntimeError, match="stats must be"):
+            bwd(torch.ones(5), h, w, b, t, st, -100, 0.0, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA_EXT, reason="extension built without CUDA")
+def test_gpu_cpp_checks_devices_of_grad_rows_and_stats():
+    # a CPU grad_rows / stats with CUDA inputs was a host pointer handed to a kernel
+    fwd = _ext.require("linear_cross_entropy_fwd", "CUDA")
+    bwd = _ext.require("linear_cross_entropy_bwd", "CUDA")
+    h, w, b, t = make_inputs(5, 16, 50, device="cuda")
+    _, stats = fwd(h, w, b, t, -100, 0.0, 0)
+    g = torch.ones(5, device="cuda")
+    with pytest.raises(RuntimeError, match="grad_rows is on cpu"):
+        bwd(g.cpu(), h, w, b, t, stats, -100, 0.0, 0)
+    with pytest.raises(RuntimeError, match="stats on cpu"):
+        bwd(g, h, w, b, t, stats.cpu(), -100, 0.0, 0)
+    torch.cuda.synchronize()  # and nothing was launched with a bad pointer
+    bwd(g, h, w, b, t, stats, -100, 0.0, 0)
+    torch.cuda.synchronize()
+
+
 def _into_grad_case(dtype, wdtype, existing, device="cpu", N=21, H=64, V=1003):
     """weight.grad after loss.backward() with accumulate_weight_grad True vs False."""
     h, w, b, t = make_inputs(N, H, V, seed=13, device=device)
@@ -278,6 +332,13 @@ def test_opcheck_cpu_twin():
     for bias in (b, None):
         args = (h.requires_grad_(), w.requires_grad_(), bias, t, -100, 0.1, "cuda", 128)
         torch.library.opcheck(lce_mod._lce_fwd, args)
+    # a transposed weight and a strided hidden: the backward's fake gradients are contiguous,
+    # as the real ones are (empty_like kept the inputs' strides: opcheck's stride mismatch)
+    wt = w.detach().t().contiguous().t()
+    hs = torch.cat([h.detach(), h.detach()], 1)[:, ::2]
+    _, stats = lce_mod._lce_fwd(hs, wt, b, t, -100, 0.1, "cuda", 128)
+    torch.library.opcheck(lce_mod._lce_bwd, (torch.ones(9), hs, wt, b, t, stats, -100, 0.1,
+                                             "cuda", 128))
 
 
 @needs_twin
@@ -409,6 +470,18 @@ def test_triton_interpreter_flat_loops(backend, monkeypatch, case):
     monkeypatch.setenv("XLMR_FAST_LCE_FLAT", "1")
     h, w, b, t = make_inputs(N, H, V, dtype, bias=bias, seed=N * 7 + V + 1)
     compare(h, w, b, t, reduction, eps, dtype)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("schedule", ["recompute", "flat", "tokenchunk"])
+def test_triton_interpreter_minus_inf_bias(backend, monkeypatch, schedule):
+    # A vocab tile whose every logit is -inf (a -inf bias on ids masked out of the head): the
+    # online sum-exp computed exp(-inf - -inf) = NaN for its rows, and every loss was NaN.
+    backend("triton", chunk=256)
+    monkeypatch.setenv("XLMR_FAST_LCE_FLAT", "1" if schedule == "flat" else "0")
+    monkeypatch.setenv("XLMR_FAST_LCE_SCHEDULE",
+                       "tokenchunk" if schedule == "tokenchunk" else "recompute")
+    compare(*minus_inf_bias_inputs(), "mean", 0.0, torch.float32)
 
 
 @pytest.mark.interpret
@@ -814,6 +887,53 @@ def test_gpu_no_host_sync(backend, monkeypatch, which):
         loss.backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA_EXT, reason="extension built without CUDA")
+def test_gpu_cpp_ops_capture_in_a_cuda_graph():
+    # Every launch of the C++ path (cuBLAS GEMMs, the .cu kernels, allocations) goes to the
+    # current stream with no host sync: a default-stream launch or a sync breaks the capture.
+    fwd = _ext.require("linear_cross_entropy_fwd", "CUDA")
+    bwd = _ext.require("linear_cross_entropy_bwd", "CUDA")
+    h, w, b, t = make_inputs(300, 64, 4099, torch.bfloat16, device="cuda")
+    g = torch.rand(300, device="cuda") + 0.5
+    want_loss, want_stats = fwd(h, w, b, t, -100, 0.1, 1024)  # also warms cuBLAS up
+    want = bwd(g, h, w, b, t, want_stats, -100, 0.1, 1024)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss, stats = fwd(h, w, b, t, -100, 0.1, 1024)
+        got = bwd(g, h, w, b, t, stats, -100, 0.1, 1024)
+    graph.replay()
+    torch.cuda.synchronize()
+    for x, y in zip((loss, stats, *got), (want_loss, want_stats, *want)):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.skipif(not HAS_CUDA_EXT, reason="extension built without CUDA")
+def test_gpu_cpp_ops_on_a_device_that_is_not_current(backend):
+    # inputs on cuda:1 while cuda:0 is current: the C++ path's device guard
+    backend("cuda", chunk=1024)
+    h, w, b, t = make_inputs(50, 64, 4099, torch.float32, device="cuda:1", seed=6)
+    with torch.cuda.device(0):
+        ours = run(linear_cross_entropy, h, w, b, t, "mean", 0.1)
+    ref = run(linear_cross_entropy_reference, h.cpu(), w.cpu(), b.cpu(), t.cpu(), "mean", 0.1)
+    for o, r in zip(ours, ref):
+        assert o.device == torch.device("cuda:1")
+        torch.testing.assert_close(o.cpu(), r, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("chunk", [256, 1024])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_cuda_minus_inf_bias(backend, monkeypatch, dtype, chunk):
+    # The CUDA stats kernel gave NaN when a thread's first logit of a chunk was -inf and a
+    # finite one followed (-inf - (-inf) in its online sum-exp): chunk=1024 here.
+    use_gpu_path("cuda", backend, monkeypatch, chunk=chunk)
+    compare(*minus_inf_bias_inputs(dtype, "cuda"), "mean", 0.0, dtype)
 
 
 @pytest.mark.gpu

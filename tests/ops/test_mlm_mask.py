@@ -401,6 +401,22 @@ def test_gpu_equals_reference(backend, shape, dtype, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("backend", _gpu_backends())
+def test_gpu_input_on_a_device_that_is_not_current(backend, monkeypatch):
+    # ids on cuda:1 (a non-contiguous view) while cuda:0 is current: the device guard
+    monkeypatch.setenv("XLMR_FAST_BACKEND", backend)
+    x = _ids((16, 1000), torch.int32, pad_frac=0.1).to("cuda:1")[:, ::2]
+    kw = dict(vocab_size=V, mask_id=MASK, seed=3, step=4)
+    with torch.cuda.device(0):
+        exact = M.mlm_mask(x, **kw)
+        static = M.mlm_mask_static(x, capacity=1000, **kw)
+    assert all(t.device == torch.device("cuda:1") for t in (*exact, *static))
+    _equal(exact, M.mlm_mask_reference(x.cpu(), **kw))
+    _equal(static, M.mlm_mask_static_reference(x.cpu(), capacity=1000, **kw))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("backend", _gpu_backends())
 def test_gpu_static_has_no_host_sync_and_graph_captures(backend, monkeypatch):
     monkeypatch.setenv("XLMR_FAST_BACKEND", backend)

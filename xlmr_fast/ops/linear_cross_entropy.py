@@ -277,9 +277,11 @@ def _triton_bwd(g, hidden, weight, bias, targets, stats, ignore_index, label_smo
 @_lce_bwd.register_fake
 def _(grad_rows, hidden, weight, bias, targets, stats, ignore_index, label_smoothing, backend,
       chunk):
-    db = torch.empty_like(bias) if bias is not None else hidden.new_empty((0,),
-                                                                         dtype=torch.float32)
-    return torch.empty_like(hidden), torch.empty_like(weight), db
+    # new_empty, not empty_like: both backends return contiguous gradients, also for a
+    # transposed weight or a strided hidden (empty_like would keep their strides)
+    db = (bias.new_empty(bias.shape) if bias is not None
+          else hidden.new_empty((0,), dtype=torch.float32))
+    return hidden.new_empty(hidden.shape), weight.new_empty(weight.shape), db
 
 
 def _setup_context(ctx, inputs, output):
@@ -328,7 +330,7 @@ def _(hidden, weight, bias, targets, ignore_index, label_smoothing, need_dx, nee
     f32 = dict(dtype=torch.float32)
     V, H = weight.shape
     return (hidden.new_empty((), **f32),
-            torch.empty_like(hidden) if need_dx else hidden.new_empty((0,)),
+            hidden.new_empty(hidden.shape if need_dx else (0,)),
             hidden.new_empty((V, H) if need_dw else (0,), **f32),
             hidden.new_empty((V,) if bias is not None else (0,), **f32))
 
