@@ -219,7 +219,6 @@ std::tuple<Tensor, Tensor> fwd_cuda(const Tensor& hidden, const Tensor& weight,
   const int64_t N = hidden.size(0), V = weight.size(0);
   const int64_t C = chunk_columns(chunk, N, V);
   const Tensor x = hidden.contiguous();
-  const Tensor w = weight.to(x.scalar_type()).contiguous();
   const Tensor tg = targets.contiguous();
   Tensor b32;
   if (bias.has_value()) b32 = bias->to(at::kFloat).contiguous();
@@ -234,7 +233,8 @@ std::tuple<Tensor, Tensor> fwd_cuda(const Tensor& hidden, const Tensor& weight,
   for (int64_t c0 = 0; c0 < V; c0 += C) {
     const int64_t vc = std::min(C, V - c0);
     Tensor z = buf.narrow(0, 0, N * vc).view({N, vc});
-    mm_into(z, x, w.narrow(0, c0, vc).t());
+    // cast per chunk: an fp32 master weight is not copied whole into the compute dtype
+    mm_into(z, x, weight.narrow(0, c0, vc).to(x.scalar_type()).t());
     check_cuda(xlmr_fast::lce_chunk_stats(z.data_ptr(), xlmr_fast::LceDType::kFloat32, vc, bptr,
                                           tg.data_ptr<int64_t>(), N, c0, vc, smooth, m, s, zt,
                                           sz, stream),
@@ -263,7 +263,6 @@ std::tuple<Tensor, Tensor, Tensor> bwd_cuda(const Tensor& grad_rows, const Tenso
   const int64_t C = chunk_columns(chunk, N, V);
   const Tensor x = hidden.contiguous();
   const auto cdt = x.scalar_type();
-  const Tensor w = weight.to(cdt).contiguous();
   const Tensor tg = targets.contiguous();
   const auto f32 = x.options().dtype(at::kFloat);
   const Tensor g = grad_rows.to(at::kFloat).contiguous();
@@ -283,7 +282,7 @@ std::tuple<Tensor, Tensor, Tensor> bwd_cuda(const Tensor& grad_rows, const Tenso
   Tensor db32 = (bias.has_value() && bias->scalar_type() != at::kFloat) ? at::empty({V}, f32) : db;
   for (int64_t c0 = 0; c0 < V; c0 += C) {
     const int64_t vc = std::min(C, V - c0);
-    const Tensor wc = w.narrow(0, c0, vc);
+    const Tensor wc = weight.narrow(0, c0, vc).to(cdt);  // cast per chunk, as the forward
     Tensor z = zbuf.narrow(0, 0, N * vc).view({N, vc});
     Tensor d = dbuf.narrow(0, 0, N * vc).view({N, vc});
     mm_into(z, x, wc.t());
