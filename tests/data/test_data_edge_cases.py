@@ -269,3 +269,31 @@ def test_meta_json_is_fsynced_before_rename(tmp_path, monkeypatch):
     assert (tmp_path / "meta.json").read_text().startswith("{")
     assert synced, "meta.json was not fsynced"
     assert not [p for p in tmp_path.iterdir() if p.name != "meta.json"]
+
+
+def test_whitespace_and_dedup_key_equal_the_regex_versions(shared_data_dir):
+    """The per-line cleaning uses str.split / join where it used regular expressions (3x
+    faster): the same strings and dedup keys. "\\s" is exactly str.isspace() over all of Unicode,
+    and real lines of every cc100-mini language give the same normalised text and keys."""
+    import re
+    import sys
+    ws = re.compile(r"\s")
+    assert [cp for cp in range(sys.maxunicode + 1)
+            if bool(ws.match(chr(cp))) != chr(cp).isspace()] == []
+
+    def old_norm(x):
+        return re.sub(r"\s+", " ", x).strip()
+
+    def old_key(x):
+        norm = old_norm(re.sub(r"\d", "0", x.lower()))
+        return int.from_bytes(C.hashlib.blake2b(norm.encode("utf-8"), digest_size=8).digest(),
+                              "little")
+    lines = ["  a\u00a0\u2003b\t\x1c c  ", "Ünïcödé ١٢٣ 456 ＡＢＣ",
+             "\u3000全角\u3000空白\u3000", ""]
+    for p in sorted((shared_data_dir / "cc100-mini").glob("*.txt*")):
+        with C.open_text(p) as f:
+            lines += [ln.rstrip("\n") for _, ln in zip(range(300), f)]
+    for x in lines:
+        assert C._normalize_ws(x) == old_norm(x), repr(x)
+        assert C._dedup_key(x) == old_key(x), repr(x)
+        assert C._dedup_key(C._normalize_ws(x), ws_normalized=True) == old_key(x), repr(x)
