@@ -297,3 +297,21 @@ def test_whitespace_and_dedup_key_equal_the_regex_versions(shared_data_dir):
         assert C._normalize_ws(x) == old_norm(x), repr(x)
         assert C._dedup_key(x) == old_key(x), repr(x)
         assert C._dedup_key(C._normalize_ws(x), ws_normalized=True) == old_key(x), repr(x)
+
+
+def test_iter_lines_streams_a_long_document(tmp_path):
+    """iter_lines (the tokenizer's sampler reads every language through it) holds at most a
+    part of a document, not the whole one: a file without an empty line is one document, and
+    its first line comes before the file is read to the end (here: a truncated download)."""
+    text = "".join(f"line {i} of one long document\n" for i in range(100_000)).encode()
+    data = lzma.compress(text)
+    p = tmp_path / "sw.txt.xz"
+    p.write_bytes(data[: len(data) // 2])
+    it = C.iter_lines(p)
+    assert next(it) == "line 0 of one long document"
+    with pytest.raises(CorpusError, match="truncated or corrupt"):
+        list(it)
+    p.write_bytes(data)
+    s0, s1 = ReadStats(), ReadStats()
+    assert list(C.iter_lines(p, s0)) == [ln for d in iter_documents(p, s1) for ln in d]
+    assert s0 == s1 and s0.documents == 1 and s0.lines == 100_000

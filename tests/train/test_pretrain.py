@@ -357,3 +357,21 @@ def test_tokens_per_s_leaves_out_evaluation_and_checkpoints(prepared, tmp_path, 
     rates = [r["tokens_per_s"] for r in read_metrics(out) if r["kind"] == "train"]
     assert len(rates) == 4
     assert max(rates) / min(rates) < 1.05, rates  # full blocks: the same tokens per step
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc")
+def test_mapped_resume_keeps_no_mapping_of_the_checkpoint(prepared, tmp_path):
+    """A resume onto a GPU maps the checkpoint (torch.load mmap). What set_state_dict leaves on
+    the CPU is then still the file: a non-fused AdamW's step counts on a GPU (on this CPU
+    stand-in, all the optimizer state). Kept, they hold the whole file mapped for the run, and
+    its disk space once the run prunes it. The device is faked as not the CPU to take the path."""
+    import gc
+    out = tmp_path / "run"
+    pretrain(make_cfg(prepared, out, "optim.max_steps=4", "run.eval_every=0"))
+    path = os.path.realpath(CheckpointManager(out).latest())
+    tr = Trainer(make_cfg(prepared, out, "optim.max_steps=8", "run.eval_every=0"), resume=True)
+    assert path not in open("/proc/self/maps").read()  # read, not mapped, on the CPU
+    tr.device = torch.device("meta")
+    tr._resume()
+    gc.collect()
+    assert tr.opt.state and path not in open("/proc/self/maps").read()

@@ -233,6 +233,7 @@ def iter_documents(path, stats: ReadStats | None = None,
 
 def iter_lines(path, stats: ReadStats | None = None,
                clean: CleanConfig | None = None) -> Iterator[str]:
-    """Every kept line of one language file, in order (documents flattened)."""
-    for doc in iter_documents(path, stats, clean):
-        yield from doc
+    """Every kept line of one language file, in order (documents flattened). Streams: at most
+    a part of a document is held (a file without an empty line is one document)."""
+    for part, _ in iter_document_parts(path, stats, clean, max_lines=4096):
+        yield from part

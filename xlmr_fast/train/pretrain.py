@@ -507,10 +507,17 @@ class Trainer:
             return
         # Mapped, not read, when the state goes to a GPU: the node's ranks then share one copy of
         # the file in the page cache instead of holding one each (CheckpointManager.load).
-        state = self.ckpt.load(path, mmap=self.device.type != "cpu")
+        mmap = self.device.type != "cpu"
+        state = self.ckpt.load(path, mmap=mmap)
         set_state_dict(self.raw, self.opt, model_state_dict=state["model"],
                        optim_state_dict=state["optim"],
                        options=StateDictOptions(full_state_dict=True))
+        if mmap:  # what stayed on the CPU (a non-fused AdamW's step counts) is still the mapped
+            # file: it would hold the whole file, and its disk space once pruned, for the run
+            for st in self.opt.state.values():
+                for k, v in st.items():
+                    if torch.is_tensor(v) and v.device.type == "cpu":
+                        st[k] = v.clone()
         self.sched.load_state_dict(state["sched"])
         self.loader.load_state_dict(state["loader"])
         rngs = state["rng"]  # one per rank (each rank has its own dropout stream)
