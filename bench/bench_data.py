@@ -8,7 +8,8 @@ skipped with a message when it is missing):
   tokenizer_encode    MB/s of UTF-8 text on the same --sample-mb sample of lines drawn from several
                       languages and scripts (en de ru ar hi zh ja ko th sw), no special tokens:
       spm_t1 / spm_tN        raw sentencepiece, batch encode with 1 / all threads (fairseq's path)
-      ours_t1 / ours_tN      xlmr_fast Tokenizer.encode_ids (batch path; what preprocess uses)
+      ours_t1 / ours_tN      xlmr_fast Tokenizer.encode_ids (batch path, a list of ids per line)
+      ours_flat_t1 / _tN     Tokenizer.encode_ids_flat (one uint32 array: what preprocess uses)
       hf_fast_t1 / _tN       transformers.XLMRobertaTokenizerFast.from_pretrained(our dir) called on
                              the batch (the `tokenizers` Rust backend; TOKENIZERS_PARALLELISM
                              off / on)
@@ -235,6 +236,9 @@ def bench_tokenizer_and_preprocess(rows, corpus: Path, args) -> dict:
             ms = _time_ms(lambda: ours.encode_ids(lines), **rep)
             speeds[f"ours_t{t}"] = _text_row(rows, "tokenizer_encode", f"ours_t{t}", lines, ms,
                                              n_tok, t)
+            ms = _time_ms(lambda: ours.encode_ids_flat(lines), **rep)
+            speeds[f"ours_flat_t{t}"] = _text_row(rows, "tokenizer_encode", f"ours_flat_t{t}",
+                                                  lines, ms, n_tok, t)
         ours.threads = ncpu
 
         small = lines[: max(1, int(len(lines) * args.small_mb / max(args.sample_mb, 1e-9)))]
@@ -332,7 +336,8 @@ def print_ratios(speeds: dict) -> None:
     ncpu = os.cpu_count() or 1
     pairs = [(f"ours_t{t}", f"hf_fast_t{t}", "batch encode") for t in sorted({1, ncpu})]
     pairs += [(f"ours_t{ncpu}", f"hf_tokenizers_t{ncpu}", "vs the Rust backend alone"),
-              ("ours_t1", "spm_t1", "cost of the fairseq id mapping"),
+              ("ours_flat_t1", "spm_t1", "cost of the fairseq id mapping"),
+              ("ours_t1", "spm_t1", "the id mapping and a Python list per line"),
               ("ours_encode", "hf_per_text", "one text per call"),
               ("ours_call", "hf_per_text", "HF-shaped __call__ vs one text per call"),
               ("ours_call", "hf_slow", "vs the slow tokenizer (transformers 4.x)"),
