@@ -127,7 +127,7 @@ def test_rerun_skips_everything(corpus, tok_dir, out1, tmp_path, caplog, capsys)
     caplog.set_level(logging.DEBUG, logger="xlmr_fast.data.preprocess")
     t = time.perf_counter()
     pp.preprocess(corpus, tok_dir, out, workers=2)
-    assert time.perf_counter() - t < 5
+    assert time.perf_counter() - t < 15  # loose: CI machines are loaded
     assert f"{len(LANGS)} of {len(LANGS)} languages already done" in capsys.readouterr().out
     assert sum("already done" in r.message for r in caplog.records) == len(LANGS) + 1
     assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("*.bin")}

@@ -61,11 +61,14 @@ def test_a_second_process_waits_for_the_lock(tmp_path):
     with _exclusive(lock):
         p = subprocess.Popen([sys.executable, "-c", code, str(lock)], env=env,
                              stdout=subprocess.PIPE, text=True)
-        time.sleep(3)
+        # Hold the lock until the child has tried it: its first line is either the wait message
+        # or (a bug) 'got it'. A fixed sleep raced the child's import on a loaded CI machine.
+        first = p.stdout.readline()
+        time.sleep(0.5)
         released = time.time()
-    out, _ = p.communicate(timeout=60)
-    assert "waiting for another process preparing" in out
-    assert float(out.split("got it")[1]) >= released
+    rest, _ = p.communicate(timeout=60)
+    assert "waiting for another process preparing" in first, first
+    assert float(rest.split("got it")[1]) >= released
 
 
 def test_a_filesystem_without_locks_prepares_unlocked(tmp_path, monkeypatch):
