@@ -270,6 +270,63 @@ def test_corrupt_or_changed_shard(corpus, tok_dir, out1, tmp_path, caplog):
         verify(out, "en")
 
 
+def test_shard_checks_itself_by_its_header(out1, tmp_path):
+    """Version 2 shards record BLAKE2b-64 of everything after the header (DESIGN.md: a header
+    with a checksum), so a shard copied without its meta.json can still be checked."""
+    import hashlib
+    import struct
+
+    from xlmr_fast.data.shards import verify_shard
+    out = _copy(out1, tmp_path)
+    p = out / "en.bin"
+    raw = p.read_bytes()
+    sh = open_shard(p)
+    assert sh.version == 2
+    want = int.from_bytes(hashlib.blake2b(raw[64:], digest_size=8).digest(), "little")
+    assert sh.body_checksum == want == struct.unpack_from("<Q", raw, 56)[0]
+    (out / "meta.json").unlink()
+    assert verify_shard(p) is True
+    b = bytearray(raw)
+    b[-20] ^= 0x10  # inside the document index: size and header unchanged
+    p.write_bytes(bytes(b))
+    with pytest.raises(ShardError, match=r"checksum mismatch for \S*en\.bin: its header records "
+                                         r"[0-9a-f]{16} .*rerun `xlmr-fast preprocess`"):
+        verify_shard(p)
+    shutil.copy(out1 / "meta.json", out / "meta.json")
+    with pytest.raises(ShardError, match=r"its header records"):
+        verify(out, "en")  # the header's checksum is checked, before meta.json's
+
+
+def test_version_1_shards_still_read(out1, tmp_path):
+    """A shard written before the header checksum (version 1: 8 zero bytes there) opens and is
+    checked against meta.json only; an unknown version is refused by name."""
+    import struct
+
+    from xlmr_fast.data.shards import file_sha256, verify_shard
+    out = _copy(out1, tmp_path)
+    p = out / "en.bin"
+    b = bytearray(p.read_bytes())
+    struct.pack_into("<I", b, 8, 1)
+    struct.pack_into("<Q", b, 56, 0)
+    p.write_bytes(bytes(b))
+    meta = read_meta(out)
+    meta["languages"]["en"]["sha256"] = file_sha256(p)
+    write_meta(out, meta)
+    sh = open_shard(p)
+    assert (sh.version, sh.body_checksum) == (1, None)
+    assert verify_shard(p) is False
+    verify(out, "en")
+    b[64 + 4 * 3] ^= 0x01
+    p.write_bytes(bytes(b))
+    with pytest.raises(ShardError, match=r"checksum mismatch .*meta\.json records"):
+        verify(out, "en")
+    struct.pack_into("<I", b, 8, 3)
+    p.write_bytes(bytes(b))
+    with pytest.raises(ShardError, match=r"en\.bin has format version 3, this xlmr_fast reads "
+                                         r"versions 1, 2"):
+        open_shard(p)
+
+
 def test_cli(corpus, tok_dir, out1, tmp_path, capsys):
     from xlmr_fast.cli import main
     out = tmp_path / "cli"

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .corpus import CleanConfig, CorpusError, ReadStats, iter_document_parts, list_languages
-from .shards import (FORMAT, META, VERSION, ShardError, ShardWriter, file_sha256, open_shard,
+from .shards import (FORMAT, META, META_VERSION, ShardError, ShardWriter, file_sha256, open_shard,
                      read_meta, write_meta)
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def _resume_state(out: Path, langs: dict, tok_info: dict, clean: dict | None) ->
             raise ShardError(f"{out} was preprocessed with clean={meta.get('clean')}, this run "
                              f"asks clean={clean}. Use a new --out or delete {out}")
     else:
-        meta = {"format": FORMAT, "version": VERSION, "tokenizer": tok_info, "clean": clean,
+        meta = {"format": FORMAT, "version": META_VERSION, "tokenizer": tok_info, "clean": clean,
                 "languages": {}, "empty_languages": {}}
     meta.setdefault("languages", {})
     meta.setdefault("empty_languages", {})

@@ -11,7 +11,12 @@ Layout of OUT/ (written by xlmr_fast.data.preprocess, read by xlmr_fast.data.loa
                            n_docs + 1: token offset of each document start, then n_tokens)
 
     HEADER: magic b"XLMRTOK1" (8) | version u32 | vocab_size u32 | n_tokens u64 | n_docs u64 |
-            n_lines u64 | tokens_offset u64 (= 64) | index_offset u64 | reserved (8 zero bytes)
+            n_lines u64 | tokens_offset u64 (= 64) | index_offset u64 | body_checksum u64
+
+body_checksum (format version 2) is BLAKE2b-64 (little-endian) of every byte after the header
+(tokens and index), computed while writing: a shard checks itself without its meta.json
+(verify_shard). Version 1 shards (8 zero bytes there) are still read; only meta.json's sha256
+checks them.
 
 Tokens are fairseq ids (<s>=0, <pad>=1, </s>=2, <unk>=3, piece = spm id + 1); every line is
 followed by </s> (= 2) as fairseq's binarizer does (encode_line(append_eos=True)). A shard is
@@ -33,8 +38,10 @@ import numpy as np
 from .._io import atomic_write
 
 MAGIC = b"XLMRTOK1"
-VERSION = 1
-HEADER = struct.Struct("<8sIIQQQQQ8x")  # 64 bytes
+VERSION = 2            # what ShardWriter writes
+READS = (1, 2)         # shard versions open_shard reads (1: no body checksum)
+META_VERSION = 1       # meta.json's own format
+HEADER = struct.Struct("<8sIIQQQQQQ")  # 64 bytes
 assert HEADER.size == 64
 META = "meta.json"
 FORMAT = "xlmr_fast.shards"
@@ -54,6 +61,14 @@ def file_sha256(path, chunk: int = 1 << 22) -> str:
             h.update(b)
 
 
+def _body_hash():
+    return hashlib.blake2b(digest_size=8)
+
+
+def _digest_u64(h) -> int:
+    return int.from_bytes(h.digest(), "little")
+
+
 class ShardWriter:
     """Append documents (token arrays) to OUT/<lang>.bin.tmp; close() renames it into place.
 
@@ -71,6 +86,7 @@ class ShardWriter:
         self.f = open(self.tmp, "wb")
         self.f.write(b"\0" * HEADER.size)
         self.doc_starts = array("Q")  # token offset of each document start
+        self.body = _body_hash()      # of everything after the header, as it is written
         self.n_tokens = 0
         self.n_lines = 0
 
@@ -82,18 +98,23 @@ class ShardWriter:
             return
         if new_document or not self.doc_starts:
             self.doc_starts.append(self.n_tokens)
-        self.f.write(t.tobytes())
+        b = t.tobytes()
+        self.f.write(b)
+        self.body.update(b)
         self.n_tokens += int(t.size)
         self.n_lines += int(n_lines)
 
     def close(self) -> dict:
         """Finish the file (index + header), fsync, rename; returns its meta entry."""
         index_offset = HEADER.size + 4 * self.n_tokens
-        self.f.write(np.frombuffer(self.doc_starts, dtype=np.uint64).astype("<u8", copy=False))
-        self.f.write(np.asarray([self.n_tokens], dtype="<u8").tobytes())
+        index = np.append(np.frombuffer(self.doc_starts, dtype=np.uint64),
+                          np.uint64(self.n_tokens)).astype("<u8", copy=False).tobytes()
+        self.f.write(index)
+        self.body.update(index)
         self.f.seek(0)
         self.f.write(HEADER.pack(MAGIC, VERSION, self.vocab_size, self.n_tokens,
-                                 len(self.doc_starts), self.n_lines, HEADER.size, index_offset))
+                                 len(self.doc_starts), self.n_lines, HEADER.size, index_offset,
+                                 _digest_u64(self.body)))
         self.f.flush()
         os.fsync(self.f.fileno())
         self.f.close()
@@ -123,6 +144,8 @@ class Shard:
     tokens: np.ndarray
     doc_index: np.ndarray
     n_lines: int
+    version: int = VERSION
+    body_checksum: int | None = None  # None: a version 1 shard has none
 
     @property
     def n_tokens(self) -> int:
@@ -143,14 +166,16 @@ def open_shard(path, vocab_size: int | None = None) -> Shard:
         raise ShardError(f"shard {p} is truncated ({size} bytes, header alone is {HEADER.size}); "
                          f"delete it and rerun `xlmr-fast preprocess`")
     with open(p, "rb") as f:
-        magic, ver, vs, n_tok, n_docs, n_lines, t_off, i_off = HEADER.unpack(f.read(HEADER.size))
+        magic, ver, vs, n_tok, n_docs, n_lines, t_off, i_off, body_sum = \
+            HEADER.unpack(f.read(HEADER.size))
     if magic != MAGIC:
         raise ShardError(f"{p} is not an xlmr_fast token shard (bad magic {magic!r}, expected "
                          f"{MAGIC!r}): it is corrupt or another program's file; delete it and "
                          f"rerun `xlmr-fast preprocess` (it redoes missing languages)")
-    if ver != VERSION:
-        raise ShardError(f"shard {p} has format version {ver}, this xlmr_fast reads {VERSION}; "
-                         f"re-run `xlmr-fast preprocess`")
+    if ver not in READS:
+        raise ShardError(f"shard {p} has format version {ver}, this xlmr_fast reads versions "
+                         f"{', '.join(map(str, READS))}; re-run `xlmr-fast preprocess` with this "
+                         f"version (or read it with the xlmr_fast that wrote it)")
     want = HEADER.size + 4 * n_tok + 8 * (n_docs + 1)
     if t_off != HEADER.size or i_off != HEADER.size + 4 * n_tok or size != want:
         raise ShardError(f"shard {p} is truncated or corrupt: {size} bytes on disk, the header "
@@ -164,7 +189,7 @@ def open_shard(path, vocab_size: int | None = None) -> Shard:
     if index[0] != 0 or index[-1] != n_tok:
         raise ShardError(f"shard {p} has a corrupt document index; delete it and rerun "
                          f"`xlmr-fast preprocess`")
-    return Shard(p, vs, tokens, index, n_lines)
+    return Shard(p, vs, tokens, index, n_lines, ver, body_sum if ver >= 2 else None)
 
 
 def write_meta(out_dir, meta: dict) -> None:
@@ -191,15 +216,64 @@ def read_meta(out_dir) -> dict:
     return meta
 
 
+def _hash_file(path, chunk: int = 1 << 22) -> tuple[str, int, bytes]:
+    """One read of the file: (sha256 hex of all of it, BLAKE2b-64 of the bytes after the
+    header, the header's bytes)."""
+    whole, body = hashlib.sha256(), _body_hash()
+    with open(path, "rb") as f:
+        head = f.read(HEADER.size)
+        whole.update(head)
+        while True:
+            b = f.read(chunk)
+            if not b:
+                return whole.hexdigest(), _digest_u64(body), head
+            whole.update(b)
+            body.update(b)
+
+
+def _recorded_body_sum(head: bytes) -> int | None:
+    """The body checksum a header records; None for a version 1 shard or a header that is not
+    one (open_shard names what is wrong with it)."""
+    if len(head) != HEADER.size:
+        return None
+    magic, ver, *_, body_sum = HEADER.unpack(head)
+    return body_sum if magic == MAGIC and ver >= 2 else None
+
+
+def _mismatch(p: Path, what: str, want: str, got: str) -> ShardError:
+    return ShardError(f"checksum mismatch for {p}: {what} records {want}, the file hashes to "
+                      f"{got}; the shard changed after it was written: delete it and rerun "
+                      f"`xlmr-fast preprocess`")
+
+
+def verify_shard(path) -> bool:
+    """Check a shard against the checksum in its own header (reads the whole file; no
+    meta.json needed). Returns False for a version 1 shard, which has none; raises ShardError
+    on a mismatch or a bad header."""
+    sh = open_shard(path)
+    if sh.body_checksum is None:
+        return False
+    got = _hash_file(sh.path)[1]
+    if got != sh.body_checksum:
+        raise _mismatch(sh.path, "its header", f"{sh.body_checksum:016x} (BLAKE2b-64 of the "
+                        f"tokens and index)", f"{got:016x}")
+    return True
+
+
 def verify(out_dir, lang: str, meta: dict | None = None) -> None:
-    """Full-file checksum check of one language against meta.json (reads the whole shard)."""
+    """Full check of one language (reads the whole shard once): the body checksum in its
+    header (version 2 shards) and the file's sha256 in meta.json."""
     meta = meta or read_meta(out_dir)
     entry = meta["languages"].get(lang)
     if entry is None:
         raise ShardError(f"language {lang!r} is not in {Path(out_dir) / META}")
     p = Path(out_dir) / entry["file"]
-    got = file_sha256(p)
+    if not p.is_file():
+        open_shard(p)  # raises, naming the file and the fix
+    got, body, head = _hash_file(p)
+    want_body = _recorded_body_sum(head)
+    if want_body is not None and body != want_body:
+        raise _mismatch(p, "its header", f"{want_body:016x} (BLAKE2b-64 of the tokens and "
+                        f"index)", f"{body:016x}")
     if got != entry["sha256"]:
-        raise ShardError(f"checksum mismatch for {p}: meta.json records {entry['sha256'][:12]}..., "
-                         f"the file hashes to {got[:12]}...; the shard changed after it was "
-                         f"written: delete it and rerun `xlmr-fast preprocess`")
+        raise _mismatch(p, "meta.json", entry["sha256"][:12] + "...", got[:12] + "...")
