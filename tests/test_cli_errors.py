@@ -65,8 +65,37 @@ def test_evaluate_bad_device(tmp_path, capsys):
                            "--device", "foo"], "--device 'foo'")
     if not torch.cuda.is_available():
         _fails_naming(capsys, ["evaluate", "xnli", "--model", str(tmp_path), "--eval", "b.tsv",
-                               "--device", "cuda"], "CUDA is not available")
+                               "--device", "cuda"], "sees no CUDA device here")
 
 
 def test_tune_bad_device(capsys):
     _fails_naming(capsys, ["tune", "--device", "foo"], "--device 'foo'")
+
+
+def test_one_device_parser_for_every_option(monkeypatch):
+    """finetune / evaluate / tune --device and pretrain's run.device go through one parser:
+    the same strings accepted, the same one-line ValueErrors naming the option (run.device=
+    cudafoo passed the config check and failed as a RuntimeError inside torch.device; an index
+    past the visible GPUs failed in torch.cuda.set_device)."""
+    import pytest
+    import torch
+
+    from xlmr_fast._device import parse_device
+    from xlmr_fast.train import distributed as D
+    assert parse_device("cpu", "--device") == torch.device("cpu")
+    assert parse_device("auto", "--device").type == ("cuda" if torch.cuda.is_available()
+                                                     else "cpu")
+    for bad, says in (("cudafoo", "is not a device"), ("meta", "runs on auto, cpu, cuda"),
+                      ("cuda:-1", "is not a device")):
+        with pytest.raises(ValueError, match=f"run.device '{bad}'.*{says}"):
+            D._pick_device(bad, 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"run.device cuda: torch .* sees no CUDA device here "
+                                         r"\(use run.device=cpu\)"):
+        D._pick_device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"--device cuda:2: only 2 CUDA device\(s\) visible "
+                                         r"\(cuda:0 \.\. cuda:1\)"):
+        parse_device("cuda:2", "--device")
+    assert parse_device("cuda:1", "--device") == torch.device("cuda", 1)

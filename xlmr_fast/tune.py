@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from . import tuning
+from ._device import parse_device
 from .cli import register
 
 OPS = ("linear_cross_entropy", "add_dropout_layernorm", "bias_gelu", "attention")
@@ -523,14 +524,8 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 def _run(a: argparse.Namespace) -> int:
-    try:
-        device = torch.device(a.device)
-    except RuntimeError as e:
-        raise ValueError(f"--device {a.device!r} is not a device (cuda, cuda:N, cpu)") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device here; tuning times the GPU paths"
-                         + (" (--show reads the choices for a GPU: run it there)" if a.show
-                            else ""))
+    device = parse_device(a.device, "--device", "tuning times the GPU paths" + (
+        "; --show reads the choices for a GPU: run it there" if a.show else ""))
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # the timing events record on the current device
     name = device_name(device)

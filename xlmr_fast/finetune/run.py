@@ -30,6 +30,7 @@ import torch
 
 from ..model.xlmr import XLMRForQuestionAnswering, XLMRForSequenceClassification, \
     XLMRForTokenClassification
+from .._device import parse_device
 from ..tokenizer import Tokenizer, copy_tokenizer_files
 from ..train.config import OptimSection
 from ..train.optim import make_optimizer, make_scheduler
@@ -166,20 +167,9 @@ class Task:
 
 # ------------------------------------------------------------------ the loop
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N)") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available here (use cpu or auto)")
-        if dev.index is not None:
-            if dev.index >= torch.cuda.device_count():
-                raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA "
-                                 f"device(s) visible")
-            torch.cuda.set_device(dev)  # what every later "cuda" without an index means
+    dev = parse_device(name, "--device")
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)  # what every later "cuda" without an index means
     return dev
 
 

@@ -26,6 +26,8 @@ import torch
 import torch.distributed as td
 from torch import nn
 
+from .._device import parse_device
+
 log = logging.getLogger(__name__)
 
 
@@ -47,14 +49,9 @@ class DistInfo:
 
 
 def _pick_device(device: str, local_rank: int) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = parse_device(device, "run.device", "use run.device=cpu")
     if dev.type != "cuda":
         return dev
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"run.device={device!r} but torch sees no CUDA device "
-                           f"(torch {torch.__version__}); use run.device=cpu")
     if dev.index is None:
         # LOCAL_RANK counts the node's processes; a launcher that shows each process only its
         # own GPU (e.g. SLURM --gpus-per-task=1) makes cuda:0 the right one for every rank.
