@@ -126,3 +126,70 @@ def test_translate_train_all(pretrained, shared_data, tmp_path):
     res = _table(out)
     assert res["train_languages"] == ["de", "en"] and res["protocol"] == "translate-train-all"
     assert "de,en (translate-train-all)" in (out / "results.md").read_text()
+
+
+def test_batch_stream_runs_on_across_passes():
+    """--epoch-batches draws on across passes: pass p is length_batches(seed * 1000 + p), so
+    with one pass per epoch the batches are those of the loop before the option."""
+    import itertools
+
+    from xlmr_fast.finetune import run as F
+    from xlmr_fast.finetune.tasks import length_batches
+    lengths = [5, 9, 3, 7, 7, 2, 8]
+    got = list(itertools.islice(F.batch_stream(lengths, 2, seed=3), 10))
+    want = (length_batches(lengths, 2, shuffle=True, seed=3000)
+            + length_batches(lengths, 2, shuffle=True, seed=3001)
+            + length_batches(lengths, 2, shuffle=True, seed=3002))
+    assert got == want[:10] and len(want) == 12
+
+
+def test_paper_xnli_recipe_epochs_and_early_stopping(pretrained, shared_data, tmp_path,
+                                                     monkeypatch, capsys):
+    """The paper's XNLI selection (ISSUES #1367): an "epoch" is N sampled batches, the dev set is
+    scored after each, training stops after `patience` epochs without a better score and the
+    best weights are kept. The dev scores are scripted: 50, 60, 55, 58, 59 -> stop after epoch
+    5 (patience 3), the epoch-2 weights kept."""
+    import torch
+
+    from xlmr_fast.finetune import run as F
+    x = Path(shared_data) / "xnli"
+    scores = iter([50.0, 60.0, 55.0, 58.0, 59.0])
+    seen, real = [], F.evaluate_sets
+
+    def evaluate_sets(task, model, sets, dev, amp, bs):
+        seen.append((sorted(sets), model.classifier.out_proj.weight.detach().clone()))
+        if list(sets) == ["en"]:  # the dev set: scripted scores
+            return {"en": (next(scores), {})}
+        return real(task, model, sets, dev, amp, bs)  # the final evaluation (en, de)
+    monkeypatch.setattr(F, "evaluate_sets", evaluate_sets)
+    args = F.FinetuneArgs(task="xnli", model=str(pretrained), train=[str(x / "dev-en.tsv")],
+                          eval=[str(x / "dev-en.tsv"), str(x / "dev-de.tsv")],
+                          dev=[str(x / "dev-en.tsv")], xnli_premise_split=True,
+                          out=str(tmp_path / "o"), epochs=30, epoch_batches=3, patience=3,
+                          batch_size=4, lr=1e-3, max_train_examples=6, max_eval_examples=8,
+                          save_model=False)
+    res = F.finetune(args)
+    s = res["seeds"][0]
+    assert s["stopped_early_after_epoch"] == 5
+    assert s["steps"] == 15  # 5 epochs x 3 batches; 6 examples in batches of 4 are 2 per pass
+    assert [h["dev"] for h in s["history"]] == [50.0, 60.0, 55.0, 58.0, 59.0]
+    assert s["best_dev"] == 60.0
+    assert "stopped early after epoch 5" in capsys.readouterr().out
+    # the final evaluation (en, de) saw the epoch-2 weights, not the last epoch's
+    assert [x[0] for x in seen] == [["en"]] * 5 + [["de", "en"]]
+    assert torch.equal(seen[-1][1], seen[1][1]) and not torch.equal(seen[1][1], seen[4][1])
+    assert res["args"]["patience"] == 3 and res["args"]["epoch_batches"] == 3
+
+
+def test_patience_needs_dev(pretrained, shared_data, tmp_path, capsys):
+    x = Path(shared_data) / "xnli"
+    rc = cli.main(["finetune", "xnli", "--model", str(pretrained), "--train",
+                   str(x / "dev-en.tsv"), "--eval", str(x / "dev-en.tsv"), "--patience", "5",
+                   "--out", str(tmp_path / "o")])
+    assert rc == 1
+    assert "--patience stops on the joint dev score: it needs --dev" in capsys.readouterr().err
+    rc = cli.main(["finetune", "xnli", "--model", str(pretrained), "--train",
+                   str(x / "dev-en.tsv"), "--eval", str(x / "dev-en.tsv"), "--warmup-ratio", "1",
+                   "--out", str(tmp_path / "o")])
+    assert rc == 1
+    assert "--warmup-ratio must be in [0, 1)" in capsys.readouterr().err

@@ -18,6 +18,7 @@ selecting on the test languages.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -56,6 +57,11 @@ class FinetuneArgs:
     xnli_premise_split: bool = False       # shared data: premises 0-599 train, 600-829 eval
     seeds: tuple[int, ...] = (0,)
     epochs: int = 3
+    epoch_batches: int = 0                 # > 0: an "epoch" (between dev evaluations) is this
+    #                                        many batches, drawn on across passes over the data
+    #                                        (the paper's XNLI recipe: 5,000); 0 = one pass
+    patience: int = 0                      # > 0: stop after this many epochs without a better
+    #                                        joint dev score (the paper's XNLI recipe: 5)
     max_steps: int = 0                     # > 0: stop after this many updates (smoke runs)
     batch_size: int = 32
     lr: float = 2e-5
@@ -179,12 +185,19 @@ def _check_numbers(args: FinetuneArgs) -> None:
         if int(getattr(args, name)) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got "
                              f"{getattr(args, name)}")
-    for name in ("max_steps", "max_length", "max_train_examples", "max_eval_examples"):
+    for name in ("max_steps", "max_length", "max_train_examples", "max_eval_examples",
+                 "epoch_batches", "patience"):
         if int(getattr(args, name)) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got "
                              f"{getattr(args, name)}")
     if not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if not 0 <= args.warmup_ratio < 1:
+        raise ValueError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
+    if not args.weight_decay >= 0:
+        raise ValueError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if args.patience and not args.dev:
+        raise ValueError("--patience stops on the joint dev score: it needs --dev files")
 
 
 def _amp(dev: torch.device):
@@ -240,13 +253,22 @@ def _unpad(task_name: str, dev: torch.device) -> bool:
     return dev.type == "cuda" and task_name != "qa"
 
 
+def batch_stream(lengths, batch_size: int, seed: int):
+    """Training batches without end: pass p over the data is length_batches with seed
+    seed * 1000 + p (so with epoch_batches = 0 each epoch is exactly one pass, as before)."""
+    p = 0
+    while True:
+        yield from K.length_batches(lengths, batch_size, shuffle=True, seed=seed * 1000 + p)
+        p += 1
+
+
 def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_sets, dev):
     torch.manual_seed(seed)
     model = task.model_cls.from_pretrained(args.model, num_labels=task.num_labels,
                                            unpad=_unpad(task.name, dev)).to(dev)
     model.train()
-    batches_per_epoch = math.ceil(len(train_feats) / args.batch_size)
-    total = batches_per_epoch * args.epochs
+    batches_per_epoch = args.epoch_batches or math.ceil(len(train_feats) / args.batch_size)
+    total = batches_per_epoch * args.epochs  # the LR schedule's length, early stop or not
     if args.max_steps:
         total = min(total, args.max_steps)
     optim_cfg = OptimSection(lr=args.lr, weight_decay=args.weight_decay, max_steps=max(total, 1),
@@ -255,13 +277,14 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
     sched = make_scheduler(opt, optim_cfg)
     amp = _amp(dev)
     best, best_state, history, step = -math.inf, None, [], 0
+    stale, stopped_early = 0, None
     lengths = [len(f["input_ids"]) for f in train_feats]
+    stream = batch_stream(lengths, args.batch_size, seed)
     from tqdm.auto import tqdm
     bar = tqdm(total=total, desc=f"{args.task} seed {seed}", unit="step", dynamic_ncols=True)
     t0, tokens = time.perf_counter(), 0
     for epoch in range(args.epochs):
-        for idx in K.length_batches(lengths, args.batch_size, shuffle=True,
-                                    seed=seed * 1000 + epoch):
+        for idx in itertools.islice(stream, batches_per_epoch):
             b = _to(task.batch([train_feats[i] for i in idx]), dev)
             tokens += sum(lengths[i] for i in idx)  # on the host: no device sync per step
             with amp():
@@ -283,8 +306,15 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
             joint = statistics.fmean(v[0] for v in res.values())
             history.append({"epoch": epoch + 1, "step": step, "dev": joint})
             if joint > best:
-                best = joint
+                best, stale = joint, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+            if args.patience and stale >= args.patience and step < total:
+                stopped_early = epoch + 1
+                log.info("seed %d: no better joint dev score for %d epochs: stopping after "
+                         "epoch %d", seed, stale, epoch + 1)
+                break
         if step >= total:
             break
     bar.close()
@@ -292,7 +322,8 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
         model.load_state_dict(best_state)
     speed = tokens / max(time.perf_counter() - t0, 1e-9)
     return model, amp, {"history": history, "best_dev": best if dev_sets else None,
-                        "train_tokens_per_s": speed, "steps": step}
+                        "train_tokens_per_s": speed, "steps": step,
+                        "stopped_early_after_epoch": stopped_early}
 
 
 def finetune(args: FinetuneArgs) -> dict:
@@ -331,7 +362,9 @@ def finetune(args: FinetuneArgs) -> dict:
         model, amp, info = train_one_seed(task, args, seed, train_feats, dev_sets, dev)
         print(f"seed {seed}: {info['steps']} steps, {info['train_tokens_per_s']:,.0f} training "
               f"tokens/s on {dev}" + (f", best joint dev {info['best_dev']:.2f}"
-                                      if info["best_dev"] is not None else ""), flush=True)
+                                      if info["best_dev"] is not None else "")
+              + (f", stopped early after epoch {info['stopped_early_after_epoch']}"
+                 if info["stopped_early_after_epoch"] else ""), flush=True)
         res = evaluate_sets(task, model, eval_sets, dev, amp, args.eval_batch_size)
         per_seed.append({"seed": seed, **info,
                          "scores": {k: v[0] for k, v in res.items()},
@@ -420,9 +453,17 @@ def _args(p) -> None:
     p.add_argument("--out", default="runs/finetune")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epoch-batches", type=int, default=0, help="batches per epoch (between dev "
+                   "evaluations), drawn on across passes; 0 = one pass over the training data "
+                   "(the paper's XNLI recipe: 5000)")
+    p.add_argument("--patience", type=int, default=0, help="stop after this many epochs without "
+                   "a better joint dev score (needs --dev; the paper's XNLI recipe: 5)")
     p.add_argument("--max-steps", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--warmup-ratio", type=float, default=0.1,
+                   help="linear warmup over this fraction of the planned steps")
+    p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--max-length", type=int, default=0,
                    help="tokens per input (default 128 xnli, 256 ner, 384 qa)")
     p.add_argument("--doc-stride", type=int, default=128, help="qa: window stride in tokens")
@@ -438,9 +479,10 @@ def _run(a) -> int:
     finetune(FinetuneArgs(task=a.task, model=a.model, tokenizer=a.tokenizer, train=a.train,
                           eval=a.eval, dev=a.dev, out=a.out, protocol=a.protocol,
                           xnli_premise_split=a.xnli_premise_split, seeds=tuple(a.seeds),
-                          epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size,
-                          lr=a.lr, max_length=a.max_length, doc_stride=a.doc_stride,
-                          device=a.device,
+                          epochs=a.epochs, epoch_batches=a.epoch_batches,
+                          patience=a.patience, max_steps=a.max_steps, batch_size=a.batch_size,
+                          lr=a.lr, warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay,
+                          max_length=a.max_length, doc_stride=a.doc_stride, device=a.device,
                           max_train_examples=a.max_train_examples,
                           max_eval_examples=a.max_eval_examples))
     return 0
