@@ -193,3 +193,48 @@ def test_patience_needs_dev(pretrained, shared_data, tmp_path, capsys):
                    "--out", str(tmp_path / "o")])
     assert rc == 1
     assert "--warmup-ratio must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_each_language_its_own_model(pretrained, shared_data, tmp_path, monkeypatch, capsys):
+    """--protocol each (the paper's NER "each" / XNLI translate-train rows, #M = N): one model
+    per evaluation language, trained on that language's files only and selected on its own dev
+    set; each is saved under seed<k>/<lang>/ and `evaluate` reproduces its score."""
+    from xlmr_fast.finetune import run as F
+    x = Path(shared_data) / "xnli"
+    trained = []
+    real = F.train_one_seed
+
+    def spy(task, args, seed, feats, dev_sets, dev):
+        trained.append((task, feats, sorted(dev_sets)))
+        return real(task, args, seed, feats, dev_sets, dev)
+    monkeypatch.setattr(F, "train_one_seed", spy)
+    out = tmp_path / "each"
+    rc = cli.main(["finetune", "xnli", "--model", str(pretrained), "--protocol", "each",
+                   "--train", str(x / "dev-en.tsv"), str(x / "dev-de.tsv"),
+                   str(x / "dev-ru.tsv"), "--dev", str(x / "dev-en.tsv"), str(x / "dev-de.tsv"),
+                   "--eval", str(x / "dev-de.tsv"), str(x / "dev-en.tsv"),
+                   "--xnli-premise-split", "--out", str(out), "--max-steps", "2",
+                   "--batch-size", "8", "--max-train-examples", "24"])
+    assert rc == 0
+    # models for de and en only (no ru eval file), each on its language's training examples
+    assert [d for *_, d in trained] == [["de"], ["en"]]
+    for (task, feats, _), lang in zip(trained, ("de", "en")):
+        ex = F.read_files("xnli", [str(x / f"dev-{lang}.tsv")], "train", True, 24)
+        assert feats == task.features(ex)
+    res = _table(out)
+    assert res["protocol"] == "each" and res["languages"] == ["de", "en"]
+    assert set(res["seeds"][0]["per_language"]) == {"de", "en"}
+    assert "each language's own dev set" in (out / "results.md").read_text()
+    for lang in ("de", "en"):
+        assert (out / "seed0" / lang / "model.safetensors").exists()
+    capsys.readouterr()
+    rc = cli.main(["evaluate", "xnli", "--model", str(out / "seed0" / "de"), "--eval",
+                   str(x / "dev-de.tsv"), "--xnli-premise-split"])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["de"]["accuracy"] == pytest.approx(res["seeds"][0]["scores"]["de"], abs=1e-6)
+    rc = cli.main(["finetune", "xnli", "--model", str(pretrained), "--protocol", "each",
+                   "--train", str(x / "dev-en.tsv"), "--eval", str(x / "dev-sw.tsv"),
+                   "--out", str(tmp_path / "o")])
+    assert rc == 1
+    assert "no --train file for ['sw']" in capsys.readouterr().err

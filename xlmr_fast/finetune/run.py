@@ -11,7 +11,9 @@ One loop for the three tasks (the pretraining trainer's optimizer, schedule and 
   -> several seeds: mean and standard deviation per language -> a table shaped like the paper's
   (Markdown + JSON in the output directory).
 Protocols: "transfer" trains on one language and evaluates zero-shot on all eval languages;
-"translate-train-all" trains one model on the training files of all languages.
+"translate-train-all" trains one model on the training files of all languages; "each" trains
+one model per evaluation language on that language's files (selected on its own dev set: the
+paper's #M = N rows).
 Without --dev, no selection is made (the last epoch's weights are evaluated) rather than
 selecting on the test languages.
 """
@@ -42,6 +44,11 @@ from . import tasks as K
 log = logging.getLogger(__name__)
 
 TASKS = ("xnli", "ner", "qa")
+# transfer: one model on one language, scored on every eval language (zero-shot);
+# translate-train-all: one model on every training language; each: one model per eval language,
+# trained (and, with --dev, selected) on that language only (the paper's NER "each" and XNLI
+# translate-train rows, #M = N)
+PROTOCOLS = ("transfer", "translate-train-all", "each")
 
 
 @dataclass
@@ -53,7 +60,7 @@ class FinetuneArgs:
     dev: list[str] = field(default_factory=list)
     out: str = "runs/finetune"
     tokenizer: str | None = None           # default: the model directory
-    protocol: str = "transfer"             # transfer | translate-train-all
+    protocol: str = "transfer"             # transfer | translate-train-all | each
     xnli_premise_split: bool = False       # shared data: premises 0-599 train, 600-829 eval
     seeds: tuple[int, ...] = (0,)
     epochs: int = 3
@@ -333,8 +340,8 @@ def finetune(args: FinetuneArgs) -> dict:
         raise ValueError("finetune: --train needs at least one file")
     if not args.eval:
         raise ValueError("finetune: --eval needs at least one file")
-    if args.protocol not in ("transfer", "translate-train-all"):
-        raise ValueError(f"--protocol must be transfer or translate-train-all, got "
+    if args.protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got "
                          f"{args.protocol!r}")
     _check_numbers(args)
     dev = _device(args.device)
@@ -346,10 +353,14 @@ def finetune(args: FinetuneArgs) -> dict:
         raise ValueError(f"--protocol transfer trains on one language, the --train files hold "
                          f"{train_langs}; use --protocol translate-train-all")
     task = Task(args.task, tok, args, train_ex)
-    train_feats = task.features(train_ex)
     lim = args.max_eval_examples
     eval_sets = _by_lang(task, read_files(args.task, args.eval, "eval", args.xnli_premise_split,
                                           lim))
+    if args.protocol == "each" and set(eval_sets) - set(train_langs):
+        raise ValueError(f"--protocol each trains one model per evaluation language: no --train "
+                         f"file for {sorted(set(eval_sets) - set(train_langs))} (the training "
+                         f"files hold {train_langs})")
+    train_feats = task.features(train_ex) if args.protocol != "each" else []
     dev_sets = (_by_lang(task, read_files(args.task, args.dev, "eval", args.xnli_premise_split,
                                           lim)) if args.dev else {})
     out = Path(args.out)
@@ -359,27 +370,53 @@ def finetune(args: FinetuneArgs) -> dict:
              ",".join(eval_sets))
     per_seed = []
     for seed in args.seeds:
-        model, amp, info = train_one_seed(task, args, seed, train_feats, dev_sets, dev)
-        print(f"seed {seed}: {info['steps']} steps, {info['train_tokens_per_s']:,.0f} training "
-              f"tokens/s on {dev}" + (f", best joint dev {info['best_dev']:.2f}"
-                                      if info["best_dev"] is not None else "")
-              + (f", stopped early after epoch {info['stopped_early_after_epoch']}"
-                 if info["stopped_early_after_epoch"] else ""), flush=True)
-        res = evaluate_sets(task, model, eval_sets, dev, amp, args.eval_batch_size)
+        if args.protocol != "each":
+            info, res = _fit_and_score(task, args, seed, train_feats, dev_sets, eval_sets, dev,
+                                       out / f"seed{seed}", f"seed {seed}")
+        else:  # one model per language, trained, selected and scored on that language only
+            info, res = {"per_language": {}}, {}
+            for lang in eval_sets:
+                if dev_sets and lang not in dev_sets:
+                    log.warning("--protocol each: no --dev file for %s: its model is the last "
+                                "epoch's (no selection)", lang)
+                feats = task.features([e for e in train_ex if e.lang == lang])
+                info["per_language"][lang], r = _fit_and_score(
+                    task, args, seed, feats, {lang: dev_sets[lang]} if lang in dev_sets else {},
+                    {lang: eval_sets[lang]}, dev, out / f"seed{seed}" / lang,
+                    f"seed {seed} {lang}")
+                res.update(r)
+            per = info["per_language"].values()
+            info.update(steps=sum(i["steps"] for i in per),
+                        train_tokens_per_s=statistics.fmean(i["train_tokens_per_s"] for i in per),
+                        best_dev=None if not dev_sets else {
+                            k: i["best_dev"] for k, i in info["per_language"].items()})
         per_seed.append({"seed": seed, **info,
                          "scores": {k: v[0] for k, v in res.items()},
                          "details": {k: v[1] for k, v in res.items()}})
-        if args.save_model:  # the model with its tokenizer: `evaluate` needs only this dir
-            model.save_pretrained(out / f"seed{seed}")
-            copy_tokenizer_files(args.tokenizer or args.model, out / f"seed{seed}")
-            if task.name == "ner":  # the tag order of the classifier rows, for `evaluate`
-                (out / f"seed{seed}" / "labels.json").write_text(json.dumps(task.labels))
-        del model
     table = summarize(args, train_langs, per_seed)
     (out / "results.json").write_text(json.dumps(table, indent=1))
     (out / "results.md").write_text(table["markdown"] + "\n")
     print(table["markdown"])
     return table
+
+
+def _fit_and_score(task, args, seed, feats, dev_sets, eval_sets, dev, save_dir: Path,
+                   name: str):
+    """Train one model (one seed), score it on eval_sets and save it with its tokenizer (what
+    `evaluate` needs) in save_dir; returns (training info, {lang: (score, details)})."""
+    model, amp, info = train_one_seed(task, args, seed, feats, dev_sets, dev)
+    print(f"{name}: {info['steps']} steps, {info['train_tokens_per_s']:,.0f} training "
+          f"tokens/s on {dev}" + (f", best joint dev {info['best_dev']:.2f}"
+                                  if info["best_dev"] is not None else "")
+          + (f", stopped early after epoch {info['stopped_early_after_epoch']}"
+             if info["stopped_early_after_epoch"] else ""), flush=True)
+    res = evaluate_sets(task, model, eval_sets, dev, amp, args.eval_batch_size)
+    if args.save_model:
+        model.save_pretrained(save_dir)
+        copy_tokenizer_files(args.tokenizer or args.model, save_dir)
+        if task.name == "ner":  # the tag order of the classifier rows, for `evaluate`
+            (save_dir / "labels.json").write_text(json.dumps(task.labels))
+    return info, res
 
 
 def summarize(args, train_langs, per_seed) -> dict:
@@ -397,7 +434,8 @@ def summarize(args, train_langs, per_seed) -> dict:
            f"{len(per_seed)} | " + " | ".join(cell(mean[x], std[x]) for x in langs)
            + f" | {cell(statistics.fmean(avg), statistics.stdev(avg) if len(avg) > 1 else 0)} |")
     title = (f"{args.task} {metric} per language ({args.protocol}; model selection: "
-             + ("joint dev set" if args.dev else "none, last epoch") + ")")
+             + (("each language's own dev set" if args.protocol == "each" else "joint dev set")
+                if args.dev else "none, last epoch") + ")")
     md = f"{title}\n\n{head}\n{sep}\n{row}"
     if args.task == "qa":
         em = {x: statistics.fmean(s["details"][x]["exact_match"] for s in per_seed)
@@ -446,8 +484,10 @@ def _args(p) -> None:
                    "each (the language comes from the file name)")
     p.add_argument("--dev", nargs="*", default=[], help="dev files for model selection (joint "
                    "over their languages); default: no selection")
-    p.add_argument("--protocol", choices=("transfer", "translate-train-all"),
-                   default="transfer")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="transfer", help="transfer: one "
+                   "model trained on one language, scored on all; translate-train-all: one model "
+                   "on all training languages; each: one model per eval language, trained (and "
+                   "selected with --dev) on its own files")
     p.add_argument("--xnli-premise-split", action="store_true", help="XNLI dev files as "
                    "../shared/data/README.md: premises 0-599 for --train, 600-829 for --eval")
     p.add_argument("--out", default="runs/finetune")
