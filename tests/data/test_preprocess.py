@@ -297,6 +297,23 @@ def test_shard_checks_itself_by_its_header(out1, tmp_path):
         verify(out, "en")  # the header's checksum is checked, before meta.json's
 
 
+def test_verify_shards_command(out1, tmp_path, capsys):
+    from xlmr_fast.cli import main
+    out = _copy(out1, tmp_path)
+    assert main(["verify-shards", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "en: ok (" in printed and "header and meta.json checksums" in printed
+    assert printed.strip().endswith("all ok")
+    b = bytearray((out / "de.bin").read_bytes())
+    b[70] ^= 0x04
+    (out / "de.bin").write_bytes(bytes(b))
+    assert main(["verify-shards", str(out), "--langs", "en,de,xx"]) == 1
+    printed = capsys.readouterr().out
+    assert "en: ok" in printed and "de: FAILED: checksum mismatch" in printed
+    assert "xx: FAILED: language 'xx' is not in" in printed
+    assert "2 of 3 shards failed" in printed
+
+
 def test_version_1_shards_still_read(out1, tmp_path):
     """A shard written before the header checksum (version 1: 8 zero bytes there) opens and is
     checked against meta.json only; an unknown version is refused by name."""

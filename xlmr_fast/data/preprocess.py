@@ -39,7 +39,7 @@ import numpy as np
 
 from .corpus import CleanConfig, CorpusError, ReadStats, iter_document_parts, list_languages
 from .shards import (FORMAT, META, META_VERSION, ShardError, ShardWriter, file_sha256, open_shard,
-                     read_meta, write_meta)
+                     read_meta, verify, write_meta)
 
 log = logging.getLogger(__name__)
 
@@ -394,10 +394,51 @@ def _run(a: argparse.Namespace) -> int:
     return 0
 
 
+def verify_dir(out_dir, languages=None) -> dict[str, str | None]:
+    """Check every shard of a preprocessed directory (or `languages`) in full: its header, the
+    checksum in it (format 2) and meta.json's sha256. {lang: None if whole, else the error}."""
+    meta = read_meta(out_dir)
+    langs = list(languages) if languages else sorted(meta["languages"])
+    res = {}
+    for lang in langs:
+        try:
+            verify(out_dir, lang, meta)
+            res[lang] = None
+        except ShardError as e:
+            res[lang] = str(e)
+    return res
+
+
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="a directory written by `xlmr-fast preprocess`")
+    p.add_argument("--langs", default=None, help="comma-separated languages (default: all)")
+
+
+def _verify_run(a: argparse.Namespace) -> int:
+    langs = [x.strip() for x in a.langs.split(",") if x.strip()] if a.langs else None
+    meta = read_meta(a.out)
+    bad = 0
+    for lang, err in verify_dir(a.out, langs).items():
+        e = meta["languages"].get(lang, {})
+        if err is None:
+            v = open_shard(Path(a.out) / e["file"]).version
+            print(f"{lang}: ok ({e['tokens']:,} tokens, {e['documents']:,} documents; "
+                  + ("header and meta.json checksums)" if v >= 2 else
+                     "meta.json checksum: format 1 has none in its header)"))
+        else:
+            bad += 1
+            print(f"{lang}: FAILED: {err}")
+    print(f"{bad} of {len(langs or meta['languages'])} shards failed" if bad else "all ok")
+    return 1 if bad else 0
+
+
 def _register() -> None:
     from .. import cli
     if "preprocess" not in cli.COMMANDS:
         cli.register("preprocess", "binarize a corpus into per-language token shards", _args, _run)
+    if "verify-shards" not in cli.COMMANDS:
+        cli.register("verify-shards", "check preprocessed shards in full (header, checksums): "
+                     "e.g. after copying them to another machine", _verify_args, _verify_run)
 
 
 _register()
