@@ -156,11 +156,11 @@ def test_paper_xnli_recipe_epochs_and_early_stopping(pretrained, shared_data, tm
     scores = iter([50.0, 60.0, 55.0, 58.0, 59.0])
     seen, real = [], F.evaluate_sets
 
-    def evaluate_sets(task, model, sets, dev, amp, bs):
+    def evaluate_sets(task, model, sets, dev, amp, bs, dist=None):
         seen.append((sorted(sets), model.classifier.out_proj.weight.detach().clone()))
         if list(sets) == ["en"]:  # the dev set: scripted scores
             return {"en": (next(scores), {})}
-        return real(task, model, sets, dev, amp, bs)  # the final evaluation (en, de)
+        return real(task, model, sets, dev, amp, bs, dist)  # the final evaluation (en, de)
     monkeypatch.setattr(F, "evaluate_sets", evaluate_sets)
     args = F.FinetuneArgs(task="xnli", model=str(pretrained), train=[str(x / "dev-en.tsv")],
                           eval=[str(x / "dev-en.tsv"), str(x / "dev-de.tsv")],
@@ -204,9 +204,9 @@ def test_each_language_its_own_model(pretrained, shared_data, tmp_path, monkeypa
     trained = []
     real = F.train_one_seed
 
-    def spy(task, args, seed, feats, dev_sets, dev):
+    def spy(task, args, seed, feats, dev_sets, dev, dist=None):
         trained.append((task, feats, sorted(dev_sets)))
-        return real(task, args, seed, feats, dev_sets, dev)
+        return real(task, args, seed, feats, dev_sets, dev, dist)
     monkeypatch.setattr(F, "train_one_seed", spy)
     out = tmp_path / "each"
     rc = cli.main(["finetune", "xnli", "--model", str(pretrained), "--protocol", "each",

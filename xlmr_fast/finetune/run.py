@@ -16,6 +16,10 @@ one model per evaluation language on that language's files (selected on its own 
 paper's #M = N rows).
 Without --dev, no selection is made (the last epoch's weights are evaluated) rather than
 selecting on the test languages.
+Several GPUs: `torchrun --nproc_per_node 8 -m xlmr_fast finetune ...` (DDP). --batch-size stays
+the global batch (each rank runs a slice, weighted so the gradient is the one-process one) and
+evaluation batches are split over the ranks; the results are those of one process up to float
+order.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -35,7 +40,9 @@ from ..model.xlmr import XLMRForQuestionAnswering, XLMRForSequenceClassification
     XLMRForTokenClassification
 from .._device import parse_device
 from ..tokenizer import Tokenizer, copy_tokenizer_files
+from ..train import distributed as D
 from ..train.config import OptimSection
+from ..train.distributed import DistInfo
 from ..train.optim import make_optimizer, make_scheduler
 from . import metrics as M
 from . import readers as R
@@ -140,6 +147,13 @@ class Task:
                 "qa": ["start_position", "end_position"]}[self.name]
         return K.collate(feats, keys)
 
+    def loss_count(self, feats) -> int:
+        """The loss's denominator for these features (the mean is over it): labelled tokens for
+        NER, features for XNLI and QA. Ranks weight their slice's mean loss by it."""
+        if self.name == "ner":
+            return sum(sum(t != K.IGNORE_INDEX for t in f["labels"]) for f in feats)
+        return len(feats)
+
     def loss(self, model, b) -> torch.Tensor:
         if self.name == "xnli":
             return model(b["input_ids"], b["attention_mask"], labels=b["label"]).loss
@@ -219,26 +233,35 @@ def _to(b: dict, dev) -> dict:
 
 
 @torch.no_grad()
-def predict(task: Task, model, feats, dev, amp, batch_size: int) -> list:
-    """Model outputs per feature, in feature order (batches sorted by length for speed)."""
+def predict(task: Task, model, feats, dev, amp, batch_size: int, dist: DistInfo | None = None
+            ) -> list:
+    """Model outputs per feature, in feature order (batches sorted by length for speed). Under
+    torchrun each rank runs every world_size-th batch and all ranks get all outputs, so every
+    rank scores (and selects) the same."""
     model.eval()
     outs = [None] * len(feats)
-    for idx in K.length_batches([len(f["input_ids"]) for f in feats], batch_size,
-                                shuffle=False):
+    batches = K.length_batches([len(f["input_ids"]) for f in feats], batch_size, shuffle=False)
+    mine = batches[dist.rank::dist.world_size] if dist is not None and dist.active else batches
+    for idx in mine:
         b = _to(task.batch([feats[i] for i in idx]), dev)
         with amp():
             for i, o in zip(idx, task.outputs(model, b)):
+                outs[i] = o
+    if dist is not None and dist.active:
+        for part in D.gather_objects([(i, outs[i]) for idx in mine for i in idx], dist):
+            for i, o in part:
                 outs[i] = o
     model.train()
     return outs
 
 
-def evaluate_sets(task: Task, model, sets: dict, dev, amp, batch_size: int) -> dict:
+def evaluate_sets(task: Task, model, sets: dict, dev, amp, batch_size: int,
+                  dist: DistInfo | None = None) -> dict:
     """{lang: (score, details)} for {lang: (examples, features)}."""
     res = {}
     for lang, (ex, feats) in sets.items():
         t = time.perf_counter()
-        outs = predict(task, model, feats, dev, amp, batch_size)
+        outs = predict(task, model, feats, dev, amp, batch_size, dist)
         res[lang] = task.score_all(ex, feats, outs)
         log.info("eval %s: %.2f (%d examples, %.0f examples/s)", lang, res[lang][0], len(ex),
                  len(ex) / max(time.perf_counter() - t, 1e-9))
@@ -269,11 +292,25 @@ def batch_stream(lengths, batch_size: int, seed: int):
         p += 1
 
 
-def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_sets, dev):
+def _my_slice(idx: list, dist: DistInfo | None) -> list:
+    """This rank's part of a global batch (every world_size-th: the batch is sorted by length,
+    so the parts are alike)."""
+    return idx[dist.rank::dist.world_size] if dist is not None and dist.active else idx
+
+
+def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_sets, dev,
+                   dist: DistInfo | None = None):
+    """One model. Under torchrun (DDP) --batch-size is the global batch: each rank runs its
+    slice, its mean loss weighted by its share of the batch's loss denominator (labelled tokens
+    for NER), so the averaged gradient is the single-process one."""
+    multi = dist is not None and dist.active
     torch.manual_seed(seed)
     model = task.model_cls.from_pretrained(args.model, num_labels=task.num_labels,
                                            unpad=_unpad(task.name, dev)).to(dev)
     model.train()
+    if multi:
+        torch.manual_seed(seed + 1_000_003 * dist.rank)  # each rank its own dropout masks
+    net = D.wrap(model, dist) if multi else model
     batches_per_epoch = args.epoch_batches or math.ceil(len(train_feats) / args.batch_size)
     total = batches_per_epoch * args.epochs  # the LR schedule's length, early stop or not
     if args.max_steps:
@@ -283,20 +320,31 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
     opt = make_optimizer(model, optim_cfg, dev)
     sched = make_scheduler(opt, optim_cfg)
     amp = _amp(dev)
-    best, best_state, history, step = -math.inf, None, [], 0
+    best, best_state, history, step, skipped = -math.inf, None, [], 0, 0
     stale, stopped_early = 0, None
     lengths = [len(f["input_ids"]) for f in train_feats]
     stream = batch_stream(lengths, args.batch_size, seed)
     from tqdm.auto import tqdm
-    bar = tqdm(total=total, desc=f"{args.task} seed {seed}", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total, desc=f"{args.task} seed {seed}", unit="step", dynamic_ncols=True,
+               disable=multi and dist.rank != 0)
     t0, tokens = time.perf_counter(), 0
     for epoch in range(args.epochs):
         for idx in itertools.islice(stream, batches_per_epoch):
-            b = _to(task.batch([train_feats[i] for i in idx]), dev)
-            tokens += sum(lengths[i] for i in idx)  # on the host: no device sync per step
+            mine = _my_slice(idx, dist)
+            if multi and len(idx) < dist.world_size:  # a last batch too small to split: every
+                skipped += 1                           # rank skips it (they all know its size)
+                continue
+            feats = [train_feats[i] for i in mine]
+            b = _to(task.batch(feats), dev)
+            tokens += sum(lengths[i] for i in idx)  # the global batch's, on the host: no sync
             with amp():
-                loss = task.loss(model, b)
-            loss.backward()
+                loss = task.loss(net, b)
+            if multi:  # DDP averages over ranks: weight by this rank's share of the denominator
+                share = task.loss_count(feats) / max(
+                    task.loss_count([train_feats[i] for i in idx]), 1)
+                (loss * (share * dist.world_size)).backward()
+            else:
+                loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
@@ -309,7 +357,7 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
             if step >= total:
                 break
         if dev_sets:
-            res = evaluate_sets(task, model, dev_sets, dev, amp, args.eval_batch_size)
+            res = evaluate_sets(task, model, dev_sets, dev, amp, args.eval_batch_size, dist)
             joint = statistics.fmean(v[0] for v in res.values())
             history.append({"epoch": epoch + 1, "step": step, "dev": joint})
             if joint > best:
@@ -325,6 +373,9 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
         if step >= total:
             break
     bar.close()
+    if skipped:
+        log.info("seed %d: %d batch(es) smaller than the %d ranks skipped", seed, skipped,
+                 dist.world_size)
     if best_state is not None:
         model.load_state_dict(best_state)
     speed = tokens / max(time.perf_counter() - t0, 1e-9)
@@ -344,7 +395,21 @@ def finetune(args: FinetuneArgs) -> dict:
         raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got "
                          f"{args.protocol!r}")
     _check_numbers(args)
-    dev = _device(args.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and args.batch_size < world:
+        raise ValueError(f"--batch-size {args.batch_size} is the global batch, split over the "
+                         f"{world} ranks: it must be at least {world}")
+    if world == 1:
+        return _finetune(args, None, _device(args.device))
+    dist = D.setup("ddp", device=args.device, option="--device")  # torchrun: one rank per GPU
+    try:
+        return _finetune(args, dist, dist.device)
+    finally:
+        D.teardown(dist)
+
+
+def _finetune(args: FinetuneArgs, dist: DistInfo | None, dev: torch.device) -> dict:
+    main = dist is None or dist.rank == 0
     tok = Tokenizer.from_pretrained(args.tokenizer or args.model)
     train_ex = read_files(args.task, args.train, "train", args.xnli_premise_split,
                           args.max_train_examples)
@@ -364,7 +429,8 @@ def finetune(args: FinetuneArgs) -> dict:
     dev_sets = (_by_lang(task, read_files(args.task, args.dev, "eval", args.xnli_premise_split,
                                           lim)) if args.dev else {})
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     log.info("%s: %d training examples (%s) -> %d features; eval languages %s",
              args.task, len(train_ex), ",".join(train_langs), len(train_feats),
              ",".join(eval_sets))
@@ -372,7 +438,7 @@ def finetune(args: FinetuneArgs) -> dict:
     for seed in args.seeds:
         if args.protocol != "each":
             info, res = _fit_and_score(task, args, seed, train_feats, dev_sets, eval_sets, dev,
-                                       out / f"seed{seed}", f"seed {seed}")
+                                       out / f"seed{seed}", f"seed {seed}", dist)
         else:  # one model per language, trained, selected and scored on that language only
             info, res = {"per_language": {}}, {}
             for lang in eval_sets:
@@ -383,7 +449,7 @@ def finetune(args: FinetuneArgs) -> dict:
                 info["per_language"][lang], r = _fit_and_score(
                     task, args, seed, feats, {lang: dev_sets[lang]} if lang in dev_sets else {},
                     {lang: eval_sets[lang]}, dev, out / f"seed{seed}" / lang,
-                    f"seed {seed} {lang}")
+                    f"seed {seed} {lang}", dist)
                 res.update(r)
             per = info["per_language"].values()
             info.update(steps=sum(i["steps"] for i in per),
@@ -394,23 +460,28 @@ def finetune(args: FinetuneArgs) -> dict:
                          "scores": {k: v[0] for k, v in res.items()},
                          "details": {k: v[1] for k, v in res.items()}})
     table = summarize(args, train_langs, per_seed)
-    (out / "results.json").write_text(json.dumps(table, indent=1))
-    (out / "results.md").write_text(table["markdown"] + "\n")
-    print(table["markdown"])
+    table["ranks"] = dist.world_size if dist is not None else 1
+    if main:  # every rank has the same table (the same gathered outputs, the same scoring)
+        (out / "results.json").write_text(json.dumps(table, indent=1))
+        (out / "results.md").write_text(table["markdown"] + "\n")
+        print(table["markdown"])
     return table
 
 
 def _fit_and_score(task, args, seed, feats, dev_sets, eval_sets, dev, save_dir: Path,
-                   name: str):
+                   name: str, dist: DistInfo | None = None):
     """Train one model (one seed), score it on eval_sets and save it with its tokenizer (what
     `evaluate` needs) in save_dir; returns (training info, {lang: (score, details)})."""
-    model, amp, info = train_one_seed(task, args, seed, feats, dev_sets, dev)
+    main = dist is None or dist.rank == 0
+    model, amp, info = train_one_seed(task, args, seed, feats, dev_sets, dev, dist)
+    res = evaluate_sets(task, model, eval_sets, dev, amp, args.eval_batch_size, dist)
+    if not main:
+        return info, res
     print(f"{name}: {info['steps']} steps, {info['train_tokens_per_s']:,.0f} training "
           f"tokens/s on {dev}" + (f", best joint dev {info['best_dev']:.2f}"
                                   if info["best_dev"] is not None else "")
           + (f", stopped early after epoch {info['stopped_early_after_epoch']}"
              if info["stopped_early_after_epoch"] else ""), flush=True)
-    res = evaluate_sets(task, model, eval_sets, dev, amp, args.eval_batch_size)
     if args.save_model:
         model.save_pretrained(save_dir)
         copy_tokenizer_files(args.tokenizer or args.model, save_dir)
@@ -499,7 +570,8 @@ def _args(p) -> None:
     p.add_argument("--patience", type=int, default=0, help="stop after this many epochs without "
                    "a better joint dev score (needs --dev; the paper's XNLI recipe: 5)")
     p.add_argument("--max-steps", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="examples per update (under "
+                   "torchrun the global batch, split over the ranks)")
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--warmup-ratio", type=float, default=0.1,
                    help="linear warmup over this fraction of the planned steps")

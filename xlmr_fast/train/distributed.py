@@ -48,8 +48,8 @@ class DistInfo:
         return self.mode != "none"
 
 
-def _pick_device(device: str, local_rank: int) -> torch.device:
-    dev = parse_device(device, "run.device", "use run.device=cpu")
+def _pick_device(device: str, local_rank: int, option: str = "run.device") -> torch.device:
+    dev = parse_device(device, option, f"use {option}{'=' if '.' in option else ' '}cpu")
     if dev.type != "cuda":
         return dev
     if dev.index is None:
@@ -65,8 +65,9 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
     return dev
 
 
-def setup(mode: str = "auto", device: str = "auto") -> DistInfo:
-    """Join the process group torchrun describes (env RANK/WORLD_SIZE/MASTER_ADDR...), if any."""
+def setup(mode: str = "auto", device: str = "auto", option: str = "run.device") -> DistInfo:
+    """Join the process group torchrun describes (env RANK/WORLD_SIZE/MASTER_ADDR...), if any.
+    `option` names the device setting in errors (run.device, --device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if mode == "auto":
@@ -74,7 +75,7 @@ def setup(mode: str = "auto", device: str = "auto") -> DistInfo:
     if mode != "none" and "MASTER_ADDR" not in os.environ and world > 1:
         raise RuntimeError(f"run.distributed={mode!r} with WORLD_SIZE={world} but no MASTER_ADDR: "
                            "launch with torchrun (see xlmr_fast/train/distributed.py)")
-    dev = _pick_device(device, local_rank)
+    dev = _pick_device(device, local_rank, option)
     if mode == "none":
         if world > 1:
             raise RuntimeError(f"WORLD_SIZE={world} but run.distributed=none: every process "

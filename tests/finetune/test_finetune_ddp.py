@@ -1,0 +1,103 @@
+"""`torchrun -m xlmr_fast finetune`: two CPU ranks (gloo) with --batch-size 8 (the global batch,
+4 per rank) give the model of one process with batch 8. Without dropout the runs differ only in
+the float order of the gradient sums. NER is the test case: its loss is a mean over labelled
+tokens, whose count differs between the ranks' slices, so each rank weights its mean by its
+share (an unweighted DDP average would differ by percents)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from xlmr_fast.train.config import load_config
+from xlmr_fast.train.pretrain import pretrain
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def no_dropout_model(prepared, tmp_path_factory):
+    shards, tok = prepared
+    out = tmp_path_factory.mktemp("pre") / "run"
+    pretrain(load_config(None, [
+        f"data.data_dir={shards}", f"data.tokenizer={tok}", f"run.out_dir={out}",
+        "data.seq_len=64", "data.micro_batch=4", "optim.max_steps=2", "optim.warmup_steps=1",
+        "run.eval_every=0", "run.progress=false", "run.tensorboard=false"]))
+    model = out / "final"
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    (model / "config.json").write_text(json.dumps(cfg))
+    return model
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _finetune(model, data, out, nproc):
+    args = ["finetune", "ner", "--model", str(model), "--train", str(data / "train-en.tsv"),
+            "--eval", str(data / "dev-en.tsv"), str(data / "dev-de.tsv"),
+            "--dev", str(data / "dev-en.tsv"), "--out", str(out), "--epochs", "2",
+            "--batch-size", "8", "--lr", "1e-3", "--max-train-examples", "27",
+            "--max-eval-examples", "21", "--device", "cpu"]
+    cmd = [sys.executable, "-m", "xlmr_fast", *args] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "xlmr_fast",
+         *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return json.loads((out / "results.json").read_text()), r.stdout
+
+
+def test_two_ranks_train_the_one_process_model(no_dropout_model, shared_data, tmp_path):
+    data = Path(shared_data) / "panx"
+    one, _ = _finetune(no_dropout_model, data, tmp_path / "one", 1)
+    two, printed = _finetune(no_dropout_model, data, tmp_path / "two", 2)
+    assert (one["ranks"], two["ranks"]) == (1, 2)
+    # 27 examples in batches of 8: 4 per epoch, the last of 3 (split 2 + 1), 2 epochs
+    assert one["seeds"][0]["steps"] == two["seeds"][0]["steps"] == 8
+    assert printed.count("| model |") == 1  # only rank 0 prints the table
+    a = load_file(tmp_path / "one" / "seed0" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "seed0" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=2e-5, msg=k)
+    # dev selection and the final scores: evaluation batches are split over the ranks and the
+    # outputs gathered, so both runs score the same predictions
+    assert [h["dev"] for h in two["seeds"][0]["history"]] == pytest.approx(
+        [h["dev"] for h in one["seeds"][0]["history"]], abs=1e-6)
+    assert two["mean"] == pytest.approx(one["mean"], abs=1e-6)
+    assert not (tmp_path / "two" / "seed0" / "rank1").exists()
+
+
+def test_ranks_weight_their_slice_by_its_labelled_tokens():
+    """The weight that makes the DDP average the single-process mean: each rank's share of the
+    batch's labelled tokens (NER), or of its features (XNLI, QA)."""
+    from xlmr_fast.finetune import run as F
+    from xlmr_fast.finetune.tasks import IGNORE_INDEX as X
+    task = F.Task.__new__(F.Task)
+    task.name = "ner"
+    feats = [{"labels": [X, 1, 2, X]}, {"labels": [X, 3, X, X, X]}, {"labels": [X, 1, 1, 1, X]}]
+    assert task.loss_count(feats) == 6 and task.loss_count(feats[1:2]) == 1
+    task.name = "xnli"
+    assert task.loss_count(feats) == 3
+
+
+def test_batch_smaller_than_the_ranks_is_refused(monkeypatch, tmp_path, capsys):
+    from xlmr_fast import cli
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert cli.main(["finetune", "xnli", "--model", str(tmp_path), "--train", "a.tsv",
+                     "--eval", "b.tsv", "--batch-size", "2"]) == 1
+    assert "--batch-size 2 is the global batch, split over the 4 ranks: it must be at least 4" \
+        in capsys.readouterr().err
+
+
