@@ -14,25 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xlmr_fast.train.config import load_config
-from xlmr_fast.train.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def no_dropout_model(prepared, tmp_path_factory):
-    shards, tok = prepared
-    out = tmp_path_factory.mktemp("pre") / "run"
-    pretrain(load_config(None, [
-        f"data.data_dir={shards}", f"data.tokenizer={tok}", f"run.out_dir={out}",
-        "data.seq_len=64", "data.micro_batch=4", "optim.max_steps=2", "optim.warmup_steps=1",
-        "run.eval_every=0", "run.progress=false", "run.tensorboard=false"]))
-    model = out / "final"
-    cfg = json.loads((model / "config.json").read_text())
-    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
-    (model / "config.json").write_text(json.dumps(cfg))
-    return model
 
 
 def _free_port() -> int:

@@ -7,19 +7,6 @@ from pathlib import Path
 import pytest
 
 from xlmr_fast import cli
-from xlmr_fast.train.config import load_config
-from xlmr_fast.train.pretrain import pretrain
-
-
-@pytest.fixture(scope="module")
-def pretrained(prepared, tmp_path_factory):
-    shards, tok = prepared
-    out = tmp_path_factory.mktemp("pre") / "run"
-    pretrain(load_config(None, [
-        f"data.data_dir={shards}", f"data.tokenizer={tok}", f"run.out_dir={out}",
-        "data.seq_len=64", "data.micro_batch=4", "optim.max_steps=3", "optim.warmup_steps=1",
-        "run.eval_every=0", "run.progress=false", "run.tensorboard=false"]))
-    return out / "final"
 
 
 def _table(out: Path) -> dict:
