@@ -26,6 +26,9 @@ def _cli_args(p) -> None:
     src.add_argument("--data", help="preprocessed shards (from `xlmr-fast preprocess`); needs "
                                     "--tokenizer")
     p.add_argument("--tokenizer", help="tokenizer dir the --data shards were made with")
+    p.add_argument("--init-from", help="continue pretraining from this model (HF dir, e.g. "
+                   "xlm-roberta-base, or fairseq model.pt): model.init_from. With --corpus the "
+                   "corpus is encoded with its tokenizer (no tokenizer is trained)")
     p.add_argument("--vocab-size", type=int, default=8000,
                    help="pieces of the tokenizer trained for --corpus / the demo (default 8000; "
                         "XLM-R has 250000)")
@@ -41,6 +44,20 @@ def _cli_args(p) -> None:
     p.add_argument("--minutes", type=float, default=None,
                    help="stop after this many minutes (checkpoint, evaluation, export): "
                         "run.max_time_minutes")
+
+
+def _init_tokenizer(init_from: str | None) -> Path | None:
+    """The tokenizer directory beside a model to continue from (an HF dir holds
+    sentencepiece.bpe.model, a fairseq model.pt sits next to it); None without one."""
+    if not init_from:
+        return None
+    from ..tokenizer import MODEL_FILE
+    p = Path(init_from)
+    d = p if p.is_dir() else p.parent
+    if not (d / MODEL_FILE).is_file():
+        raise ValueError(f"--init-from {p}: no {MODEL_FILE} in {d} to encode the corpus with; "
+                         f"preprocess it with the model's tokenizer and pass --data/--tokenizer")
+    return d
 
 
 def _newest_run(root: Path) -> Path | None:
@@ -63,6 +80,9 @@ def _cli_run(a) -> int:
                                       "optim.warmup_steps=100", "run.eval_every=500",
                                       "run.save_every=500"], base)
     cfg = load_config(a.config, a.overrides, base)
+    if a.init_from:
+        from .config import from_dict
+        cfg = from_dict({"model": {"init_from": a.init_from}}, cfg)
 
     if a.data:
         if not a.tokenizer:
@@ -80,7 +100,8 @@ def _cli_run(a) -> int:
                   f"28 languages)", flush=True)
         data_dir, tok_dir = prepare_corpus(corpus, a.prepared, vocab_size=a.vocab_size,
                                            sentences=a.sentences, workers=a.workers,
-                                           seed=cfg.run.seed)
+                                           seed=cfg.run.seed,
+                                           tokenizer=_init_tokenizer(cfg.model.init_from))
     out = a.out
     if out is None:
         if a.resume:

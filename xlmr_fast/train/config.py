@@ -35,6 +35,9 @@ class ModelSection:
     """The model: a named XLMRConfig preset and field overrides (vocab_size always comes from the
     tokenizer the data was made with; mask_token_id is its last id)."""
     preset: str = "tiny"
+    init_from: str | None = None              # HF dir / fairseq model.pt: continue pretraining
+    #                                           from its weights (its architecture; the preset
+    #                                           then sets only data / optim / run defaults)
     hidden_dropout: float | None = None      # None = the preset's (0.1)
     attention_dropout: float | None = None
     unpad: bool = False                       # packed varlen encoder (only helps padded batches)

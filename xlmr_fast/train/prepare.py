@@ -27,30 +27,43 @@ from ..data.demo import default_cache_dir
 log = logging.getLogger(__name__)
 
 
-def default_work_dir(corpus, vocab_size: int, sentences: int) -> Path:
-    """A cache folder per (corpus path, tokenizer arguments): prepared/<corpus name>-<hash> in
-    the cache the demo corpus uses (data.demo.default_cache_dir)."""
+def default_work_dir(corpus, vocab_size: int, sentences: int, tokenizer_sha256: str = ""
+                     ) -> Path:
+    """A cache folder per (corpus path, tokenizer arguments or given tokenizer):
+    prepared/<corpus name>-<hash> in the cache the demo corpus uses
+    (data.demo.default_cache_dir)."""
     root = default_cache_dir()
     corpus = Path(corpus).resolve()
-    h = hashlib.sha256(f"{corpus}|{vocab_size}|{sentences}".encode()).hexdigest()[:10]
+    key = f"{corpus}|{vocab_size}|{sentences}" + (f"|{tokenizer_sha256}" if tokenizer_sha256
+                                                  else "")
+    h = hashlib.sha256(key.encode()).hexdigest()[:10]
     return root / "prepared" / f"{corpus.name}-{h}"
 
 
 def prepare_corpus(corpus, work_dir=None, *, vocab_size: int = 8000, sentences: int = 2_000_000,
                    alpha: float = 0.3, workers: int | None = None, seed: int = 0,
-                   progress: bool = True) -> tuple[Path, Path]:
+                   progress: bool = True, tokenizer=None) -> tuple[Path, Path]:
     """Train a tokenizer (unless done) and preprocess the corpus (resumable) into work_dir;
     returns (shards dir, tokenizer dir). vocab_size counts sentencepiece pieces; on a small
-    corpus sentencepiece may return fewer (hard_vocab_limit off), the real size is in the meta."""
+    corpus sentencepiece may return fewer (hard_vocab_limit off), the real size is in the meta.
+    tokenizer: a directory with an existing sentencepiece.bpe.model (e.g. the model pretraining
+    continues from) to encode with instead; vocab_size and sentences are then unused."""
     from ..data.corpus import list_languages
+    from ..data.shards import file_sha256
+    from ..tokenizer import MODEL_FILE, Tokenizer
 
     corpus = Path(corpus)
     list_languages(corpus)  # a clear error for a missing or empty corpus, before any work
+    tok_sha = ""
+    if tokenizer is not None:
+        Tokenizer.from_pretrained(tokenizer)  # a clear error for a missing / unreadable model
+        tok_sha = file_sha256(Path(tokenizer) / MODEL_FILE)
     work = Path(work_dir) if work_dir is not None else default_work_dir(corpus, vocab_size,
-                                                                         sentences)
+                                                                         sentences, tok_sha)
     work.mkdir(parents=True, exist_ok=True)
     with _exclusive(work / ".prepare.lock"):
-        return _prepare(corpus, work, vocab_size, sentences, alpha, workers, seed, progress)
+        return _prepare(corpus, work, vocab_size, sentences, alpha, workers, seed, progress,
+                        Path(tokenizer) if tokenizer is not None else None, tok_sha)
 
 
 _NO_FLOCK = (errno.ENOSYS, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP)
@@ -86,12 +99,14 @@ def _exclusive(lock_path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _prepare(corpus: Path, work: Path, vocab_size, sentences, alpha, workers, seed, progress):
+def _prepare(corpus: Path, work: Path, vocab_size, sentences, alpha, workers, seed, progress,
+             given_tok: Path | None = None, tok_sha: str = ""):
     from ..data.preprocess import preprocess
     from ..tokenizer import META_FILE, train_tokenizer
 
-    args = {"corpus": str(corpus.resolve()), "vocab_size": vocab_size, "sentences": sentences,
-            "alpha": alpha, "seed": seed}
+    args = ({"corpus": str(corpus.resolve()), "vocab_size": vocab_size, "sentences": sentences,
+             "alpha": alpha, "seed": seed} if given_tok is None else
+            {"corpus": str(corpus.resolve()), "tokenizer_sha256": tok_sha})
     record = work / "prepare.json"
     if record.exists():
         old = json.loads(record.read_text())
@@ -103,7 +118,9 @@ def _prepare(corpus: Path, work: Path, vocab_size, sentences, alpha, workers, se
         atomic_write(record, lambda f: f.write(json.dumps(args, indent=1)), binary=False)
 
     tok_dir, shards = work / "tokenizer", work / "shards"
-    if not (tok_dir / META_FILE).exists():  # written last by train_tokenizer: complete
+    if given_tok is not None:
+        tok_dir = given_tok
+    elif not (tok_dir / META_FILE).exists():  # written last by train_tokenizer: complete
         print(f"training a {vocab_size}-piece tokenizer on {corpus} ...", flush=True)
         train_tokenizer(corpus, tok_dir, vocab_size=vocab_size, alpha=alpha, sentences=sentences,
                         seed=seed, hard_vocab_limit=False, progress=progress)

@@ -57,6 +57,41 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> XLMRConfig:
     return getattr(XLMRConfig, cfg.model.preset)(**over)
 
 
+def load_init(cfg: TrainConfig, vocab_size: int, tokenizer_sha256: str | None
+              ) -> XLMRForMaskedLM:
+    """model.init_from: an HF directory or a fairseq model.pt (e.g. xlm-roberta-base) to
+    continue pretraining from, with the model section's dropout / unpad / fused overrides. Its
+    vocabulary must be the shards': same size, and the same sentencepiece model where the
+    checkpoint's directory has one (a different tokenizer of the same size would silently train
+    on the wrong embedding rows)."""
+    from ..data.shards import file_sha256
+    from ..tokenizer import MODEL_FILE
+    path = Path(cfg.model.init_from)
+    if not path.exists():
+        raise ValueError(f"model.init_from {path} does not exist (an HF model directory or a "
+                         f"fairseq model.pt)")
+    over = {"unpad": cfg.model.unpad, "fused_layer_ops": cfg.model.fused_layer_ops}
+    for name in ("hidden_dropout", "attention_dropout"):
+        if getattr(cfg.model, name) is not None:
+            over[name] = getattr(cfg.model, name)
+    model = XLMRForMaskedLM.from_pretrained(path, **over)
+    if model.config.vocab_size != vocab_size:
+        raise ValueError(f"model.init_from {path} has a vocabulary of {model.config.vocab_size} "
+                         f"ids, the shards {vocab_size}: preprocess the corpus with the "
+                         f"checkpoint's tokenizer (its {MODEL_FILE}), e.g. `xlmr-fast pretrain "
+                         f"--init-from {path} --corpus DIR` does")
+    spm = (path if path.is_dir() else path.parent) / MODEL_FILE
+    if tokenizer_sha256 and spm.is_file() and file_sha256(spm) != tokenizer_sha256:
+        raise ValueError(f"model.init_from {path}: its {MODEL_FILE} is not the tokenizer the "
+                         f"shards were made with (sha256 {file_sha256(spm)[:12]}... vs "
+                         f"{tokenizer_sha256[:12]}...): the ids would mean other pieces")
+    longest = model.config.max_position_embeddings - model.config.pad_token_id - 1
+    if cfg.data.seq_len > longest:
+        raise ValueError(f"data.seq_len {cfg.data.seq_len} is longer than model.init_from "
+                         f"{path} has positions for ({longest})")
+    return model
+
+
 def mask_capacity(rows: int, seq_len: int, prob: float, sigmas: float) -> int:
     """Size of the static masked-positions buffer: mean + sigmas * std of the Binomial count
     (an overflow drops the surplus targets of that batch and is counted in the logs)."""
@@ -189,7 +224,12 @@ class Trainer:
 
         # Same init on every rank: seed before building the model.
         torch.manual_seed(cfg.run.seed)
-        self.raw = XLMRForMaskedLM(self.model_cfg).to(self.device)
+        if cfg.model.init_from:  # continued pretraining: the checkpoint's architecture
+            self.raw = load_init(cfg, self.vocab_size, meta["tokenizer"].get("sha256"))
+            self.model_cfg = self.raw.config
+            self.raw.to(self.device)
+        else:
+            self.raw = XLMRForMaskedLM(self.model_cfg).to(self.device)
         layers = list(self.raw.encoder.layers)
         if cfg.model.activation_checkpointing:
             _checkpoint_layers(layers)
@@ -636,7 +676,8 @@ class Trainer:
         batch = d.micro_batch * o.grad_accum * self.dist.world_size
         log.info("pretrain: %s model (%.1fM parameters, vocab %d) on %s x%d (%s, %s), batch %d "
                  "x %d tokens (micro %d x accum %d x ranks %d), %d steps, run dir %s",
-                 c.model.preset, num_parameters(self.raw) / 1e6, self.vocab_size,
+                 f"{c.model.init_from} (continued)" if c.model.init_from else c.model.preset,
+                 num_parameters(self.raw) / 1e6, self.vocab_size,
                  self.device, self.dist.world_size, self.precision, self.dist.mode, batch,
                  d.seq_len, d.micro_batch, o.grad_accum, self.dist.world_size, o.max_steps,
                  self.run_dir)
