@@ -98,3 +98,12 @@ def test_cli_init_from_with_a_corpus_uses_the_models_tokenizer(saved, shared_dat
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     assert os.path.getsize(tmp_path / "run" / "final" / "model.safetensors") == \
         os.path.getsize(saved / "model.safetensors")
+    # --data shards made with the model's tokenizer: --tokenizer defaults to the model's dir
+    capsys.readouterr()
+    rc = cli.main(["pretrain", "--init-from", str(saved), "--data", str(tmp_path / "prep" /
+                   "shards"), "--out", str(tmp_path / "run2"), "data.seq_len=32",
+                   "data.micro_batch=2", "optim.max_steps=1", "optim.warmup_steps=0",
+                   "run.eval_every=0", "run.progress=false", "run.tensorboard=false"])
+    assert rc == 0, capsys.readouterr().out
+    assert (tmp_path / "run2" / "final" / "sentencepiece.bpe.model").read_bytes() == \
+        (saved / "sentencepiece.bpe.model").read_bytes()

@@ -25,7 +25,8 @@ def _cli_args(p) -> None:
                                       "(cached). Default: the embedded demo corpus")
     src.add_argument("--data", help="preprocessed shards (from `xlmr-fast preprocess`); needs "
                                     "--tokenizer")
-    p.add_argument("--tokenizer", help="tokenizer dir the --data shards were made with")
+    p.add_argument("--tokenizer", help="tokenizer dir the --data shards were made with "
+                   "(default with --init-from: the model's directory)")
     p.add_argument("--init-from", help="continue pretraining from this model (HF dir, e.g. "
                    "xlm-roberta-base, or fairseq model.pt): model.init_from. With --corpus the "
                    "corpus is encoded with its tokenizer (no tokenizer is trained)")
@@ -85,10 +86,11 @@ def _cli_run(a) -> int:
         cfg = from_dict({"model": {"init_from": a.init_from}}, cfg)
 
     if a.data:
-        if not a.tokenizer:
+        if not a.tokenizer and not cfg.model.init_from:
             raise ValueError("--data needs --tokenizer (the tokenizer dir the shards were made "
                              "with)")
-        data_dir, tok_dir = Path(a.data), Path(a.tokenizer)
+        data_dir = Path(a.data)
+        tok_dir = Path(a.tokenizer) if a.tokenizer else _init_tokenizer(cfg.model.init_from)
     elif cfg.data.data_dir and not a.corpus:
         data_dir, tok_dir = Path(cfg.data.data_dir), cfg.data.tokenizer
     else:
