@@ -168,6 +168,31 @@ def test_paper_xnli_recipe_epochs_and_early_stopping(pretrained, shared_data, tm
     assert res["args"]["patience"] == 3 and res["args"]["epoch_batches"] == 3
 
 
+def test_no_better_score_in_the_last_epoch_is_no_early_stop(pretrained, shared_data, monkeypatch):
+    """Under torchrun a batch smaller than the ranks is skipped, so the steps never reach the
+    planned total: a last epoch without a better dev score was reported as an early stop."""
+    import torch
+
+    from xlmr_fast.finetune import run as F
+    from xlmr_fast.tokenizer import Tokenizer
+    from xlmr_fast.train.distributed import DistInfo
+    x = Path(shared_data) / "xnli"
+    args = F.FinetuneArgs(task="xnli", model=str(pretrained), train=[str(x / "dev-en.tsv")],
+                          dev=[str(x / "dev-en.tsv")], xnli_premise_split=True, epochs=2,
+                          patience=1, batch_size=4, lr=1e-3, max_train_examples=5)
+    ex = F.read_files("xnli", args.train, "train", True, 5)
+    task = F.Task("xnli", Tokenizer.from_pretrained(pretrained), args, ex)
+    scores = iter([50.0, 50.0])
+    monkeypatch.setattr(F, "evaluate_sets", lambda *a, **k: {"en": (next(scores), {})})
+    monkeypatch.setattr(F.D, "wrap", lambda model, dist, layers=None: model)  # rank 0 of 2, alone
+    cpu = torch.device("cpu")
+    _, _, info = F.train_one_seed(task, args, 0, task.features(ex), {"en": None}, cpu,
+                                  DistInfo("ddp", 0, 2, 0, cpu))
+    assert info["steps"] == 2  # 5 examples in batches of 4: each epoch's batch of 1 is skipped
+    assert [h["dev"] for h in info["history"]] == [50.0, 50.0]
+    assert info["stopped_early_after_epoch"] is None
+
+
 def test_patience_needs_dev(pretrained, shared_data, tmp_path, capsys):
     x = Path(shared_data) / "xnli"
     rc = cli.main(["finetune", "xnli", "--model", str(pretrained), "--train",

@@ -72,6 +72,23 @@ def test_vocabulary_and_tokenizer_must_be_the_shards(prepared, saved, tmp_path):
         Trainer(_cfg(prepared, tmp_path / "d", f"model.init_from={tmp_path / 'nowhere'}"))
 
 
+def test_resume_of_a_continued_run(prepared, saved, tmp_path):
+    """A run that continued from model.init_from resumes with it; resumed without it (so with
+    the preset's architecture, as `--resume --out RUN` alone gives) it is a one-line error
+    naming the init model, not a size mismatch from deep inside torch's set_state_dict."""
+    from xlmr_fast.train.checkpoint import CheckpointError
+    out = tmp_path / "run"
+    init = (f"model.init_from={saved}", "model.preset=small")
+    pretrain(_cfg(prepared, out, *init))
+    with pytest.raises(CheckpointError, match=r"holds another model than this run builds .*"
+                                              r"continued from model.init_from \S+; resume with "
+                                              r"--init-from \S+ \(or --config \S+config.yaml\)"):
+        Trainer(_cfg(prepared, out, "model.preset=small"), resume=True)
+    t = Trainer(_cfg(prepared, out, *init), resume=True)
+    assert t.step == 2 and t.model_cfg.hidden_size == XLMRForMaskedLM.from_pretrained(
+        saved).config.hidden_size
+
+
 def test_cli_init_from_with_a_corpus_uses_the_models_tokenizer(saved, shared_data, tmp_path,
                                                                monkeypatch, capsys):
     """`pretrain --init-from M --corpus DIR`: DIR is encoded with M's sentencepiece model (no

@@ -107,10 +107,12 @@ class ShardWriter:
     def close(self) -> dict:
         """Finish the file (index + header), fsync, rename; returns its meta entry."""
         index_offset = HEADER.size + 4 * self.n_tokens
-        index = np.append(np.frombuffer(self.doc_starts, dtype=np.uint64),
-                          np.uint64(self.n_tokens)).astype("<u8", copy=False).tobytes()
-        self.f.write(index)
-        self.body.update(index)
+        # Written and hashed from the packed array itself: a joined copy (np.append, tobytes)
+        # would hold the index two more times at once, GBs for a CC-100-sized language.
+        for part in (np.frombuffer(self.doc_starts, dtype=np.uint64).astype("<u8", copy=False),
+                     np.asarray([self.n_tokens], dtype="<u8")):
+            self.f.write(part)
+            self.body.update(part)
         self.f.seek(0)
         self.f.write(HEADER.pack(MAGIC, VERSION, self.vocab_size, self.n_tokens,
                                  len(self.doc_starts), self.n_lines, HEADER.size, index_offset,

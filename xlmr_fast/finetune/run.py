@@ -365,7 +365,9 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 stale += 1
-            if args.patience and stale >= args.patience and step < total:
+            # not after the last epoch: under torchrun skipped batches keep step below total
+            if args.patience and stale >= args.patience and step < total \
+                    and epoch + 1 < args.epochs:
                 stopped_early = epoch + 1
                 log.info("seed %d: no better joint dev score for %d epochs: stopping after "
                          "epoch %d", seed, stale, epoch + 1)

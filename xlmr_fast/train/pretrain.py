@@ -34,7 +34,7 @@ from ..data.loader import BlockLoader
 from ..data.shards import read_meta
 from ..model.xlmr import XLMRForMaskedLM
 from . import distributed as D
-from .checkpoint import CheckpointManager, rng_state, set_rng_state
+from .checkpoint import CheckpointError, CheckpointManager, rng_state, set_rng_state
 from .config import TrainConfig, save_config
 from .metrics import MetricsLogger, format_log_line, model_flops_per_token, peak_flops, \
     plot_metrics
@@ -549,6 +549,7 @@ class Trainer:
         # the file in the page cache instead of holding one each (CheckpointManager.load).
         mmap = self.device.type != "cpu"
         state = self.ckpt.load(path, mmap=mmap)
+        self._check_architecture(state, path)
         set_state_dict(self.raw, self.opt, model_state_dict=state["model"],
                        optim_state_dict=state["optim"],
                        options=StateDictOptions(full_state_dict=True))
@@ -571,6 +572,24 @@ class Trainer:
             if k != "tokens":  # tokens/s of the first interval counts this process's time only
                 self.acc[k] = v.to(self.device) if torch.is_tensor(v) else v
         log.info("resumed from %s at step %d", path, self.step)
+
+    def _check_architecture(self, state: dict, path) -> None:
+        """A resume whose model is not the checkpoint's (another preset, or a run that
+        continued from model.init_from resumed without it: its architecture is the init
+        model's) would fail deep inside set_state_dict; name the cause and the fix instead."""
+        have = {k: tuple(v.shape) for k, v in self.raw.state_dict().items()}
+        saved = {k: tuple(v.shape) for k, v in state["model"].items()}
+        if have == saved:
+            return
+        k = next(k for k in sorted(have.keys() | saved.keys()) if have.get(k) != saved.get(k))
+        init = ((state.get("config") or {}).get("model") or {}).get("init_from")
+        raise CheckpointError(
+            f"{path} holds another model than this run builds ({k}: {saved.get(k, 'absent')} "
+            f"there, {have.get(k, 'absent')} here): "
+            + (f"that run continued from model.init_from {init}; resume with --init-from "
+               f"{init} " if init and init != self.cfg.model.init_from else
+               "resume with the run's model settings ")
+            + f"(or --config {self.run_dir / 'config.yaml'})")
 
     def export(self) -> Path | None:
         """The final model in the HF layout (transformers loads it unchanged) with the
