@@ -108,7 +108,7 @@ def test_local_rank_maps_onto_the_visible_gpus(monkeypatch):
     assert D._pick_device("cpu", 3) == torch.device("cpu")
     # more ranks than visible GPUs: a clear error, not two ranks on one GPU
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    with pytest.raises(RuntimeError, match="LOCAL_RANK=6 but this process sees 4 GPUs"):
+    with pytest.raises(ValueError, match="LOCAL_RANK=6 but this process sees 4 GPUs"):
         D._pick_device("cuda", 6)
 
 
@@ -135,3 +135,15 @@ def test_every_rank_takes_the_same_stop_from_the_same_sums():
         t._stop_request, t._stop = own, None
         t._agree(*sums)
         assert t._stop == want, (own, sums)
+
+
+def test_launch_mistakes_are_one_line_errors(monkeypatch, capsys):
+    """WORLD_SIZE without MASTER_ADDR (a rank started by hand): a ValueError, which the CLI
+    prints as one line naming the fix (a RuntimeError traceback before)."""
+    from xlmr_fast import cli
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    assert cli.main(["finetune", "xnli", "--model", "m", "--train", "a.tsv", "--eval", "b.tsv",
+                     "--device", "cpu"]) == 1
+    assert "WORLD_SIZE=2 but no MASTER_ADDR (ddp): launch with torchrun" in \
+        capsys.readouterr().err

@@ -404,7 +404,7 @@ def verify_dir(out_dir, languages=None) -> dict[str, str | None]:
         try:
             verify(out_dir, lang, meta)
             res[lang] = None
-        except ShardError as e:
+        except (ShardError, OSError) as e:  # an unreadable file fails its language only
             res[lang] = str(e)
     return res
 

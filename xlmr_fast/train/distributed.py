@@ -57,9 +57,9 @@ def _pick_device(device: str, local_rank: int, option: str = "run.device") -> to
         # own GPU (e.g. SLURM --gpus-per-task=1) makes cuda:0 the right one for every rank.
         n = torch.cuda.device_count()
         if n > 1 and local_rank >= n:
-            raise RuntimeError(f"LOCAL_RANK={local_rank} but this process sees {n} GPUs: launch "
-                               f"at most {n} processes per node (two ranks on one GPU make "
-                               f"NCCL fail)")
+            raise ValueError(f"LOCAL_RANK={local_rank} but this process sees {n} GPUs: launch "
+                             f"at most {n} processes per node (two ranks on one GPU make "
+                             f"NCCL fail)")
         dev = torch.device("cuda", local_rank if n > 1 else 0)
     torch.cuda.set_device(dev)
     return dev
@@ -73,13 +73,13 @@ def setup(mode: str = "auto", device: str = "auto", option: str = "run.device") 
     if mode == "auto":
         mode = "ddp" if world > 1 else "none"
     if mode != "none" and "MASTER_ADDR" not in os.environ and world > 1:
-        raise RuntimeError(f"run.distributed={mode!r} with WORLD_SIZE={world} but no MASTER_ADDR: "
-                           "launch with torchrun (see xlmr_fast/train/distributed.py)")
+        raise ValueError(f"WORLD_SIZE={world} but no MASTER_ADDR ({mode}): launch with torchrun "
+                         "(see xlmr_fast/train/distributed.py)")
     dev = _pick_device(device, local_rank, option)
     if mode == "none":
         if world > 1:
-            raise RuntimeError(f"WORLD_SIZE={world} but run.distributed=none: every process "
-                               "would train alone on the same data; use ddp or fsdp")
+            raise ValueError(f"WORLD_SIZE={world} but run.distributed=none: every process "
+                             "would train alone on the same data; use ddp or fsdp")
         return DistInfo("none", 0, 1, 0, dev)
     if not td.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
