@@ -82,7 +82,8 @@ def test_resume_of_a_continued_run(prepared, saved, tmp_path):
     pretrain(_cfg(prepared, out, *init))
     with pytest.raises(CheckpointError, match=r"holds another model than this run builds .*"
                                               r"continued from model.init_from \S+; resume with "
-                                              r"--init-from \S+ \(or --config \S+config.yaml\)"):
+                                              r"the run's own config: `xlmr-fast pretrain "
+                                              r"--resume --out \S+` reads \S+config.yaml"):
         Trainer(_cfg(prepared, out, "model.preset=small"), resume=True)
     t = Trainer(_cfg(prepared, out, *init), resume=True)
     assert t.step == 2 and t.model_cfg.hidden_size == XLMRForMaskedLM.from_pretrained(
@@ -124,3 +125,25 @@ def test_cli_init_from_with_a_corpus_uses_the_models_tokenizer(saved, shared_dat
     assert rc == 0, capsys.readouterr().out
     assert (tmp_path / "run2" / "final" / "sentencepiece.bpe.model").read_bytes() == \
         (saved / "sentencepiece.bpe.model").read_bytes()
+
+
+def test_cli_resume_reads_the_runs_config(saved, prepared, tmp_path, capsys):
+    """`xlmr-fast pretrain --resume --out RUN` (the hint a stopped run prints) continues RUN's
+    own config: before, it rebuilt the default preset on the demo corpus, so a continued or
+    non-default run could not be resumed by that command."""
+    shards, tok = prepared
+    out = tmp_path / "run"
+    common = ["run.eval_every=0", "run.progress=false", "run.tensorboard=false"]
+    assert cli.main(["pretrain", "--init-from", str(saved), "--data", str(shards), "--tokenizer",
+                     str(tok), "--out", str(out), "data.seq_len=32", "data.micro_batch=2",
+                     "optim.max_steps=2", "optim.warmup_steps=1", "run.save_every=1",
+                     *common]) == 0
+    capsys.readouterr()
+    assert cli.main(["pretrain", "--resume", "--out", str(out), "optim.max_steps=3"]) == 0
+    from xlmr_fast.train.checkpoint import CheckpointManager
+    from xlmr_fast.train.config import load_config
+    assert CheckpointManager(out).load()["step"] == 3
+    cfg = load_config(out / "config.yaml")
+    assert (cfg.data.seq_len, cfg.model.init_from, cfg.optim.max_steps) == (32, str(saved), 3)
+    assert cli.main(["pretrain", "--resume", "--out", str(out), "--preset", "base"]) == 1
+    assert "--resume continues" in capsys.readouterr().err

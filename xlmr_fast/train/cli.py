@@ -72,15 +72,32 @@ def _cli_run(a) -> int:
 
     logging.getLogger("xlmr_fast").setLevel(logging.INFO)
     gpu = torch.cuda.is_available()
-    base = None
-    if a.preset or not a.config:
-        base = TrainConfig.preset(a.preset or ("small" if gpu else "tiny"))
-        if not a.preset and gpu:  # the demo on a GPU: larger model, short blocks, more steps
-            base = load_config(None, ["data.seq_len=128", "data.micro_batch=64",
-                                      "optim.max_steps=2000", "optim.grad_accum=1",
-                                      "optim.warmup_steps=100", "run.eval_every=500",
-                                      "run.save_every=500"], base)
-    cfg = load_config(a.config, a.overrides, base)
+    out = a.out
+    if out is None and a.resume:
+        newest = _newest_run(Path("runs"))
+        if newest is None:
+            raise FileNotFoundError("--resume without --out: no run with checkpoints in "
+                                    "runs/; pass --out RUN_DIR")
+        out = str(newest)
+    saved = Path(out) / "config.yaml" if a.resume else None
+    if saved is not None and saved.is_file():
+        # Resuming continues the run's own resolved config (model, data, schedule), so the
+        # printed hint `xlmr-fast pretrain --resume --out RUN` is the whole command; a preset or
+        # another file would build another model or schedule. Changes go in as overrides.
+        if a.config or a.preset:
+            raise ValueError(f"--resume continues {saved}: give changes as overrides (e.g. "
+                             f"optim.max_steps=...), not --config / --preset")
+        cfg = load_config(saved, a.overrides)
+    else:
+        base = None
+        if a.preset or not a.config:
+            base = TrainConfig.preset(a.preset or ("small" if gpu else "tiny"))
+            if not a.preset and gpu:  # the demo on a GPU: larger model, short blocks, more steps
+                base = load_config(None, ["data.seq_len=128", "data.micro_batch=64",
+                                          "optim.max_steps=2000", "optim.grad_accum=1",
+                                          "optim.warmup_steps=100", "run.eval_every=500",
+                                          "run.save_every=500"], base)
+        cfg = load_config(a.config, a.overrides, base)
     if a.init_from:
         from .config import from_dict
         cfg = from_dict({"model": {"init_from": a.init_from}}, cfg)
@@ -104,16 +121,8 @@ def _cli_run(a) -> int:
                                            sentences=a.sentences, workers=a.workers,
                                            seed=cfg.run.seed,
                                            tokenizer=_init_tokenizer(cfg.model.init_from))
-    out = a.out
     if out is None:
-        if a.resume:
-            newest = _newest_run(Path("runs"))
-            if newest is None:
-                raise FileNotFoundError("--resume without --out: no run with checkpoints in "
-                                        "runs/; pass --out RUN_DIR")
-            out = str(newest)
-        else:
-            out = f"runs/{cfg.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = f"runs/{cfg.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = {"out_dir": out}
     if a.minutes is not None:
         run["max_time_minutes"] = a.minutes

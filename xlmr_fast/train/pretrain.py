@@ -586,10 +586,10 @@ class Trainer:
         raise CheckpointError(
             f"{path} holds another model than this run builds ({k}: {saved.get(k, 'absent')} "
             f"there, {have.get(k, 'absent')} here): "
-            + (f"that run continued from model.init_from {init}; resume with --init-from "
-               f"{init} " if init and init != self.cfg.model.init_from else
-               "resume with the run's model settings ")
-            + f"(or --config {self.run_dir / 'config.yaml'})")
+            + (f"that run continued from model.init_from {init}; " if init and
+               init != self.cfg.model.init_from else "")
+            + f"resume with the run's own config: `xlmr-fast pretrain --resume --out "
+              f"{self.run_dir}` reads {self.run_dir / 'config.yaml'}")
 
     def export(self) -> Path | None:
         """The final model in the HF layout (transformers loads it unchanged) with the
