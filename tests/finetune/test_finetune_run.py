@@ -250,3 +250,35 @@ def test_each_language_its_own_model(pretrained, shared_data, tmp_path, monkeypa
                    "--out", str(tmp_path / "o")])
     assert rc == 1
     assert "no --train file for ['sw']" in capsys.readouterr().err
+
+
+def test_rerun_continues_an_interrupted_multi_seed_run(pretrained, shared_data, tmp_path,
+                                                       monkeypatch, capsys):
+    """Each finished model writes seed<k>/result.json last; a rerun with the same arguments
+    into the same --out reuses those seeds (an interrupted 5-seed run keeps its done seeds)
+    and trains only the rest. Results of other arguments are an error, not a mix."""
+    from xlmr_fast.finetune import run as F
+    x = Path(shared_data) / "xnli"
+    out = tmp_path / "o"
+    argv = ["finetune", "xnli", "--model", str(pretrained), "--train", str(x / "dev-en.tsv"),
+            "--eval", str(x / "dev-de.tsv"), "--xnli-premise-split", "--out", str(out),
+            "--seeds", "0", "1", "--max-steps", "2", "--batch-size", "8",
+            "--max-train-examples", "16", "--max-eval-examples", "12"]
+    assert cli.main(argv) == 0
+    first = json.loads((out / "results.json").read_text())
+    trained, real = [], F.train_one_seed
+
+    def spy(task, args, seed, *a, **k):
+        trained.append(seed)
+        return real(task, args, seed, *a, **k)
+    monkeypatch.setattr(F, "train_one_seed", spy)
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert trained == [] and "seed 1: done before" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["mean"] == first["mean"]
+    (out / "seed1" / "result.json").unlink()  # as if the run had stopped during seed 1
+    assert cli.main(argv) == 0
+    assert trained == [1]
+    assert cli.main(argv + ["--lr", "3e-5"]) == 1
+    assert "seed0/result.json holds seed 0 of other arguments (differing: lr)" in \
+        capsys.readouterr().err

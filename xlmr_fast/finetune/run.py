@@ -39,6 +39,7 @@ import torch
 from ..model.xlmr import XLMRForQuestionAnswering, XLMRForSequenceClassification, \
     XLMRForTokenClassification
 from .._device import parse_device
+from .._io import atomic_write
 from ..tokenizer import Tokenizer, copy_tokenizer_files
 from ..train import distributed as D
 from ..train.config import OptimSection
@@ -470,11 +471,48 @@ def _finetune(args: FinetuneArgs, dist: DistInfo | None, dev: torch.device) -> d
     return table
 
 
+RESULT_FILE = "result.json"
+# FinetuneArgs fields that do not change a seed's model or scores: a rerun may differ in them
+# and still reuse the seeds done before (more --seeds, another --device, ...).
+_NOT_IN_RESULT = ("seeds", "out", "device", "eval_batch_size", "save_model")
+
+
+def _fingerprint(args: FinetuneArgs) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(args).items() if k not in _NOT_IN_RESULT}
+
+
+def _done_before(args: FinetuneArgs, save_dir: Path, name: str):
+    """(info, res) of a model this --out already holds (its result.json, written last), None if
+    not done; results of other arguments are an error, not a silent mix."""
+    f = save_dir / RESULT_FILE
+    if not f.is_file():
+        return None
+    try:
+        rec = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{f}: unreadable ({e}); delete it to redo {name}") from e
+    mine = _fingerprint(args)
+    if rec.get("args") != mine:
+        diff = sorted(k for k in mine.keys() | rec.get("args", {}).keys()
+                      if mine.get(k) != rec.get("args", {}).get(k))
+        raise ValueError(f"{f} holds {name} of other arguments (differing: {', '.join(diff)}); "
+                         f"use another --out, or delete it to redo")
+    return rec["info"], {k: tuple(v) for k, v in rec["res"].items()}
+
+
 def _fit_and_score(task, args, seed, feats, dev_sets, eval_sets, dev, save_dir: Path,
                    name: str, dist: DistInfo | None = None):
     """Train one model (one seed), score it on eval_sets and save it with its tokenizer (what
-    `evaluate` needs) in save_dir; returns (training info, {lang: (score, details)})."""
+    `evaluate` needs) in save_dir; returns (training info, {lang: (score, details)}). A model
+    done by an earlier run into the same --out with the same arguments (save_dir/result.json)
+    is not redone: an interrupted multi-seed run continues where it stopped."""
     main = dist is None or dist.rank == 0
+    done = _done_before(args, save_dir, name)
+    if done is not None:
+        if main:
+            print(f"{name}: done before ({save_dir / RESULT_FILE}): reused", flush=True)
+        return done
     model, amp, info = train_one_seed(task, args, seed, feats, dev_sets, dev, dist)
     res = evaluate_sets(task, model, eval_sets, dev, amp, args.eval_batch_size, dist)
     if not main:
@@ -489,6 +527,10 @@ def _fit_and_score(task, args, seed, feats, dev_sets, eval_sets, dev, save_dir: 
         copy_tokenizer_files(args.tokenizer or args.model, save_dir)
         if task.name == "ner":  # the tag order of the classifier rows, for `evaluate`
             (save_dir / "labels.json").write_text(json.dumps(task.labels))
+    rec = {"args": _fingerprint(args), "info": info, "res": res}
+    save_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(save_dir / RESULT_FILE, lambda f: f.write(json.dumps(rec, indent=1)),
+                 binary=False)  # last: it marks the model done
     return info, res
 
 
