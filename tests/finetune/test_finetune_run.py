@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from xlmr_fast import cli
 
@@ -216,9 +217,9 @@ def test_each_language_its_own_model(pretrained, shared_data, tmp_path, monkeypa
     trained = []
     real = F.train_one_seed
 
-    def spy(task, args, seed, feats, dev_sets, dev, dist=None):
+    def spy(task, args, seed, feats, dev_sets, *a, **k):
         trained.append((task, feats, sorted(dev_sets)))
-        return real(task, args, seed, feats, dev_sets, dev, dist)
+        return real(task, args, seed, feats, dev_sets, *a, **k)
     monkeypatch.setattr(F, "train_one_seed", spy)
     out = tmp_path / "each"
     rc = cli.main(["finetune", "xnli", "--model", str(pretrained), "--protocol", "each",
@@ -282,3 +283,51 @@ def test_rerun_continues_an_interrupted_multi_seed_run(pretrained, shared_data, 
     assert cli.main(argv + ["--lr", "3e-5"]) == 1
     assert "seed0/result.json holds seed 0 of other arguments (differing: lr)" in \
         capsys.readouterr().err
+
+
+def test_interrupted_seed_continues_after_its_last_epoch(pretrained, shared_data, tmp_path,
+                                                         monkeypatch):
+    """A model's training state is written after every epoch (seed<k>/checkpoint.pt); a run
+    killed in epoch 3 continues after epoch 2 on the rerun and ends with the weights of a run
+    that never stopped (same batches, dropout masks, optimizer and selection state)."""
+    from safetensors.torch import load_file
+
+    from xlmr_fast.finetune import run as F
+    x = Path(shared_data) / "xnli"
+
+    def argv(out):
+        return ["finetune", "xnli", "--model", str(pretrained), "--train", str(x / "dev-en.tsv"),
+                "--eval", str(x / "dev-de.tsv"), "--dev", str(x / "dev-en.tsv"),
+                "--xnli-premise-split", "--out", str(out), "--epochs", "3", "--batch-size", "8",
+                "--max-train-examples", "24", "--max-eval-examples", "12", "--lr", "1e-3"]
+    assert cli.main(argv(tmp_path / "whole")) == 0
+    real, calls = F.evaluate_sets, []
+
+    def dies_in_epoch_3(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:  # the third dev evaluation: after epoch 2's checkpoint
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(F, "evaluate_sets", dies_in_epoch_3)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(argv(cut))
+    assert (cut / "seed0" / "checkpoint.pt").is_file()
+    monkeypatch.setattr(F, "evaluate_sets", real)
+    steps, real_step = [], torch.optim.AdamW.step
+
+    def counted(self, *a, **k):
+        steps.append(1)
+        return real_step(self, *a, **k)
+    monkeypatch.setattr(torch.optim.AdamW, "step", counted)
+    assert cli.main(argv(cut)) == 0
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert whole["seeds"][0]["steps"] == 9 and len(steps) == 3  # 3 batches an epoch: epoch 3
+    assert not (cut / "seed0" / "checkpoint.pt").exists()  # the model is done
+    a = load_file(tmp_path / "whole" / "seed0" / "model.safetensors")
+    b = load_file(cut / "seed0" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    resumed = json.loads((cut / "results.json").read_text())
+    assert resumed["seeds"][0]["history"] == whole["seeds"][0]["history"]
+    assert resumed["mean"] == whole["mean"]

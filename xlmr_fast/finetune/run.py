@@ -87,6 +87,7 @@ class FinetuneArgs:
     device: str = "auto"
     eval_batch_size: int = 64
     save_model: bool = True
+    checkpoints: bool = True               # training state after every epoch (resumable)
     max_train_examples: int = 0            # > 0: first N examples of each training file
     max_eval_examples: int = 0             # > 0: first N examples of each eval / dev file
 
@@ -300,17 +301,19 @@ def _my_slice(idx: list, dist: DistInfo | None) -> list:
 
 
 def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_sets, dev,
-                   dist: DistInfo | None = None):
+                   dist: DistInfo | None = None, ckpt: Path | None = None):
     """One model. Under torchrun (DDP) --batch-size is the global batch: each rank runs its
     slice, its mean loss weighted by its share of the batch's loss denominator (labelled tokens
-    for NER), so the averaged gradient is the single-process one."""
+    for NER), so the averaged gradient is the single-process one.
+    ckpt: written after every epoch (model, optimizer, schedule, selection state); a run that
+    finds it continues after that epoch, with the same batches and dropout masks as a run that
+    never stopped (each epoch reseeds and the batch stream is replayed to its position)."""
     multi = dist is not None and dist.active
+    rank = dist.rank if multi else 0
     torch.manual_seed(seed)
     model = task.model_cls.from_pretrained(args.model, num_labels=task.num_labels,
                                            unpad=_unpad(task.name, dev)).to(dev)
     model.train()
-    if multi:
-        torch.manual_seed(seed + 1_000_003 * dist.rank)  # each rank its own dropout masks
     net = D.wrap(model, dist) if multi else model
     batches_per_epoch = args.epoch_batches or math.ceil(len(train_feats) / args.batch_size)
     total = batches_per_epoch * args.epochs  # the LR schedule's length, early stop or not
@@ -328,8 +331,23 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
     from tqdm.auto import tqdm
     bar = tqdm(total=total, desc=f"{args.task} seed {seed}", unit="step", dynamic_ncols=True,
                disable=multi and dist.rank != 0)
-    t0, tokens = time.perf_counter(), 0
-    for epoch in range(args.epochs):
+    t0, tokens, first_epoch = time.perf_counter(), 0, 0
+    if ckpt is not None and ckpt.is_file():
+        st = _load_epoch_checkpoint(ckpt, args, seed, dev)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        first_epoch, step, history = st["epoch"], st["step"], st["history"]
+        best, best_state, stale = st["best"], st["best_state"], st["stale"]
+        for _ in itertools.islice(stream, first_epoch * batches_per_epoch):  # replay to here
+            pass
+        bar.update(step)
+        log.info("seed %d: continuing after epoch %d (step %d) from %s", seed, first_epoch,
+                 step, ckpt)
+    for epoch in range(first_epoch, args.epochs):
+        # each epoch (and rank: its own dropout masks) reseeded: a resumed epoch draws the
+        # masks the uninterrupted run drew
+        torch.manual_seed(seed * 1000 + epoch + 1_000_003 * rank)
         for idx in itertools.islice(stream, batches_per_epoch):
             mine = _my_slice(idx, dist)
             if multi and len(idx) < dist.world_size:  # a last batch too small to split: every
@@ -375,6 +393,11 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
                 break
         if step >= total:
             break
+        if ckpt is not None and rank == 0 and epoch + 1 < args.epochs:
+            _save_epoch_checkpoint(ckpt, args, seed, {
+                "epoch": epoch + 1, "step": step, "history": history, "best": best,
+                "best_state": best_state, "stale": stale, "model": model.state_dict(),
+                "opt": opt.state_dict(), "sched": sched.state_dict()})
     bar.close()
     if skipped:
         log.info("seed %d: %d batch(es) smaller than the %d ranks skipped", seed, skipped,
@@ -472,9 +495,28 @@ def _finetune(args: FinetuneArgs, dist: DistInfo | None, dev: torch.device) -> d
 
 
 RESULT_FILE = "result.json"
+CHECKPOINT_FILE = "checkpoint.pt"  # the model's training state after its last finished epoch
+
+
+def _save_epoch_checkpoint(path: Path, args: FinetuneArgs, seed: int, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"args": _fingerprint(args), "seed": seed, **state}
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def _load_epoch_checkpoint(path: Path, args: FinetuneArgs, seed: int, dev) -> dict:
+    try:
+        st = torch.load(path, map_location=dev, weights_only=True)
+    except Exception as e:  # truncated / foreign file: name it
+        raise ValueError(f"{path}: not a readable fine-tuning checkpoint ({type(e).__name__}: "
+                         f"{e}); delete it to restart this model") from e
+    if st.get("args") != _fingerprint(args) or st.get("seed") != seed:
+        raise ValueError(f"{path} is a checkpoint of other arguments or another seed; use "
+                         f"another --out, or delete it to restart this model")
+    return st
 # FinetuneArgs fields that do not change a seed's model or scores: a rerun may differ in them
 # and still reuse the seeds done before (more --seeds, another --device, ...).
-_NOT_IN_RESULT = ("seeds", "out", "device", "eval_batch_size", "save_model")
+_NOT_IN_RESULT = ("seeds", "out", "device", "eval_batch_size", "save_model", "checkpoints")
 
 
 def _fingerprint(args: FinetuneArgs) -> dict:
@@ -513,7 +555,8 @@ def _fit_and_score(task, args, seed, feats, dev_sets, eval_sets, dev, save_dir: 
         if main:
             print(f"{name}: done before ({save_dir / RESULT_FILE}): reused", flush=True)
         return done
-    model, amp, info = train_one_seed(task, args, seed, feats, dev_sets, dev, dist)
+    ckpt = save_dir / CHECKPOINT_FILE if args.checkpoints else None
+    model, amp, info = train_one_seed(task, args, seed, feats, dev_sets, dev, dist, ckpt)
     res = evaluate_sets(task, model, eval_sets, dev, amp, args.eval_batch_size, dist)
     if not main:
         return info, res
@@ -531,6 +574,7 @@ def _fit_and_score(task, args, seed, feats, dev_sets, eval_sets, dev, save_dir: 
     save_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(save_dir / RESULT_FILE, lambda f: f.write(json.dumps(rec, indent=1)),
                  binary=False)  # last: it marks the model done
+    (save_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: its training state is not needed
     return info, res
 
 
@@ -624,6 +668,9 @@ def _args(p) -> None:
                    help="tokens per input (default 128 xnli, 256 ner, 384 qa)")
     p.add_argument("--doc-stride", type=int, default=128, help="qa: window stride in tokens")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--no-checkpoints", dest="checkpoints", action="store_false",
+                   help="do not write each model's training state after every epoch (a rerun "
+                        "into the same --out then restarts an unfinished model)")
     p.add_argument("--max-train-examples", type=int, default=0,
                    help="first N examples of each training file (quick runs)")
     p.add_argument("--max-eval-examples", type=int, default=0,
@@ -639,6 +686,7 @@ def _run(a) -> int:
                           patience=a.patience, max_steps=a.max_steps, batch_size=a.batch_size,
                           lr=a.lr, warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay,
                           max_length=a.max_length, doc_stride=a.doc_stride, device=a.device,
+                          checkpoints=a.checkpoints,
                           max_train_examples=a.max_train_examples,
                           max_eval_examples=a.max_eval_examples))
     return 0
