@@ -24,12 +24,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _finetune(model, data, out, nproc):
+def _finetune(model, data, out, nproc, *extra):
     args = ["finetune", "ner", "--model", str(model), "--train", str(data / "train-en.tsv"),
             "--eval", str(data / "dev-en.tsv"), str(data / "dev-de.tsv"),
             "--dev", str(data / "dev-en.tsv"), "--out", str(out), "--epochs", "2",
             "--batch-size", "8", "--lr", "1e-3", "--max-train-examples", "27",
-            "--max-eval-examples", "21", "--device", "cpu"]
+            "--max-eval-examples", "21", "--device", "cpu", *extra]
     cmd = [sys.executable, "-m", "xlmr_fast", *args] if nproc == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "xlmr_fast",
@@ -41,25 +41,50 @@ def _finetune(model, data, out, nproc):
     return json.loads((out / "results.json").read_text()), r.stdout
 
 
-def test_two_ranks_train_the_one_process_model(no_dropout_model, shared_data, tmp_path):
+def _same_models(dir_a, dir_b):
+    a = load_file(dir_a / "seed0" / "model.safetensors")
+    b = load_file(dir_b / "seed0" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=2e-5, msg=k)
+
+
+@pytest.fixture(scope="module")
+def one_process(no_dropout_model, shared_data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "one"
+    return out, _finetune(no_dropout_model, shared_data_dir / "panx", out, 1)[0]
+
+
+def test_two_ranks_train_the_one_process_model(no_dropout_model, shared_data, one_process,
+                                               tmp_path):
     data = Path(shared_data) / "panx"
-    one, _ = _finetune(no_dropout_model, data, tmp_path / "one", 1)
+    one_dir, one = one_process
     two, printed = _finetune(no_dropout_model, data, tmp_path / "two", 2)
     assert (one["ranks"], two["ranks"]) == (1, 2)
     # 27 examples in batches of 8: 4 per epoch, the last of 3 (split 2 + 1), 2 epochs
     assert one["seeds"][0]["steps"] == two["seeds"][0]["steps"] == 8
     assert printed.count("| model |") == 1  # only rank 0 prints the table
-    a = load_file(tmp_path / "one" / "seed0" / "model.safetensors")
-    b = load_file(tmp_path / "two" / "seed0" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=2e-5, msg=k)
+    _same_models(one_dir, tmp_path / "two")
     # dev selection and the final scores: evaluation batches are split over the ranks and the
     # outputs gathered, so both runs score the same predictions
     assert [h["dev"] for h in two["seeds"][0]["history"]] == pytest.approx(
         [h["dev"] for h in one["seeds"][0]["history"]], abs=1e-6)
     assert two["mean"] == pytest.approx(one["mean"], abs=1e-6)
     assert not (tmp_path / "two" / "seed0" / "rank1").exists()
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_gradient_accumulation_gives_the_same_update(no_dropout_model, shared_data, one_process,
+                                                     tmp_path, nproc):
+    """--grad-accum 2: each batch in two micro-batches (per rank), each part's mean loss
+    weighted by its share of the batch's labelled tokens: the model of one step per batch.
+    The last batch of 3 examples on 2 ranks makes one micro-batch (too few for two)."""
+    one_dir, one = one_process
+    acc, _ = _finetune(no_dropout_model, Path(shared_data) / "panx", tmp_path / "acc", nproc,
+                       "--grad-accum", "2")
+    assert acc["seeds"][0]["steps"] == one["seeds"][0]["steps"] == 8
+    _same_models(one_dir, tmp_path / "acc")
+    assert acc["mean"] == pytest.approx(one["mean"], abs=1e-6)
 
 
 def test_ranks_weight_their_slice_by_its_labelled_tokens():
@@ -80,7 +105,7 @@ def test_batch_smaller_than_the_ranks_is_refused(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert cli.main(["finetune", "xnli", "--model", str(tmp_path), "--train", "a.tsv",
                      "--eval", "b.tsv", "--batch-size", "2"]) == 1
-    assert "--batch-size 2 is the global batch, split over the 4 ranks: it must be at least 4" \
-        in capsys.readouterr().err
+    assert "--batch-size 2 is the global batch, split into --grad-accum 1 micro-batches over 4 " \
+        "rank(s): it must be at least 4" in capsys.readouterr().err
 
 

@@ -31,6 +31,7 @@ import math
 import os
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +80,7 @@ class FinetuneArgs:
     #                                        joint dev score (the paper's XNLI recipe: 5)
     max_steps: int = 0                     # > 0: stop after this many updates (smoke runs)
     batch_size: int = 32
+    grad_accum: int = 1                    # micro-steps per update (the batch split in parts)
     lr: float = 2e-5
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
@@ -204,7 +206,7 @@ def _device(name: str) -> torch.device:
 
 def _check_numbers(args: FinetuneArgs) -> None:
     """Options that would otherwise fail deep in the loop (a division by zero, an empty run)."""
-    for name in ("epochs", "batch_size", "eval_batch_size", "doc_stride"):
+    for name in ("epochs", "batch_size", "eval_batch_size", "doc_stride", "grad_accum"):
         if int(getattr(args, name)) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got "
                              f"{getattr(args, name)}")
@@ -309,7 +311,7 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
     finds it continues after that epoch, with the same batches and dropout masks as a run that
     never stopped (each epoch reseeds and the batch stream is replayed to its position)."""
     multi = dist is not None and dist.active
-    rank = dist.rank if multi else 0
+    rank, world = (dist.rank, dist.world_size) if multi else (0, 1)
     torch.manual_seed(seed)
     model = task.model_cls.from_pretrained(args.model, num_labels=task.num_labels,
                                            unpad=_unpad(task.name, dev)).to(dev)
@@ -349,21 +351,28 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
         # masks the uninterrupted run drew
         torch.manual_seed(seed * 1000 + epoch + 1_000_003 * rank)
         for idx in itertools.islice(stream, batches_per_epoch):
-            mine = _my_slice(idx, dist)
-            if multi and len(idx) < dist.world_size:  # a last batch too small to split: every
-                skipped += 1                           # rank skips it (they all know its size)
+            # micro-batches: every grad_accum-th example, then every world_size-th per rank (the
+            # batch is length-sorted, so the parts are alike); a last batch too small for one
+            # example per rank is skipped by every rank (they all know its size)
+            n_micro = min(args.grad_accum, len(idx) // world)
+            if n_micro == 0:
+                skipped += 1
                 continue
-            feats = [train_feats[i] for i in mine]
-            b = _to(task.batch(feats), dev)
             tokens += sum(lengths[i] for i in idx)  # the global batch's, on the host: no sync
-            with amp():
-                loss = task.loss(net, b)
-            if multi:  # DDP averages over ranks: weight by this rank's share of the denominator
-                share = task.loss_count(feats) / max(
-                    task.loss_count([train_feats[i] for i in idx]), 1)
-                (loss * (share * dist.world_size)).backward()
-            else:
-                loss.backward()
+            denom = max(task.loss_count([train_feats[i] for i in idx]), 1)
+            for m in range(n_micro):
+                feats = [train_feats[i] for i in _my_slice(idx[m::n_micro], dist)]
+                b = _to(task.batch(feats), dev)
+                # DDP all-reduces on the last micro-step only
+                sync = nullcontext() if not multi or m == n_micro - 1 else net.no_sync()
+                with sync:
+                    with amp():
+                        loss = task.loss(net, b)
+                    if n_micro == 1 and not multi:
+                        loss.backward()  # the plain mean (no reweighting: bitwise as before)
+                    else:  # this part's share of the batch's loss denominator; DDP averages
+                        # over ranks, hence the world factor
+                        (loss * (task.loss_count(feats) / denom * world)).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
@@ -422,9 +431,10 @@ def finetune(args: FinetuneArgs) -> dict:
                          f"{args.protocol!r}")
     _check_numbers(args)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and args.batch_size < world:
-        raise ValueError(f"--batch-size {args.batch_size} is the global batch, split over the "
-                         f"{world} ranks: it must be at least {world}")
+    if args.batch_size < world * args.grad_accum:
+        raise ValueError(f"--batch-size {args.batch_size} is the global batch, split into "
+                         f"--grad-accum {args.grad_accum} micro-batches over {world} rank(s): "
+                         f"it must be at least {world * args.grad_accum}")
     if world == 1:
         return _finetune(args, None, _device(args.device))
     dist = D.setup("ddp", device=args.device, option="--device")  # torchrun: one rank per GPU
@@ -660,6 +670,8 @@ def _args(p) -> None:
     p.add_argument("--max-steps", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32, help="examples per update (under "
                    "torchrun the global batch, split over the ranks)")
+    p.add_argument("--grad-accum", type=int, default=1, help="split each batch into this many "
+                   "micro-batches (less memory, the same update)")
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--warmup-ratio", type=float, default=0.1,
                    help="linear warmup over this fraction of the planned steps")
@@ -684,6 +696,7 @@ def _run(a) -> int:
                           xnli_premise_split=a.xnli_premise_split, seeds=tuple(a.seeds),
                           epochs=a.epochs, epoch_batches=a.epoch_batches,
                           patience=a.patience, max_steps=a.max_steps, batch_size=a.batch_size,
+                          grad_accum=a.grad_accum,
                           lr=a.lr, warmup_ratio=a.warmup_ratio, weight_decay=a.weight_decay,
                           max_length=a.max_length, doc_stride=a.doc_stride, device=a.device,
                           checkpoints=a.checkpoints,
