@@ -2,6 +2,7 @@
 with a tiny model that a short pretraining run saved with save_pretrained (CPU, a few steps:
 the tables must be complete and well formed; the scores of a 2-layer model are near chance)."""
 import json
+import weakref
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,14 @@ def test_errors(pretrained, shared_data, tmp_path, capsys):
     assert rc == 1
     err = capsys.readouterr().err
     assert f"{bad}:line 2" in err
+    # a repeated seed is one model directory (seed0/) counted twice: refused up front (under
+    # torchrun the ranks would not agree on whether its second turn is done)
+    rc = cli.main(["finetune", "xnli", "--model", str(pretrained), "--train",
+                   str(x / "dev-en.tsv"), "--eval", str(x / "dev-en.tsv"), "--xnli-premise-split",
+                   "--seeds", "0", "1", "0", "--max-steps", "1", "--max-train-examples", "8",
+                   "--max-eval-examples", "8", "--out", str(tmp_path / "o3")])
+    assert rc == 1
+    assert "--seeds 0 1 0: a seed is given twice" in capsys.readouterr().err
 
 
 def test_translate_train_all(pretrained, shared_data, tmp_path):
@@ -314,15 +323,25 @@ def test_interrupted_seed_continues_after_its_last_epoch(pretrained, shared_data
         cli.main(argv(cut))
     assert (cut / "seed0" / "checkpoint.pt").is_file()
     monkeypatch.setattr(F, "evaluate_sets", real)
+    loaded, real_load = [], F._load_epoch_checkpoint
+
+    def load(*a, **k):
+        st = real_load(*a, **k)
+        loaded.extend(weakref.ref(t) for t in st["model"].values())
+        return st
+    monkeypatch.setattr(F, "_load_epoch_checkpoint", load)
     steps, real_step = [], torch.optim.AdamW.step
 
     def counted(self, *a, **k):
-        steps.append(1)
+        # the checkpoint's weights are in the model: their loaded copy (a whole model on the
+        # GPU) is not kept while training
+        steps.append(sum(r() is not None for r in loaded))
         return real_step(self, *a, **k)
     monkeypatch.setattr(torch.optim.AdamW, "step", counted)
     assert cli.main(argv(cut)) == 0
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
     assert whole["seeds"][0]["steps"] == 9 and len(steps) == 3  # 3 batches an epoch: epoch 3
+    assert loaded and steps == [0, 0, 0]
     assert not (cut / "seed0" / "checkpoint.pt").exists()  # the model is done
     a = load_file(tmp_path / "whole" / "seed0" / "model.safetensors")
     b = load_file(cut / "seed0" / "model.safetensors")
@@ -331,3 +350,30 @@ def test_interrupted_seed_continues_after_its_last_epoch(pretrained, shared_data
     resumed = json.loads((cut / "results.json").read_text())
     assert resumed["seeds"][0]["history"] == whole["seeds"][0]["history"]
     assert resumed["mean"] == whole["mean"]
+
+
+def test_grad_accum_splits_each_batch(pretrained, shared_data, tmp_path, monkeypatch):
+    """--grad-accum 3: each update runs min(3, batch size) micro-batches that together hold the
+    batch (a last, smaller batch too). The same-update check (tests/finetune/test_finetune_ddp.py)
+    compares weights only, so it would also pass with the option ignored."""
+    from xlmr_fast.finetune import run as F
+    x = Path(shared_data) / "xnli"
+    parts, real_loss, real_step = [[]], F.Task.loss, torch.optim.AdamW.step
+
+    def loss(self, model, b):
+        parts[-1].append(len(b["input_ids"]))
+        return real_loss(self, model, b)
+
+    def step(self, *a, **k):
+        parts.append([])
+        return real_step(self, *a, **k)
+    monkeypatch.setattr(F.Task, "loss", loss)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    assert cli.main(["finetune", "xnli", "--model", str(pretrained), "--train",
+                     str(x / "dev-en.tsv"), "--eval", str(x / "dev-de.tsv"),
+                     "--xnli-premise-split", "--out", str(tmp_path / "o"), "--epochs", "1",
+                     "--batch-size", "4", "--grad-accum", "3", "--max-train-examples", "10",
+                     "--max-eval-examples", "8"]) == 0
+    steps = parts[:-1]
+    assert len(steps) == 3 and sum(map(sum, steps)) == 10
+    assert all(len(s) == min(3, sum(s)) for s in steps), steps

@@ -127,23 +127,34 @@ def test_cli_init_from_with_a_corpus_uses_the_models_tokenizer(saved, shared_dat
         (saved / "sentencepiece.bpe.model").read_bytes()
 
 
-def test_cli_resume_reads_the_runs_config(saved, prepared, tmp_path, capsys):
+def test_cli_resume_reads_the_runs_config(saved, prepared, tmp_path, monkeypatch, capsys):
     """`xlmr-fast pretrain --resume --out RUN` (the hint a stopped run prints) continues RUN's
     own config: before, it rebuilt the default preset on the demo corpus, so a continued or
-    non-default run could not be resumed by that command."""
+    non-default run could not be resumed by that command. Relative paths given to the first
+    command are kept absolute (the resume may run elsewhere), and a resume that fails does not
+    replace RUN/config.yaml (the hint would then fail again)."""
     shards, tok = prepared
     out = tmp_path / "run"
     common = ["run.eval_every=0", "run.progress=false", "run.tensorboard=false"]
-    assert cli.main(["pretrain", "--init-from", str(saved), "--data", str(shards), "--tokenizer",
-                     str(tok), "--out", str(out), "data.seq_len=32", "data.micro_batch=2",
-                     "optim.max_steps=2", "optim.warmup_steps=1", "run.save_every=1",
-                     *common]) == 0
+    monkeypatch.chdir(shards.parent)
+    assert cli.main(["pretrain", "--init-from", os.path.relpath(saved), "--data", shards.name,
+                     "--tokenizer", os.path.relpath(tok), "--out", str(out), "data.seq_len=32",
+                     "data.micro_batch=2", "optim.max_steps=2", "optim.warmup_steps=1",
+                     "run.save_every=1", *common]) == 0
     capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
     assert cli.main(["pretrain", "--resume", "--out", str(out), "optim.max_steps=3"]) == 0
     from xlmr_fast.train.checkpoint import CheckpointManager
     from xlmr_fast.train.config import load_config
     assert CheckpointManager(out).load()["step"] == 3
     cfg = load_config(out / "config.yaml")
     assert (cfg.data.seq_len, cfg.model.init_from, cfg.optim.max_steps) == (32, str(saved), 3)
+    assert (cfg.data.data_dir, cfg.data.tokenizer) == (str(shards), str(tok))
     assert cli.main(["pretrain", "--resume", "--out", str(out), "--preset", "base"]) == 1
     assert "--resume continues" in capsys.readouterr().err
+    assert cli.main(["pretrain", "--resume", "--out", str(out), "model.init_from=null",
+                     "model.preset=small"]) == 1
+    assert "holds another model than this run builds" in capsys.readouterr().err
+    assert load_config(out / "config.yaml").model.init_from == str(saved)
+    assert cli.main(["pretrain", "--resume", "--out", str(out), "optim.max_steps=4"]) == 0
+    assert CheckpointManager(out).load()["step"] == 4

@@ -341,6 +341,7 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
         sched.load_state_dict(st["sched"])
         first_epoch, step, history = st["epoch"], st["step"], st["history"]
         best, best_state, stale = st["best"], st["best_state"], st["stale"]
+        del st  # its copy of the weights (on dev, as loaded) would stay allocated while training
         for _ in itertools.islice(stream, first_epoch * batches_per_epoch):  # replay to here
             pass
         bar.update(step)
@@ -430,6 +431,9 @@ def finetune(args: FinetuneArgs) -> dict:
         raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got "
                          f"{args.protocol!r}")
     _check_numbers(args)
+    if len(set(args.seeds)) < len(args.seeds):  # one seed<k>/ twice: the second would reuse the
+        # first (its result.json), or, under torchrun, ranks that race rank 0's write disagree
+        raise ValueError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is given twice")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.batch_size < world * args.grad_accum:
         raise ValueError(f"--batch-size {args.batch_size} is the global batch, split into "

@@ -3,6 +3,7 @@ then pretrain.pretrain(cfg)."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -127,8 +128,12 @@ def _cli_run(a) -> int:
     if a.minutes is not None:
         run["max_time_minutes"] = a.minutes
     from .config import from_dict
-    cfg = from_dict({"data": {"data_dir": str(data_dir),
-                              "tokenizer": str(tok_dir) if tok_dir else None}, "run": run}, cfg)
+
+    def absolute(p):  # RUN/config.yaml keeps them: a resume may run from another directory
+        return os.path.abspath(p) if p else None
+    cfg = from_dict({"data": {"data_dir": absolute(data_dir), "tokenizer": absolute(tok_dir),
+                              "eval_text": absolute(cfg.data.eval_text)},
+                     "model": {"init_from": absolute(cfg.model.init_from)}, "run": run}, cfg)
     summary = pretrain(cfg, resume=a.resume)
     run_dir = Path(summary["run_dir"])
     if summary["stopped"] not in (None, "time limit"):

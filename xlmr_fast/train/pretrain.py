@@ -286,11 +286,13 @@ class Trainer:
         # on the all-reduce each step already makes (_train_step), not on one of its own.
         self._stop_request: str | None = None
         self._stop: str | None = None
+        if resume:
+            self._resume()
+        # After the resume: a resume that fails (another model, other data) must not replace
+        # the run's own config.yaml, which `--resume --out RUN` reads to continue it.
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-        if resume:
-            self._resume()
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
