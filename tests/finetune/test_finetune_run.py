@@ -377,3 +377,35 @@ def test_grad_accum_splits_each_batch(pretrained, shared_data, tmp_path, monkeyp
     steps = parts[:-1]
     assert len(steps) == 3 and sum(map(sum, steps)) == 10
     assert all(len(s) == min(3, sum(s)) for s in steps), steps
+
+
+def test_default_out_is_per_arguments(pretrained, shared_data, tmp_path, monkeypatch, capsys):
+    """Without --out each set of arguments gets runs/finetune/<task>-<hash>: a second, other
+    run does not collide with the first (it would be refused as results of other arguments),
+    and the same command finds its own results again."""
+    from xlmr_fast.finetune import run as F
+    x = Path(shared_data) / "xnli"
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", "xnli", "--model", str(pretrained), "--train", str(x / "dev-en.tsv"),
+            "--eval", str(x / "dev-de.tsv"), "--xnli-premise-split", "--max-steps", "1",
+            "--batch-size", "8", "--max-train-examples", "8", "--max-eval-examples", "6"]
+    assert cli.main(argv) == 0
+    assert cli.main(argv + ["--lr", "3e-5"]) == 0
+    runs = sorted((tmp_path / "runs" / "finetune").glob("xnli-*"))
+    assert len(runs) == 2 and all((r / "results.json").is_file() for r in runs)
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert "seed 0: done before" in capsys.readouterr().out
+    a = F.FinetuneArgs(task="xnli", model="m", train=["t"], eval=["e"])
+    assert F.default_out(a) == F.default_out(F.FinetuneArgs(task="xnli", model="m", train=["t"],
+                                                            eval=["e"], device="cpu", seeds=(3,)))
+
+
+def test_a_result_without_its_saved_model_is_redone_when_the_model_is_wanted(tmp_path):
+    from xlmr_fast.finetune import run as F
+    a = F.FinetuneArgs(task="xnli", model="m", train=["t"], eval=["e"], save_model=False)
+    (tmp_path / "result.json").write_text(json.dumps(
+        {"args": F._fingerprint(a), "info": {"steps": 1}, "res": {"de": [50.0, {}]}}))
+    assert F._done_before(a, tmp_path, "seed 0") == ({"steps": 1}, {"de": (50.0, {})})
+    wants = F.FinetuneArgs(task="xnli", model="m", train=["t"], eval=["e"], save_model=True)
+    assert F._done_before(wants, tmp_path, "seed 0") is None  # no model.safetensors there

@@ -24,6 +24,7 @@ order.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -67,7 +68,7 @@ class FinetuneArgs:
     train: list[str] = field(default_factory=list)
     eval: list[str] = field(default_factory=list)
     dev: list[str] = field(default_factory=list)
-    out: str = "runs/finetune"
+    out: str | None = None                 # None: runs/finetune/<task>-<hash of the arguments>
     tokenizer: str | None = None           # default: the model directory
     protocol: str = "transfer"             # transfer | translate-train-all | each
     xnli_premise_split: bool = False       # shared data: premises 0-599 train, 600-829 eval
@@ -468,7 +469,7 @@ def _finetune(args: FinetuneArgs, dist: DistInfo | None, dev: torch.device) -> d
     train_feats = task.features(train_ex) if args.protocol != "each" else []
     dev_sets = (_by_lang(task, read_files(args.task, args.dev, "eval", args.xnli_premise_split,
                                           lim)) if args.dev else {})
-    out = Path(args.out)
+    out = Path(args.out) if args.out else default_out(args)
     if main:
         out.mkdir(parents=True, exist_ok=True)
     log.info("%s: %d training examples (%s) -> %d features; eval languages %s",
@@ -505,6 +506,7 @@ def _finetune(args: FinetuneArgs, dist: DistInfo | None, dev: torch.device) -> d
         (out / "results.json").write_text(json.dumps(table, indent=1))
         (out / "results.md").write_text(table["markdown"] + "\n")
         print(table["markdown"])
+        print(f"results and models in {out}/ (the same command again reuses them)")
     return table
 
 
@@ -538,6 +540,13 @@ def _fingerprint(args: FinetuneArgs) -> dict:
             for k, v in dataclasses.asdict(args).items() if k not in _NOT_IN_RESULT}
 
 
+def default_out(args: FinetuneArgs) -> Path:
+    """runs/finetune/<task>-<8 hex digits of the arguments that set the results>: the same on
+    every rank and for a rerun (which then resumes), another for other arguments."""
+    key = json.dumps(_fingerprint(args), sort_keys=True)
+    return Path("runs") / "finetune" / f"{args.task}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
 def _done_before(args: FinetuneArgs, save_dir: Path, name: str):
     """(info, res) of a model this --out already holds (its result.json, written last), None if
     not done; results of other arguments are an error, not a silent mix."""
@@ -554,6 +563,8 @@ def _done_before(args: FinetuneArgs, save_dir: Path, name: str):
                       if mine.get(k) != rec.get("args", {}).get(k))
         raise ValueError(f"{f} holds {name} of other arguments (differing: {', '.join(diff)}); "
                          f"use another --out, or delete it to redo")
+    if args.save_model and not (save_dir / "model.safetensors").is_file():
+        return None  # done by a run that did not save the model, which this one wants: redo
     return rec["info"], {k: tuple(v) for k, v in rec["res"].items()}
 
 
@@ -663,7 +674,9 @@ def _args(p) -> None:
                    "selected with --dev) on its own files")
     p.add_argument("--xnli-premise-split", action="store_true", help="XNLI dev files as "
                    "../shared/data/README.md: premises 0-599 for --train, 600-829 for --eval")
-    p.add_argument("--out", default="runs/finetune")
+    p.add_argument("--out", default=None, help="output directory (default runs/finetune/"
+                   "<task>-<hash of the arguments>: the same command resumes in the same place, "
+                   "another one gets its own)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--epoch-batches", type=int, default=0, help="batches per epoch (between dev "
