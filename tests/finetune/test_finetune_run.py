@@ -298,7 +298,9 @@ def test_interrupted_seed_continues_after_its_last_epoch(pretrained, shared_data
                                                          monkeypatch):
     """A model's training state is written after every epoch (seed<k>/checkpoint.pt); a run
     killed in epoch 3 continues after epoch 2 on the rerun and ends with the weights of a run
-    that never stopped (same batches, dropout masks, optimizer and selection state)."""
+    that never stopped (same batches, dropout masks and optimizer state). No --dev: the final
+    weights are the last epoch's, so they show all of that (a selected earlier epoch would
+    not)."""
     from safetensors.torch import load_file
 
     from xlmr_fast.finetune import run as F
@@ -306,23 +308,22 @@ def test_interrupted_seed_continues_after_its_last_epoch(pretrained, shared_data
 
     def argv(out):
         return ["finetune", "xnli", "--model", str(pretrained), "--train", str(x / "dev-en.tsv"),
-                "--eval", str(x / "dev-de.tsv"), "--dev", str(x / "dev-en.tsv"),
-                "--xnli-premise-split", "--out", str(out), "--epochs", "3", "--batch-size", "8",
-                "--max-train-examples", "24", "--max-eval-examples", "12", "--lr", "1e-3"]
+                "--eval", str(x / "dev-de.tsv"), "--xnli-premise-split", "--out", str(out),
+                "--epochs", "3", "--batch-size", "8", "--max-train-examples", "24",
+                "--max-eval-examples", "12", "--lr", "1e-3"]
     assert cli.main(argv(tmp_path / "whole")) == 0
-    real, calls = F.evaluate_sets, []
+    adamw_step, n = torch.optim.AdamW.step, []
 
-    def dies_in_epoch_3(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:  # the third dev evaluation: after epoch 2's checkpoint
+    def dies_in_epoch_3(self, *a, **k):
+        n.append(1)
+        if len(n) == 7:  # the first step of epoch 3: after epoch 2's checkpoint
             raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(F, "evaluate_sets", dies_in_epoch_3)
+        return adamw_step(self, *a, **k)
+    monkeypatch.setattr(torch.optim.AdamW, "step", dies_in_epoch_3)
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
         cli.main(argv(cut))
     assert (cut / "seed0" / "checkpoint.pt").is_file()
-    monkeypatch.setattr(F, "evaluate_sets", real)
     loaded, real_load = [], F._load_epoch_checkpoint
 
     def load(*a, **k):
@@ -330,13 +331,13 @@ def test_interrupted_seed_continues_after_its_last_epoch(pretrained, shared_data
         loaded.extend(weakref.ref(t) for t in st["model"].values())
         return st
     monkeypatch.setattr(F, "_load_epoch_checkpoint", load)
-    steps, real_step = [], torch.optim.AdamW.step
+    steps = []
 
     def counted(self, *a, **k):
         # the checkpoint's weights are in the model: their loaded copy (a whole model on the
         # GPU) is not kept while training
         steps.append(sum(r() is not None for r in loaded))
-        return real_step(self, *a, **k)
+        return adamw_step(self, *a, **k)
     monkeypatch.setattr(torch.optim.AdamW, "step", counted)
     assert cli.main(argv(cut)) == 0
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
@@ -347,9 +348,7 @@ def test_interrupted_seed_continues_after_its_last_epoch(pretrained, shared_data
     b = load_file(cut / "seed0" / "model.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    resumed = json.loads((cut / "results.json").read_text())
-    assert resumed["seeds"][0]["history"] == whole["seeds"][0]["history"]
-    assert resumed["mean"] == whole["mean"]
+    assert json.loads((cut / "results.json").read_text())["mean"] == whole["mean"]
 
 
 def test_grad_accum_splits_each_batch(pretrained, shared_data, tmp_path, monkeypatch):
@@ -409,3 +408,48 @@ def test_a_result_without_its_saved_model_is_redone_when_the_model_is_wanted(tmp
     assert F._done_before(a, tmp_path, "seed 0") == ({"steps": 1}, {"de": (50.0, {})})
     wants = F.FinetuneArgs(task="xnli", model="m", train=["t"], eval=["e"], save_model=True)
     assert F._done_before(wants, tmp_path, "seed 0") is None  # no model.safetensors there
+
+
+def test_sigterm_mid_epoch_saves_and_the_rerun_continues_there(pretrained, shared_data,
+                                                               tmp_path, monkeypatch, capsys):
+    """SIGTERM (a preemption) in the middle of epoch 2: the step finishes, the state is saved
+    where it left off (batch position and random generators included), the command exits 143;
+    the same command then trains only the remaining steps and ends with the weights of a run
+    that never stopped."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+    x = Path(shared_data) / "xnli"
+
+    def argv(out):
+        return ["finetune", "xnli", "--model", str(pretrained), "--train", str(x / "dev-en.tsv"),
+                "--eval", str(x / "dev-de.tsv"), "--xnli-premise-split", "--out", str(out),
+                "--epochs", "3", "--batch-size", "8", "--max-train-examples", "24",
+                "--max-eval-examples", "12", "--lr", "1e-3"]  # no --dev: the last epoch's model
+    assert cli.main(argv(tmp_path / "whole")) == 0  # 3 epochs x 3 batches
+    steps, real_step = [], torch.optim.AdamW.step
+
+    def step_then_signal(self, *a, **k):
+        out = real_step(self, *a, **k)
+        steps.append(1)
+        if len(steps) == 5:  # the second step of epoch 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_signal)
+    cut = tmp_path / "cut"
+    assert cli.main(argv(cut)) == 143
+    err = capsys.readouterr().err
+    assert "SIGTERM received: seed 0 stopped after step 5" in err and "run the same" in err
+    st = torch.load(cut / "seed0" / "checkpoint.pt", weights_only=True)
+    assert (st["epoch"], st["in_epoch"], st["step"]) == (1, 2, 5)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    steps.clear()
+    assert cli.main(argv(cut)) == 0
+    assert len(steps) == 4  # steps 6-9 only
+    a = load_file(tmp_path / "whole" / "seed0" / "model.safetensors")
+    b = load_file(cut / "seed0" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert json.loads((cut / "results.json").read_text())["mean"] == whole["mean"]

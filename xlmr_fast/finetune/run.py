@@ -30,7 +30,9 @@ import json
 import logging
 import math
 import os
+import signal
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -303,6 +305,61 @@ def _my_slice(idx: list, dist: DistInfo | None) -> list:
     return idx[dist.rank::dist.world_size] if dist is not None and dist.active else idx
 
 
+class FinetuneStopped(Exception):
+    """SIGTERM / SIGINT during training: the model's state was saved (when checkpoints are on)
+    where the step left off; the same command continues it."""
+
+    def __init__(self, signal_name: str, seed: int, step: int, ckpt: Path | None):
+        self.signal_name = signal_name
+        super().__init__(
+            f"{signal_name} received: seed {seed} stopped after step {step}; "
+            + (f"its state is in {ckpt}: run the same command again to continue" if ckpt
+               else "not saved (--no-checkpoints): the same command starts this model again"))
+
+
+_STOP_CHECK_EVERY = 10  # steps between the ranks' agreement on a stop (one small all-reduce)
+
+
+def _catch_stop_signals():
+    """SIGTERM / SIGINT set a flag the loop reads after a step (a second one stops at once)."""
+    flag = {"name": None}
+
+    def handler(signum, frame):
+        if flag["name"] is not None:
+            raise KeyboardInterrupt
+        flag["name"] = signal.Signals(signum).name
+        log.warning("%s received: finishing this step, then saving the state", flag["name"])
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            old[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: no handler, signals act as before
+            pass
+    return flag, old
+
+
+def _stop_agreed(signals: dict, step: int, dist: DistInfo | None, dev) -> bool:
+    """Whether to stop after this step: this process's flag, or under torchrun any rank's
+    (summed every _STOP_CHECK_EVERY steps, so every rank stops after the same step)."""
+    if dist is None or not dist.active:
+        return signals["name"] is not None
+    if step % _STOP_CHECK_EVERY:
+        return False
+    t = torch.tensor([float(signals["name"] is not None)], device=dev)
+    return bool(D.all_reduce_sum(t, dist).item() > 0)
+
+
+def _get_rng(dev) -> dict:
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
+
+
+def _set_rng(state: dict, dev) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if dev.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), dev)
+
+
 def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_sets, dev,
                    dist: DistInfo | None = None, ckpt: Path | None = None):
     """One model. Under torchrun (DDP) --batch-size is the global batch: each rank runs its
@@ -334,81 +391,108 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
     from tqdm.auto import tqdm
     bar = tqdm(total=total, desc=f"{args.task} seed {seed}", unit="step", dynamic_ncols=True,
                disable=multi and dist.rank != 0)
-    t0, tokens, first_epoch = time.perf_counter(), 0, 0
+    t0, tokens, first_epoch, in_epoch, rng = time.perf_counter(), 0, 0, 0, None
     if ckpt is not None and ckpt.is_file():
         st = _load_epoch_checkpoint(ckpt, args, seed, dev)
+        fused = [{k: g.get(k) for k in ("fused", "foreach")} for g in opt.param_groups]
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
+        for g, f in zip(opt.param_groups, fused):  # this device's choice, not the saver's
+            g.update(f)
         sched.load_state_dict(st["sched"])
         first_epoch, step, history = st["epoch"], st["step"], st["history"]
         best, best_state, stale = st["best"], st["best_state"], st["stale"]
+        in_epoch, rng = st.get("in_epoch", 0), st.get("rng")  # mid-epoch: a signal's stop
         del st  # its copy of the weights (on dev, as loaded) would stay allocated while training
-        for _ in itertools.islice(stream, first_epoch * batches_per_epoch):  # replay to here
-            pass
+        for _ in itertools.islice(stream, first_epoch * batches_per_epoch + in_epoch):
+            pass  # replayed to where the run stopped
         bar.update(step)
-        log.info("seed %d: continuing after epoch %d (step %d) from %s", seed, first_epoch,
-                 step, ckpt)
-    for epoch in range(first_epoch, args.epochs):
-        # each epoch (and rank: its own dropout masks) reseeded: a resumed epoch draws the
-        # masks the uninterrupted run drew
-        torch.manual_seed(seed * 1000 + epoch + 1_000_003 * rank)
-        for idx in itertools.islice(stream, batches_per_epoch):
-            # micro-batches: every grad_accum-th example, then every world_size-th per rank (the
-            # batch is length-sorted, so the parts are alike); a last batch too small for one
-            # example per rank is skipped by every rank (they all know its size)
-            n_micro = min(args.grad_accum, len(idx) // world)
-            if n_micro == 0:
-                skipped += 1
-                continue
-            tokens += sum(lengths[i] for i in idx)  # the global batch's, on the host: no sync
-            denom = max(task.loss_count([train_feats[i] for i in idx]), 1)
-            for m in range(n_micro):
-                feats = [train_feats[i] for i in _my_slice(idx[m::n_micro], dist)]
-                b = _to(task.batch(feats), dev)
-                # DDP all-reduces on the last micro-step only
-                sync = nullcontext() if not multi or m == n_micro - 1 else net.no_sync()
-                with sync:
-                    with amp():
-                        loss = task.loss(net, b)
-                    if n_micro == 1 and not multi:
-                        loss.backward()  # the plain mean (no reweighting: bitwise as before)
-                    else:  # this part's share of the batch's loss denominator; DDP averages
-                        # over ranks, hence the world factor
-                        (loss * (task.loss_count(feats) / denom * world)).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}",
-                                tok_s=f"{tokens / (time.perf_counter() - t0):,.0f}")
+        log.info("seed %d: continuing at epoch %d, batch %d (step %d) from %s", seed,
+                 first_epoch + 1, in_epoch, step, ckpt)
+    signals, old_handlers = _catch_stop_signals()
+    try:
+        for epoch in range(first_epoch, args.epochs):
+            # each epoch (and rank: its own dropout masks) reseeded: a resumed epoch draws the
+            # masks the uninterrupted run drew
+            torch.manual_seed(seed * 1000 + epoch + 1_000_003 * rank)
+            start = in_epoch if epoch == first_epoch else 0
+            if start and rng is not None:  # stopped mid-epoch: this rank's generators as they were
+                _set_rng(rng[rank] if rank < len(rng) else rng[0], dev)
+            for b_i, idx in enumerate(itertools.islice(stream, batches_per_epoch - start), start):
+                # micro-batches: every grad_accum-th example, then every world_size-th per rank (the
+                # batch is length-sorted, so the parts are alike); a last batch too small for one
+                # example per rank is skipped by every rank (they all know its size)
+                n_micro = min(args.grad_accum, len(idx) // world)
+                if n_micro == 0:
+                    skipped += 1
+                    continue
+                tokens += sum(lengths[i] for i in idx)  # the global batch's, on the host: no sync
+                denom = max(task.loss_count([train_feats[i] for i in idx]), 1)
+                for m in range(n_micro):
+                    feats = [train_feats[i] for i in _my_slice(idx[m::n_micro], dist)]
+                    b = _to(task.batch(feats), dev)
+                    # DDP all-reduces on the last micro-step only
+                    sync = nullcontext() if not multi or m == n_micro - 1 else net.no_sync()
+                    with sync:
+                        with amp():
+                            loss = task.loss(net, b)
+                        if n_micro == 1 and not multi:
+                            loss.backward()  # the plain mean (no reweighting: bitwise as before)
+                        else:  # this part's share of the batch's loss denominator; DDP averages
+                            # over ranks, hence the world factor
+                            (loss * (task.loss_count(feats) / denom * world)).backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}",
+                                    tok_s=f"{tokens / (time.perf_counter() - t0):,.0f}")
+                if step >= total:
+                    break
+                if _stop_agreed(signals, step, dist, dev) and b_i + 1 < batches_per_epoch:
+                    # a signal (preemption, Ctrl-C): save where this step left off, then stop
+                    states = D.gather_objects(_get_rng(dev), dist) if multi else [_get_rng(dev)]
+                    if ckpt is not None and rank == 0:
+                        _save_epoch_checkpoint(ckpt, args, seed, {
+                            "epoch": epoch, "in_epoch": b_i + 1, "rng": states, "step": step,
+                            "history": history, "best": best, "best_state": best_state,
+                            "stale": stale, "model": model.state_dict(), "opt": opt.state_dict(),
+                            "sched": sched.state_dict()})
+                    if multi:
+                        D.barrier(dist)  # the file is whole before any rank leaves
+                    bar.close()
+                    raise FinetuneStopped(
+                        signals["name"] or "a signal on another rank", seed, step,
+                        ckpt if ckpt is not None else None)
+            if dev_sets:
+                res = evaluate_sets(task, model, dev_sets, dev, amp, args.eval_batch_size, dist)
+                joint = statistics.fmean(v[0] for v in res.values())
+                history.append({"epoch": epoch + 1, "step": step, "dev": joint})
+                if joint > best:
+                    best, stale = joint, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    stale += 1
+                # not after the last epoch: under torchrun skipped batches keep step below total
+                if args.patience and stale >= args.patience and step < total \
+                        and epoch + 1 < args.epochs:
+                    stopped_early = epoch + 1
+                    log.info("seed %d: no better joint dev score for %d epochs: stopping after "
+                             "epoch %d", seed, stale, epoch + 1)
+                    break
             if step >= total:
                 break
-        if dev_sets:
-            res = evaluate_sets(task, model, dev_sets, dev, amp, args.eval_batch_size, dist)
-            joint = statistics.fmean(v[0] for v in res.values())
-            history.append({"epoch": epoch + 1, "step": step, "dev": joint})
-            if joint > best:
-                best, stale = joint, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-            # not after the last epoch: under torchrun skipped batches keep step below total
-            if args.patience and stale >= args.patience and step < total \
-                    and epoch + 1 < args.epochs:
-                stopped_early = epoch + 1
-                log.info("seed %d: no better joint dev score for %d epochs: stopping after "
-                         "epoch %d", seed, stale, epoch + 1)
-                break
-        if step >= total:
-            break
-        if ckpt is not None and rank == 0 and epoch + 1 < args.epochs:
-            _save_epoch_checkpoint(ckpt, args, seed, {
-                "epoch": epoch + 1, "step": step, "history": history, "best": best,
-                "best_state": best_state, "stale": stale, "model": model.state_dict(),
-                "opt": opt.state_dict(), "sched": sched.state_dict()})
+            if ckpt is not None and rank == 0 and epoch + 1 < args.epochs:
+                _save_epoch_checkpoint(ckpt, args, seed, {
+                    "epoch": epoch + 1, "step": step, "history": history, "best": best,
+                    "best_state": best_state, "stale": stale, "model": model.state_dict(),
+                    "opt": opt.state_dict(), "sched": sched.state_dict()})
+    finally:
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
     bar.close()
     if skipped:
         log.info("seed %d: %d batch(es) smaller than the %d ranks skipped", seed, skipped,
@@ -708,6 +792,15 @@ def _args(p) -> None:
 
 def _run(a) -> int:
     logging.getLogger("xlmr_fast").setLevel(logging.INFO)
+    try:
+        _finetune_from_cli(a)
+    except FinetuneStopped as e:  # the exit codes of a process a signal ended, as pretrain's
+        print(f"xlmr-fast finetune: {e}", file=sys.stderr, flush=True)
+        return 130 if e.signal_name == "SIGINT" else 143
+    return 0
+
+
+def _finetune_from_cli(a) -> None:
     finetune(FinetuneArgs(task=a.task, model=a.model, tokenizer=a.tokenizer, train=a.train,
                           eval=a.eval, dev=a.dev, out=a.out, protocol=a.protocol,
                           xnli_premise_split=a.xnli_premise_split, seeds=tuple(a.seeds),
@@ -719,7 +812,6 @@ def _run(a) -> int:
                           checkpoints=a.checkpoints,
                           max_train_examples=a.max_train_examples,
                           max_eval_examples=a.max_eval_examples))
-    return 0
 
 
 def _eval_args(p) -> None:
