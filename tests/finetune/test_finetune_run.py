@@ -329,13 +329,13 @@ def test_interrupted_seed_continues_after_its_last_epoch(pretrained, shared_data
     for g in st["opt"]["param_groups"]:
         g["foreach"] = True
     torch.save(st, ck)
-    loaded, real_load = [], F._load_epoch_checkpoint
+    loaded, real_load = [], F.load_epoch_checkpoint
 
     def load(*a, **k):
         st = real_load(*a, **k)
         loaded.extend(weakref.ref(t) for t in st["model"].values())
         return st
-    monkeypatch.setattr(F, "_load_epoch_checkpoint", load)
+    monkeypatch.setattr(F, "load_epoch_checkpoint", load)
     steps = []
 
     def counted(self, *a, **k):
@@ -410,10 +410,10 @@ def test_a_result_without_its_saved_model_is_redone_when_the_model_is_wanted(tmp
     from xlmr_fast.finetune import run as F
     a = F.FinetuneArgs(task="xnli", model="m", train=["t"], eval=["e"], save_model=False)
     (tmp_path / "result.json").write_text(json.dumps(
-        {"args": F._fingerprint(a), "info": {"steps": 1}, "res": {"de": [50.0, {}]}}))
-    assert F._done_before(a, tmp_path, "seed 0") == ({"steps": 1}, {"de": (50.0, {})})
+        {"args": F.fingerprint(a), "info": {"steps": 1}, "res": {"de": [50.0, {}]}}))
+    assert F.done_before(a, tmp_path, "seed 0") == ({"steps": 1}, {"de": (50.0, {})})
     wants = F.FinetuneArgs(task="xnli", model="m", train=["t"], eval=["e"], save_model=True)
-    assert F._done_before(wants, tmp_path, "seed 0") is None  # no model.safetensors there
+    assert F.done_before(wants, tmp_path, "seed 0") is None  # no model.safetensors there
 
 
 def test_sigterm_mid_epoch_saves_and_the_rerun_continues_there(pretrained, shared_data,

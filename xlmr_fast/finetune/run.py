@@ -24,7 +24,6 @@ order.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import logging
@@ -52,6 +51,9 @@ from ..train.optim import make_optimizer, make_scheduler
 from . import metrics as M
 from . import readers as R
 from . import tasks as K
+from .resume import (CHECKPOINT_FILE, RESULT_FILE, FinetuneStopped, catch_stop_signals,
+                     default_out, done_before, fingerprint, get_rng, load_epoch_checkpoint,
+                     save_epoch_checkpoint, set_rng, stop_agreed)
 
 log = logging.getLogger(__name__)
 
@@ -305,61 +307,6 @@ def _my_slice(idx: list, dist: DistInfo | None) -> list:
     return idx[dist.rank::dist.world_size] if dist is not None and dist.active else idx
 
 
-class FinetuneStopped(Exception):
-    """SIGTERM / SIGINT during training: the model's state was saved (when checkpoints are on)
-    where the step left off; the same command continues it."""
-
-    def __init__(self, signal_name: str, seed: int, step: int, ckpt: Path | None):
-        self.signal_name = signal_name
-        super().__init__(
-            f"{signal_name} received: seed {seed} stopped after step {step}; "
-            + (f"its state is in {ckpt}: run the same command again to continue" if ckpt
-               else "not saved (--no-checkpoints): the same command starts this model again"))
-
-
-_STOP_CHECK_EVERY = 10  # steps between the ranks' agreement on a stop (one small all-reduce)
-
-
-def _catch_stop_signals():
-    """SIGTERM / SIGINT set a flag the loop reads after a step (a second one stops at once)."""
-    flag = {"name": None}
-
-    def handler(signum, frame):
-        if flag["name"] is not None:
-            raise KeyboardInterrupt
-        flag["name"] = signal.Signals(signum).name
-        log.warning("%s received: finishing this step, then saving the state", flag["name"])
-    old = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            old[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread: no handler, signals act as before
-            pass
-    return flag, old
-
-
-def _stop_agreed(signals: dict, step: int, dist: DistInfo | None, dev) -> bool:
-    """Whether to stop after this step: this process's flag, or under torchrun any rank's
-    (summed every _STOP_CHECK_EVERY steps, so every rank stops after the same step)."""
-    if dist is None or not dist.active:
-        return signals["name"] is not None
-    if step % _STOP_CHECK_EVERY:
-        return False
-    t = torch.tensor([float(signals["name"] is not None)], device=dev)
-    return bool(D.all_reduce_sum(t, dist).item() > 0)
-
-
-def _get_rng(dev) -> dict:
-    return {"cpu": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
-
-
-def _set_rng(state: dict, dev) -> None:
-    torch.set_rng_state(state["cpu"].cpu())
-    if dev.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), dev)
-
-
 def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_sets, dev,
                    dist: DistInfo | None = None, ckpt: Path | None = None):
     """One model. Under torchrun (DDP) --batch-size is the global batch: each rank runs its
@@ -393,7 +340,7 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
                disable=multi and dist.rank != 0)
     t0, tokens, first_epoch, in_epoch, rng = time.perf_counter(), 0, 0, 0, None
     if ckpt is not None and ckpt.is_file():
-        st = _load_epoch_checkpoint(ckpt, args, seed, dev)
+        st = load_epoch_checkpoint(ckpt, args, seed, dev)
         fused = [{k: g.get(k) for k in ("fused", "foreach")} for g in opt.param_groups]
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
@@ -409,7 +356,7 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
         bar.update(step)
         log.info("seed %d: continuing at epoch %d, batch %d (step %d) from %s", seed,
                  first_epoch + 1, in_epoch, step, ckpt)
-    signals, old_handlers = _catch_stop_signals()
+    signals, old_handlers = catch_stop_signals()
     try:
         for epoch in range(first_epoch, args.epochs):
             # each epoch (and rank: its own dropout masks) reseeded: a resumed epoch draws the
@@ -417,7 +364,7 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
             torch.manual_seed(seed * 1000 + epoch + 1_000_003 * rank)
             start = in_epoch if epoch == first_epoch else 0
             if start and rng is not None:  # stopped mid-epoch: this rank's generators as they were
-                _set_rng(rng[rank] if rank < len(rng) else rng[0], dev)
+                set_rng(rng[rank] if rank < len(rng) else rng[0], dev)
             for b_i, idx in enumerate(itertools.islice(stream, batches_per_epoch - start), start):
                 # micro-batches: every grad_accum-th example, then every world_size-th per rank (the
                 # batch is length-sorted, so the parts are alike); a last batch too small for one
@@ -452,11 +399,11 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
                                     tok_s=f"{tokens / (time.perf_counter() - t0):,.0f}")
                 if step >= total:
                     break
-                if _stop_agreed(signals, step, dist, dev) and b_i + 1 < batches_per_epoch:
+                if stop_agreed(signals, step, dist, dev) and b_i + 1 < batches_per_epoch:
                     # a signal (preemption, Ctrl-C): save where this step left off, then stop
-                    states = D.gather_objects(_get_rng(dev), dist) if multi else [_get_rng(dev)]
+                    states = D.gather_objects(get_rng(dev), dist) if multi else [get_rng(dev)]
                     if ckpt is not None and rank == 0:
-                        _save_epoch_checkpoint(ckpt, args, seed, {
+                        save_epoch_checkpoint(ckpt, args, seed, {
                             "epoch": epoch, "in_epoch": b_i + 1, "rng": states, "step": step,
                             "history": history, "best": best, "best_state": best_state,
                             "stale": stale, "model": model.state_dict(), "opt": opt.state_dict(),
@@ -486,7 +433,7 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
             if step >= total:
                 break
             if ckpt is not None and rank == 0 and epoch + 1 < args.epochs:
-                _save_epoch_checkpoint(ckpt, args, seed, {
+                save_epoch_checkpoint(ckpt, args, seed, {
                     "epoch": epoch + 1, "step": step, "history": history, "best": best,
                     "best_state": best_state, "stale": stale, "model": model.state_dict(),
                     "opt": opt.state_dict(), "sched": sched.state_dict()})
@@ -594,64 +541,6 @@ def _finetune(args: FinetuneArgs, dist: DistInfo | None, dev: torch.device) -> d
     return table
 
 
-RESULT_FILE = "result.json"
-CHECKPOINT_FILE = "checkpoint.pt"  # the model's training state after its last finished epoch
-
-
-def _save_epoch_checkpoint(path: Path, args: FinetuneArgs, seed: int, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"args": _fingerprint(args), "seed": seed, **state}
-    atomic_write(path, lambda f: torch.save(state, f))
-
-
-def _load_epoch_checkpoint(path: Path, args: FinetuneArgs, seed: int, dev) -> dict:
-    try:
-        st = torch.load(path, map_location=dev, weights_only=True)
-    except Exception as e:  # truncated / foreign file: name it
-        raise ValueError(f"{path}: not a readable fine-tuning checkpoint ({type(e).__name__}: "
-                         f"{e}); delete it to restart this model") from e
-    if st.get("args") != _fingerprint(args) or st.get("seed") != seed:
-        raise ValueError(f"{path} is a checkpoint of other arguments or another seed; use "
-                         f"another --out, or delete it to restart this model")
-    return st
-# FinetuneArgs fields that do not change a seed's model or scores: a rerun may differ in them
-# and still reuse the seeds done before (more --seeds, another --device, ...).
-_NOT_IN_RESULT = ("seeds", "out", "device", "eval_batch_size", "save_model", "checkpoints")
-
-
-def _fingerprint(args: FinetuneArgs) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in dataclasses.asdict(args).items() if k not in _NOT_IN_RESULT}
-
-
-def default_out(args: FinetuneArgs) -> Path:
-    """runs/finetune/<task>-<8 hex digits of the arguments that set the results>: the same on
-    every rank and for a rerun (which then resumes), another for other arguments."""
-    key = json.dumps(_fingerprint(args), sort_keys=True)
-    return Path("runs") / "finetune" / f"{args.task}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
-
-
-def _done_before(args: FinetuneArgs, save_dir: Path, name: str):
-    """(info, res) of a model this --out already holds (its result.json, written last), None if
-    not done; results of other arguments are an error, not a silent mix."""
-    f = save_dir / RESULT_FILE
-    if not f.is_file():
-        return None
-    try:
-        rec = json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{f}: unreadable ({e}); delete it to redo {name}") from e
-    mine = _fingerprint(args)
-    if rec.get("args") != mine:
-        diff = sorted(k for k in mine.keys() | rec.get("args", {}).keys()
-                      if mine.get(k) != rec.get("args", {}).get(k))
-        raise ValueError(f"{f} holds {name} of other arguments (differing: {', '.join(diff)}); "
-                         f"use another --out, or delete it to redo")
-    if args.save_model and not (save_dir / "model.safetensors").is_file():
-        return None  # done by a run that did not save the model, which this one wants: redo
-    return rec["info"], {k: tuple(v) for k, v in rec["res"].items()}
-
-
 def _fit_and_score(task, args, seed, feats, dev_sets, eval_sets, dev, save_dir: Path,
                    name: str, dist: DistInfo | None = None):
     """Train one model (one seed), score it on eval_sets and save it with its tokenizer (what
@@ -659,7 +548,7 @@ def _fit_and_score(task, args, seed, feats, dev_sets, eval_sets, dev, save_dir: 
     done by an earlier run into the same --out with the same arguments (save_dir/result.json)
     is not redone: an interrupted multi-seed run continues where it stopped."""
     main = dist is None or dist.rank == 0
-    done = _done_before(args, save_dir, name)
+    done = done_before(args, save_dir, name)
     if done is not None:
         if main:
             print(f"{name}: done before ({save_dir / RESULT_FILE}): reused", flush=True)
@@ -679,7 +568,7 @@ def _fit_and_score(task, args, seed, feats, dev_sets, eval_sets, dev, save_dir: 
         copy_tokenizer_files(args.tokenizer or args.model, save_dir)
         if task.name == "ner":  # the tag order of the classifier rows, for `evaluate`
             (save_dir / "labels.json").write_text(json.dumps(task.labels))
-    rec = {"args": _fingerprint(args), "info": info, "res": res}
+    rec = {"args": fingerprint(args), "info": info, "res": res}
     save_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(save_dir / RESULT_FILE, lambda f: f.write(json.dumps(rec, indent=1)),
                  binary=False)  # last: it marks the model done
