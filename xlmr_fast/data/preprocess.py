@@ -394,10 +394,10 @@ def _run(a: argparse.Namespace) -> int:
     return 0
 
 
-def verify_dir(out_dir, languages=None) -> dict[str, str | None]:
+def verify_dir(out_dir, languages=None, meta: dict | None = None) -> dict[str, str | None]:
     """Check every shard of a preprocessed directory (or `languages`) in full: its header, the
     checksum in it (format 2) and meta.json's sha256. {lang: None if whole, else the error}."""
-    meta = read_meta(out_dir)
+    meta = meta or read_meta(out_dir)
     langs = list(languages) if languages else sorted(meta["languages"])
     res = {}
     for lang in langs:
@@ -418,7 +418,7 @@ def _verify_run(a: argparse.Namespace) -> int:
     langs = [x.strip() for x in a.langs.split(",") if x.strip()] if a.langs else None
     meta = read_meta(a.out)
     bad = 0
-    for lang, err in verify_dir(a.out, langs).items():
+    for lang, err in verify_dir(a.out, langs, meta).items():
         e = meta["languages"].get(lang, {})
         if err is None:
             v = open_shard(Path(a.out) / e["file"]).version

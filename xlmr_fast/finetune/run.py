@@ -356,6 +356,11 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
         bar.update(step)
         log.info("seed %d: continuing at epoch %d, batch %d (step %d) from %s", seed,
                  first_epoch + 1, in_epoch, step, ckpt)
+    def state(epoch: int, **mid_epoch) -> dict:  # what a rerun needs to continue from here
+        return {"epoch": epoch, "step": step, "history": history, "best": best,
+                "best_state": best_state, "stale": stale, "model": model.state_dict(),
+                "opt": opt.state_dict(), "sched": sched.state_dict(), **mid_epoch}
+
     signals, old_handlers = catch_stop_signals()
     try:
         for epoch in range(first_epoch, args.epochs):
@@ -403,17 +408,13 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
                     # a signal (preemption, Ctrl-C): save where this step left off, then stop
                     states = D.gather_objects(get_rng(dev), dist) if multi else [get_rng(dev)]
                     if ckpt is not None and rank == 0:
-                        save_epoch_checkpoint(ckpt, args, seed, {
-                            "epoch": epoch, "in_epoch": b_i + 1, "rng": states, "step": step,
-                            "history": history, "best": best, "best_state": best_state,
-                            "stale": stale, "model": model.state_dict(), "opt": opt.state_dict(),
-                            "sched": sched.state_dict()})
+                        save_epoch_checkpoint(ckpt, args, seed,
+                                              state(epoch, in_epoch=b_i + 1, rng=states))
                     if multi:
                         D.barrier(dist)  # the file is whole before any rank leaves
                     bar.close()
-                    raise FinetuneStopped(
-                        signals["name"] or "a signal on another rank", seed, step,
-                        ckpt if ckpt is not None else None)
+                    raise FinetuneStopped(signals["name"] or "a signal on another rank", seed,
+                                          step, ckpt)
             if dev_sets:
                 res = evaluate_sets(task, model, dev_sets, dev, amp, args.eval_batch_size, dist)
                 joint = statistics.fmean(v[0] for v in res.values())
@@ -433,10 +434,7 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
             if step >= total:
                 break
             if ckpt is not None and rank == 0 and epoch + 1 < args.epochs:
-                save_epoch_checkpoint(ckpt, args, seed, {
-                    "epoch": epoch + 1, "step": step, "history": history, "best": best,
-                    "best_state": best_state, "stale": stale, "model": model.state_dict(),
-                    "opt": opt.state_dict(), "sched": sched.state_dict()})
+                save_epoch_checkpoint(ckpt, args, seed, state(epoch + 1))
     finally:
         for sig, h in old_handlers.items():
             signal.signal(sig, h)

@@ -68,7 +68,7 @@ def _newest_run(root: Path) -> Path | None:
 
 
 def _cli_run(a) -> int:
-    from .config import TrainConfig, load_config
+    from .config import TrainConfig, from_dict, load_config
     from .prepare import prepare_corpus
 
     logging.getLogger("xlmr_fast").setLevel(logging.INFO)
@@ -100,7 +100,6 @@ def _cli_run(a) -> int:
                                           "run.save_every=500"], base)
         cfg = load_config(a.config, a.overrides, base)
     if a.init_from:
-        from .config import from_dict
         cfg = from_dict({"model": {"init_from": a.init_from}}, cfg)
 
     if a.data:
@@ -127,7 +126,6 @@ def _cli_run(a) -> int:
     run = {"out_dir": out}
     if a.minutes is not None:
         run["max_time_minutes"] = a.minutes
-    from .config import from_dict
 
     def absolute(p):  # RUN/config.yaml keeps them: a resume may run from another directory
         return os.path.abspath(p) if p else None

@@ -81,9 +81,10 @@ def load_init(cfg: TrainConfig, vocab_size: int, tokenizer_sha256: str | None
                          f"checkpoint's tokenizer (its {MODEL_FILE}), e.g. `xlmr-fast pretrain "
                          f"--init-from {path} --corpus DIR` does")
     spm = (path if path.is_dir() else path.parent) / MODEL_FILE
-    if tokenizer_sha256 and spm.is_file() and file_sha256(spm) != tokenizer_sha256:
+    spm_sha = file_sha256(spm) if tokenizer_sha256 and spm.is_file() else None
+    if spm_sha is not None and spm_sha != tokenizer_sha256:
         raise ValueError(f"model.init_from {path}: its {MODEL_FILE} is not the tokenizer the "
-                         f"shards were made with (sha256 {file_sha256(spm)[:12]}... vs "
+                         f"shards were made with (sha256 {spm_sha[:12]}... vs "
                          f"{tokenizer_sha256[:12]}...): the ids would mean other pieces")
     longest = model.config.max_position_embeddings - model.config.pad_token_id - 1
     if cfg.data.seq_len > longest:
