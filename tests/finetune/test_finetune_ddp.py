@@ -109,3 +109,42 @@ def test_batch_smaller_than_the_ranks_is_refused(monkeypatch, tmp_path, capsys):
         "rank(s): it must be at least 4" in capsys.readouterr().err
 
 
+
+
+RANK1_ELSEWHERE = """import os, runpy, sys
+if os.environ["RANK"] == "1":  # this rank's relative --out is another directory: a local disk
+    os.chdir(sys.argv[1])
+sys.argv = ["xlmr_fast", *sys.argv[2:]]
+runpy.run_module("xlmr_fast", run_name="__main__")
+"""
+
+
+def test_ranks_that_see_different_outs_stop_with_one_error(no_dropout_model, shared_data,
+                                                           one_process, tmp_path):
+    """--out on each node's own disk: rank 0 finds seed 0 done (result.json) and would reuse
+    it, rank 1 finds nothing and would train, waiting in DDP's first broadcast for a rank that
+    never comes: gloo's "Connection closed by peer" once rank 0 exits, a hang under NCCL, and
+    with more seeds rank 0's seed 1 in the collectives of rank 1's seed 0. Both now stop with
+    the same error before any collective of training."""
+    import shutil
+    data = Path(shared_data) / "panx"
+    node0, node1 = tmp_path / "node0", tmp_path / "node1"
+    node1.mkdir()
+    shutil.copytree(one_process[0], node0 / "ft")
+    script = tmp_path / "rank1_elsewhere.py"
+    script.write_text(RANK1_ELSEWHERE)
+    args = ["finetune", "ner", "--model", str(no_dropout_model), "--train",
+            str(data / "train-en.tsv"), "--eval", str(data / "dev-en.tsv"),
+            str(data / "dev-de.tsv"), "--dev", str(data / "dev-en.tsv"), "--out", "ft",
+            "--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--max-train-examples", "27",
+            "--max-eval-examples", "21", "--device", "cpu"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),
+           str(node1), *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=node0, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    msg = ("the ranks disagree on the files of seed 0 in ft/seed0 (rank 0: ['result.json', "
+           "'model.safetensors']; rank 1: []); every rank must see the same --out")
+    assert r.stderr.count(msg) == 2, r.stdout[-3000:] + r.stderr[-5000:]
+    assert not (node1 / "ft" / "seed0").exists()  # rank 1 trained nothing

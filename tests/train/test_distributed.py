@@ -147,3 +147,55 @@ def test_launch_mistakes_are_one_line_errors(monkeypatch, capsys):
                      "--device", "cpu"]) == 1
     assert "WORLD_SIZE=2 but no MASTER_ADDR (ddp): launch with torchrun" in \
         capsys.readouterr().err
+
+
+RANK1_ELSEWHERE = """import os, runpy, sys
+if os.environ["RANK"] == "1":  # this rank's relative --out is another directory: a local disk
+    os.chdir(sys.argv[1])
+sys.argv = ["xlmr_fast", *sys.argv[2:]]
+runpy.run_module("xlmr_fast", run_name="__main__")
+"""
+
+
+def test_a_resume_where_ranks_see_different_checkpoints_is_one_error(prepared, tmp_path):
+    """run.out_dir on each node's own disk: rank 0 writes the checkpoints, so on a resume rank 0
+    finds step 2 and rank 1 (whose directory has the run's config.yaml but no checkpoint)
+    nothing. Rank 1 used to start from scratch beside a resumed rank 0 (another schedule, data
+    position and step count: the ranks trained apart, then waited in different collectives).
+    Both now stop with the same error before training."""
+    import shutil
+    node0, node1 = tmp_path / "node0", tmp_path / "node1"
+    node0.mkdir()
+    _run(prepared, node0 / "run", 1, "optim.max_steps=2", "run.save_every=2")
+    (node1 / "run").mkdir(parents=True)
+    shutil.copy(node0 / "run" / "config.yaml", node1 / "run" / "config.yaml")
+    script = tmp_path / "rank1_elsewhere.py"
+    script.write_text(RANK1_ELSEWHERE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),
+           str(node1), "pretrain", "--resume", "--out", "run", "optim.max_steps=4",
+           "run.distributed=ddp"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=node0, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode != 0
+    msg = "the ranks disagree on the newest checkpoint in "
+    assert r.stderr.count(msg) == 2, r.stdout[-3000:] + r.stderr[-5000:]
+    assert "(rank 0: 'step_00000002.pt'; rank 1: None); every rank must see the same " \
+        "run.out_dir" in r.stderr
+    saved = sorted(p.name for p in (node0 / "run" / "checkpoints").glob("step_*.pt"))
+    assert saved == ["step_00000002.pt"]  # rank 0 did not train on either
+
+
+def test_check_same_names_what_each_group_of_ranks_saw(monkeypatch):
+    import torch
+    from xlmr_fast.train import distributed as D
+    dist = D.DistInfo("ddp", 0, 8, 0, torch.device("cpu"))
+    seen = ["a", "b", "b", "b", "a", "b", None, "a"]
+    monkeypatch.setattr(D, "gather_objects", lambda obj, d: seen)
+    with pytest.raises(ValueError) as e:
+        D.check_same("a", "X", dist, "; hint")
+    assert str(e.value) == ("the ranks disagree on X (ranks 0, 4, 7: 'a'; ranks 1-3, 5: 'b'; "
+                            "rank 6: None); hint")
+    monkeypatch.setattr(D, "gather_objects", lambda obj, d: [[1], [1]])
+    D.check_same([1], "X", dist)  # all alike: nothing
+    D.check_same("anything", "X", None)  # one process: no collective

@@ -6,6 +6,7 @@
   checkpoint.pt (`save_epoch_checkpoint` / `load_epoch_checkpoint`; the random generators of
   every rank with it when stopped mid-epoch);
 * the signal handling itself (`catch_stop_signals`, `stop_agreed`: ranks stop after one step).
+* under torchrun every rank must find the same files there (`check_ranks_see_the_same`).
 """
 from __future__ import annotations
 
@@ -61,6 +62,16 @@ def default_out(args) -> Path:
     every rank and for a rerun (which then resumes), another for other arguments."""
     key = json.dumps(fingerprint(args), sort_keys=True)
     return Path("runs") / "finetune" / f"{args.task}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def check_ranks_see_the_same(args, save_dir: Path, name: str, dist: DistInfo | None) -> None:
+    """Every rank decides from its own view of save_dir whether the model is done (reused),
+    half-trained (continued) or new: ranks that decided differently would wait for each other
+    in different collectives until the timeout (--out on each node's local disk)."""
+    names = [RESULT_FILE, "model.safetensors"] + ([CHECKPOINT_FILE] if args.checkpoints else [])
+    D.check_same([n for n in names if (save_dir / n).is_file()], f"the files of {name} in "
+                 f"{save_dir}", dist, "; every rank must see the same --out (a directory the "
+                 "nodes share)")
 
 
 def done_before(args, save_dir: Path, name: str):

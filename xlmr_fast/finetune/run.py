@@ -52,8 +52,8 @@ from . import metrics as M
 from . import readers as R
 from . import tasks as K
 from .resume import (CHECKPOINT_FILE, RESULT_FILE, FinetuneStopped, catch_stop_signals,
-                     default_out, done_before, fingerprint, get_rng, load_epoch_checkpoint,
-                     save_epoch_checkpoint, set_rng, stop_agreed)
+                     check_ranks_see_the_same, default_out, done_before, fingerprint, get_rng,
+                     load_epoch_checkpoint, save_epoch_checkpoint, set_rng, stop_agreed)
 
 log = logging.getLogger(__name__)
 
@@ -546,6 +546,7 @@ def _fit_and_score(task, args, seed, feats, dev_sets, eval_sets, dev, save_dir: 
     done by an earlier run into the same --out with the same arguments (save_dir/result.json)
     is not redone: an interrupted multi-seed run continues where it stopped."""
     main = dist is None or dist.rank == 0
+    check_ranks_see_the_same(args, save_dir, name, dist)
     done = done_before(args, save_dir, name)
     if done is not None:
         if main:

@@ -119,6 +119,33 @@ def gather_objects(obj, dist: DistInfo) -> list:
     return out
 
 
+def check_same(value, what: str, dist: DistInfo | None, hint: str = "") -> None:
+    """Raise the same ValueError on every rank when the ranks' `value`s (small, comparable:
+    what each rank found on its own disk, say) differ. Ranks that went on from different states
+    would wait for each other in different collectives (a hang until the 30-minute timeout), or
+    train on apart without any error (one rank resumed, another from scratch)."""
+    if dist is None or not dist.active:
+        return
+    values = gather_objects(value, dist)
+    if all(v == values[0] for v in values):
+        return
+    groups: dict[str, list[int]] = {}
+    for r, v in enumerate(values):
+        groups.setdefault(repr(v), []).append(r)
+    found = "; ".join(f"{_ranks_text(rs)}: {v}" for v, rs in groups.items())
+    raise ValueError(f"the ranks disagree on {what} ({found}){hint}")
+
+
+def _ranks_text(ranks: list[int]) -> str:
+    """[0] -> 'rank 0', [1, 2, 3, 5] -> 'ranks 1-3, 5'."""
+    runs, start = [], ranks[0]
+    for a, b in zip(ranks, ranks[1:] + [None]):
+        if b != a + 1:
+            runs.append(f"{start}" if start == a else f"{start}-{a}")
+            start = b
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(runs)
+
+
 def barrier(dist: DistInfo) -> None:
     if dist.active:
         td.barrier()

@@ -270,9 +270,15 @@ class Trainer:
                                       cfg.mask.capacity_sigmas)
 
         self.ckpt = CheckpointManager(self.run_dir, cfg.run.keep_last, enabled=self.dist.is_main)
-        if not resume and self.ckpt.latest() is not None:  # before writing anything there
+        latest = self.ckpt.latest()
+        # Rank 0 writes the checkpoints and every rank reads them back: a node whose out_dir is a
+        # local disk would start from scratch while the others resume, and train on apart.
+        D.check_same(latest and latest.name, f"the newest checkpoint in {self.run_dir}",
+                     self.dist, "; every rank must see the same run.out_dir (a directory the "
+                     "nodes share)")
+        if not resume and latest is not None:  # before writing anything there
             raise FileExistsError(f"{self.run_dir} already holds checkpoints "
-                                  f"({self.ckpt.latest().name}); pass --resume to continue that "
+                                  f"({latest.name}); pass --resume to continue that "
                                   f"run, or choose another run.out_dir")
         self.metrics = MetricsLogger(self.run_dir, enabled=self.dist.is_main,
                                      tensorboard=cfg.run.tensorboard)
