@@ -5,7 +5,8 @@
 * after every epoch, and where a SIGTERM / SIGINT stopped a step, the training state goes to
   checkpoint.pt (`save_epoch_checkpoint` / `load_epoch_checkpoint`; the random generators of
   every rank with it when stopped mid-epoch);
-* the signal handling itself (`catch_stop_signals`, `stop_agreed`: ranks stop after one step).
+* stopping on a signal (`stop_agreed`: ranks stop after one step; the handlers are
+  xlmr_fast/train/signals.py, shared with pretraining);
 * under torchrun every rank must find the same files there (`check_ranks_see_the_same`).
 """
 from __future__ import annotations
@@ -14,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import signal
 from pathlib import Path
 
 import torch
@@ -108,24 +108,6 @@ class FinetuneStopped(Exception):
 
 
 STOP_CHECK_EVERY = 10  # steps between the ranks' agreement on a stop (one small all-reduce)
-
-
-def catch_stop_signals():
-    """SIGTERM / SIGINT set a flag the loop reads after a step (a second one stops at once)."""
-    flag = {"name": None}
-
-    def handler(signum, frame):
-        if flag["name"] is not None:
-            raise KeyboardInterrupt
-        flag["name"] = signal.Signals(signum).name
-        log.warning("%s received: finishing this step, then saving the state", flag["name"])
-    old = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            old[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread: no handler, signals act as before
-            pass
-    return flag, old
 
 
 def stop_agreed(signals: dict, step: int, dist: DistInfo | None, dev) -> bool:

@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import signal
 import statistics
 import sys
 import time
@@ -48,12 +47,13 @@ from ..train import distributed as D
 from ..train.config import OptimSection
 from ..train.distributed import DistInfo
 from ..train.optim import make_optimizer, make_scheduler
+from ..train.signals import catch_stop_signals
 from . import metrics as M
 from . import readers as R
 from . import tasks as K
-from .resume import (CHECKPOINT_FILE, RESULT_FILE, FinetuneStopped, catch_stop_signals,
-                     check_ranks_see_the_same, default_out, done_before, fingerprint, get_rng,
-                     load_epoch_checkpoint, save_epoch_checkpoint, set_rng, stop_agreed)
+from .resume import (CHECKPOINT_FILE, RESULT_FILE, FinetuneStopped, check_ranks_see_the_same,
+                     default_out, done_before, fingerprint, get_rng, load_epoch_checkpoint,
+                     save_epoch_checkpoint, set_rng, stop_agreed)
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,9 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
                 "best_state": best_state, "stale": stale, "model": model.state_dict(),
                 "opt": opt.state_dict(), "sched": sched.state_dict(), **mid_epoch}
 
-    signals, old_handlers = catch_stop_signals()
+    signals = {"name": None}  # the first SIGTERM / SIGINT's name: stop after the step
+    restore_handlers = catch_stop_signals(lambda name: signals.update(name=name),
+                                          "saving the state")
     try:
         for epoch in range(first_epoch, args.epochs):
             # each epoch (and rank: its own dropout masks) reseeded: a resumed epoch draws the
@@ -436,8 +438,7 @@ def train_one_seed(task: Task, args: FinetuneArgs, seed: int, train_feats, dev_s
             if ckpt is not None and rank == 0 and epoch + 1 < args.epochs:
                 save_epoch_checkpoint(ckpt, args, seed, state(epoch + 1))
     finally:
-        for sig, h in old_handlers.items():
-            signal.signal(sig, h)
+        restore_handlers()
     bar.close()
     if skipped:
         log.info("seed %d: %d batch(es) smaller than the %d ranks skipped", seed, skipped,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import signal
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -39,6 +38,7 @@ from .config import TrainConfig, save_config
 from .metrics import MetricsLogger, format_log_line, model_flops_per_token, peak_flops, \
     plot_metrics
 from .optim import make_optimizer, make_scheduler
+from .signals import catch_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ class Trainer:
     def run(self) -> dict:
         cfg, dist = self.cfg, self.dist
         self._log_start()
-        old_handlers = self._install_signal_handlers()
+        restore_handlers = catch_stop_signals(self._on_signal, "saving a checkpoint")
         t_start = time.monotonic()
         bar = self._progress_bar()
         try:
@@ -347,7 +347,7 @@ class Trainer:
         finally:
             bar.close()
             self.metrics.close()
-            self._restore_signal_handlers(old_handlers)
+            restore_handlers()
 
     def _train_step(self) -> None:
         cfg, dist = self.cfg, self.dist
@@ -725,25 +725,8 @@ class Trainer:
                     desc="pretrain", dynamic_ncols=True,
                     disable=not (self.dist.is_main and self.cfg.run.progress))
 
-    def _install_signal_handlers(self):
-        def handler(signum, frame):
-            name = signal.Signals(signum).name
-            if self._stop_request == name:  # a second signal: stop now, without the checkpoint
-                raise KeyboardInterrupt
-            self._stop_request = name
-            log.warning("%s received: finishing this step, then saving a checkpoint", name)
-        old = {}
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                old[s] = signal.signal(s, handler)
-            except ValueError:  # not the main thread (e.g. called from a worker thread)
-                pass
-        return old
-
-    @staticmethod
-    def _restore_signal_handlers(old) -> None:
-        for s, h in old.items():
-            signal.signal(s, h)
+    def _on_signal(self, name: str) -> None:  # SIGTERM / SIGINT: stop after this step, save
+        self._stop_request = name
 
     def _stop_flags(self) -> torch.Tensor:
         """(signal requested, time limit requested) of this rank, for the ranks' sum."""
