@@ -199,3 +199,62 @@ def test_check_same_names_what_each_group_of_ranks_saw(monkeypatch):
     monkeypatch.setattr(D, "gather_objects", lambda obj, d: [[1], [1]])
     D.check_same([1], "X", dist)  # all alike: nothing
     D.check_same("anything", "X", None)  # one process: no collective
+
+
+def test_ranks_with_different_data_stop_with_one_error(prepared, tmp_path):
+    """Each node reads its own copy of the shards: node 1's lacks a language (a stale copy).
+    Its rank would sample other blocks and all-reduce per-language sums of another length;
+    both ranks now stop before training, naming what each has."""
+    import json
+    import shutil
+    shards, tok = prepared
+    node0, node1 = tmp_path / "node0", tmp_path / "node1"
+    shutil.copytree(shards, node0 / "shards")
+    shutil.copytree(shards, node1 / "shards")
+    meta = json.loads((node1 / "shards" / "meta.json").read_text())
+    del meta["languages"]["sw"]
+    (node1 / "shards" / "meta.json").write_text(json.dumps(meta))
+    script = tmp_path / "rank1_elsewhere.py"
+    script.write_text(RANK1_ELSEWHERE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),
+           str(node1), "pretrain", "--data", "shards", "--tokenizer", str(tok), "--out",
+           str(tmp_path / "run"), "data.seq_len=64", "data.micro_batch=4",
+           "optim.max_steps=2", "optim.warmup_steps=1", "run.distributed=ddp",
+           "run.progress=false"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=node0, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode != 0
+    assert r.stderr.count("the ranks disagree on the data in ") == 2, \
+        r.stdout[-3000:] + r.stderr[-5000:]
+    assert "node1/shards (rank 0: '4 languages, " in r.stderr  # each names its own directory
+    assert "rank 1: '3 languages, " in r.stderr
+    assert "every node needs the same preprocessed corpus" in r.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_data_summary_ignores_timings_and_sees_any_shard_change():
+    from xlmr_fast.data.shards import data_summary
+    meta = {"tokenizer": {"vocab_size": 500, "sha256": "aa"}, "throughput": {"seconds": 1.5},
+            "languages": {"de": {"sha256": "11", "tokens": 1000, "documents": 3, "seconds": 0.5},
+                          "en": {"sha256": "22", "tokens": 2000, "documents": 4, "seconds": 0.7}}}
+    s = data_summary(meta)
+    assert s.startswith("2 languages, 3,000 tokens, digest ")
+    again = json_copy(meta)
+    again["throughput"]["seconds"] = 9.0
+    again["languages"]["de"]["seconds"] = 3.0  # another machine's preprocessing of the same
+    assert data_summary(again) == s
+    for path, value in ((("languages", "en", "sha256"), "23"),
+                        (("tokenizer", "sha256"), "ab"),
+                        (("languages", "de", "documents"), 2)):
+        other = json_copy(meta)
+        d = other
+        for k in path[:-1]:
+            d = d[k]
+        d[path[-1]] = value
+        assert data_summary(other) != s, path
+
+
+def json_copy(x):
+    import json
+    return json.loads(json.dumps(x))

@@ -218,6 +218,19 @@ def read_meta(out_dir) -> dict:
     return meta
 
 
+def data_summary(meta: dict) -> str:
+    """What a corpus directory holds, in one line that only equal data share: its languages,
+    tokens and a digest of the tokenizer and every shard's checksum (meta.json's timings and
+    paths left out: two nodes that preprocessed the same corpus agree)."""
+    langs = meta.get("languages", {})
+    key = json.dumps([meta.get("tokenizer"), {k: [e.get("sha256"), e.get("tokens"),
+                                                  e.get("documents")] for k, e in langs.items()}],
+                     sort_keys=True)
+    tokens = sum(int(e.get("tokens", 0)) for e in langs.values())
+    return (f"{len(langs)} languages, {tokens:,} tokens, digest "
+            f"{hashlib.sha256(key.encode()).hexdigest()[:12]}")
+
+
 def _hash_file(path, chunk: int = 1 << 22) -> tuple[str, int, bytes]:
     """One read of the file: (sha256 hex of all of it, BLAKE2b-64 of the bytes after the
     header, the header's bytes)."""

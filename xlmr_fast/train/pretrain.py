@@ -30,7 +30,7 @@ import torch
 from .. import ops
 from ..config import XLMRConfig
 from ..data.loader import BlockLoader
-from ..data.shards import read_meta
+from ..data.shards import data_summary, read_meta
 from ..model.xlmr import XLMRForMaskedLM
 from . import distributed as D
 from .checkpoint import CheckpointError, CheckpointManager, rng_state, set_rng_state
@@ -214,6 +214,11 @@ class Trainer:
             raise ValueError("config: data.data_dir is not set (a directory made by "
                              "`xlmr-fast preprocess`, or pass --corpus to `xlmr-fast pretrain`)")
         meta = read_meta(d.data_dir)
+        # Each rank reads its own copy of the shards: a node with another preprocessing (a stale
+        # copy, a missing language) would sample other blocks, and per-language sums of other
+        # lengths break the all-reduce.
+        D.check_same(data_summary(meta), f"the data in {d.data_dir}", self.dist,
+                     "; every node needs the same preprocessed corpus")
         self.vocab_size = int(meta["tokenizer"]["vocab_size"])
         self.model_cfg = model_config(cfg, self.vocab_size)
 
