@@ -76,3 +76,18 @@ def prepared(tmp_path_factory):
     shards, tok = prepare_corpus(corpus, root / "work", vocab_size=500, sentences=4000,
                                  workers=1, progress=False)
     return shards, tok
+
+
+@pytest.fixture
+def rank1_elsewhere(tmp_path):
+    """A torchrun entry point whose rank 1 runs `python -m xlmr_fast ARGS` from the directory
+    given as its first argument (rank 0 from the working directory): relative paths then name
+    other files on each rank, as each node's local disk would."""
+    script = tmp_path / "rank1_elsewhere.py"
+    script.write_text(
+        "import os, runpy, sys\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    os.chdir(sys.argv[1])\n"
+        "sys.argv = ['xlmr_fast', *sys.argv[2:]]\n"
+        "runpy.run_module('xlmr_fast', run_name='__main__')\n")
+    return script

@@ -111,16 +111,9 @@ def test_batch_smaller_than_the_ranks_is_refused(monkeypatch, tmp_path, capsys):
 
 
 
-RANK1_ELSEWHERE = """import os, runpy, sys
-if os.environ["RANK"] == "1":  # this rank's relative --out is another directory: a local disk
-    os.chdir(sys.argv[1])
-sys.argv = ["xlmr_fast", *sys.argv[2:]]
-runpy.run_module("xlmr_fast", run_name="__main__")
-"""
-
 
 def test_ranks_that_see_different_outs_stop_with_one_error(no_dropout_model, shared_data,
-                                                           one_process, tmp_path):
+                                                           one_process, tmp_path, rank1_elsewhere):
     """--out on each node's own disk: rank 0 finds seed 0 done (result.json) and would reuse
     it, rank 1 finds nothing and would train, waiting in DDP's first broadcast for a rank that
     never comes: gloo's "Connection closed by peer" once rank 0 exits, a hang under NCCL, and
@@ -131,15 +124,13 @@ def test_ranks_that_see_different_outs_stop_with_one_error(no_dropout_model, sha
     node0, node1 = tmp_path / "node0", tmp_path / "node1"
     node1.mkdir()
     shutil.copytree(one_process[0], node0 / "ft")
-    script = tmp_path / "rank1_elsewhere.py"
-    script.write_text(RANK1_ELSEWHERE)
     args = ["finetune", "ner", "--model", str(no_dropout_model), "--train",
             str(data / "train-en.tsv"), "--eval", str(data / "dev-en.tsv"),
             str(data / "dev-de.tsv"), "--dev", str(data / "dev-en.tsv"), "--out", "ft",
             "--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--max-train-examples", "27",
             "--max-eval-examples", "21", "--device", "cpu"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(rank1_elsewhere),
            str(node1), *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=node0, env=env, capture_output=True, text=True, timeout=300)
@@ -148,3 +139,32 @@ def test_ranks_that_see_different_outs_stop_with_one_error(no_dropout_model, sha
            "'model.safetensors']; rank 1: []); every rank must see the same --out")
     assert r.stderr.count(msg) == 2, r.stdout[-3000:] + r.stderr[-5000:]
     assert not (node1 / "ft" / "seed0").exists()  # rank 1 trained nothing
+
+
+def test_ranks_that_read_different_files_stop_with_one_error(no_dropout_model, shared_data,
+                                                             tmp_path, rank1_elsewhere):
+    """Each node reads its own copy of --train: node 1's has one tag changed. Its rank would
+    train on other labels (and, with other lengths, other batches) in the same DDP steps; both
+    ranks now stop before training."""
+    data = Path(shared_data) / "panx"
+    node0, node1 = tmp_path / "node0", tmp_path / "node1"
+    node0.mkdir()
+    node1.mkdir()
+    text = (data / "train-en.tsv").read_text(encoding="utf-8")
+    (node0 / "train-en.tsv").write_text(text, encoding="utf-8")
+    (node1 / "train-en.tsv").write_text(text.replace("Saunders\tI-ORG", "Saunders\tO", 1),
+                                        encoding="utf-8")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(rank1_elsewhere),
+           str(node1), "finetune", "ner", "--model", str(no_dropout_model), "--train",
+           "train-en.tsv", "--eval", str(data / "dev-de.tsv"), "--out", str(tmp_path / "ft"),
+           "--batch-size", "8", "--max-train-examples", "27", "--max-eval-examples", "21",
+           "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=node0, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    msg = "the ranks disagree on the examples of --train / --dev / --eval (rank 0: '27 training, " \
+        "0 dev, 21 evaluation examples, digest "
+    assert r.stderr.count(msg) == 2, r.stdout[-3000:] + r.stderr[-5000:]
+    assert "every node needs the same files" in r.stderr
+    assert not (tmp_path / "ft" / "seed0").exists()

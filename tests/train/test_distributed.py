@@ -149,15 +149,9 @@ def test_launch_mistakes_are_one_line_errors(monkeypatch, capsys):
         capsys.readouterr().err
 
 
-RANK1_ELSEWHERE = """import os, runpy, sys
-if os.environ["RANK"] == "1":  # this rank's relative --out is another directory: a local disk
-    os.chdir(sys.argv[1])
-sys.argv = ["xlmr_fast", *sys.argv[2:]]
-runpy.run_module("xlmr_fast", run_name="__main__")
-"""
 
-
-def test_a_resume_where_ranks_see_different_checkpoints_is_one_error(prepared, tmp_path):
+def test_a_resume_where_ranks_see_different_checkpoints_is_one_error(prepared, tmp_path,
+                                                                     rank1_elsewhere):
     """run.out_dir on each node's own disk: rank 0 writes the checkpoints, so on a resume rank 0
     finds step 2 and rank 1 (whose directory has the run's config.yaml but no checkpoint)
     nothing. Rank 1 used to start from scratch beside a resumed rank 0 (another schedule, data
@@ -169,10 +163,8 @@ def test_a_resume_where_ranks_see_different_checkpoints_is_one_error(prepared, t
     _run(prepared, node0 / "run", 1, "optim.max_steps=2", "run.save_every=2")
     (node1 / "run").mkdir(parents=True)
     shutil.copy(node0 / "run" / "config.yaml", node1 / "run" / "config.yaml")
-    script = tmp_path / "rank1_elsewhere.py"
-    script.write_text(RANK1_ELSEWHERE)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(rank1_elsewhere),
            str(node1), "pretrain", "--resume", "--out", "run", "optim.max_steps=4",
            "run.distributed=ddp"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -201,7 +193,7 @@ def test_check_same_names_what_each_group_of_ranks_saw(monkeypatch):
     D.check_same("anything", "X", None)  # one process: no collective
 
 
-def test_ranks_with_different_data_stop_with_one_error(prepared, tmp_path):
+def test_ranks_with_different_data_stop_with_one_error(prepared, tmp_path, rank1_elsewhere):
     """Each node reads its own copy of the shards: node 1's lacks a language (a stale copy).
     Its rank would sample other blocks and all-reduce per-language sums of another length;
     both ranks now stop before training, naming what each has."""
@@ -214,10 +206,8 @@ def test_ranks_with_different_data_stop_with_one_error(prepared, tmp_path):
     meta = json.loads((node1 / "shards" / "meta.json").read_text())
     del meta["languages"]["sw"]
     (node1 / "shards" / "meta.json").write_text(json.dumps(meta))
-    script = tmp_path / "rank1_elsewhere.py"
-    script.write_text(RANK1_ELSEWHERE)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(rank1_elsewhere),
            str(node1), "pretrain", "--data", "shards", "--tokenizer", str(tok), "--out",
            str(tmp_path / "run"), "data.seq_len=64", "data.micro_batch=4",
            "optim.max_steps=2", "optim.warmup_steps=1", "run.distributed=ddp",

@@ -24,6 +24,7 @@ order.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -285,6 +286,23 @@ def _by_lang(task, examples) -> dict:
     return sets
 
 
+def _examples_summary(train_ex, dev_sets, eval_sets) -> str:
+    """The counts and a digest of every example (frozen dataclasses: their repr is their text):
+    equal only for equal files."""
+    h = hashlib.sha256()
+    parts = [("train", train_ex)] + [(f"{name} {lang}", ex) for name, sets in
+                                      (("dev", dev_sets), ("eval", eval_sets))
+                                      for lang, (ex, _) in sorted(sets.items())]
+    for name, examples in parts:
+        h.update(f"{name}:{len(examples)}\n".encode())
+        for e in examples:
+            h.update(repr(e).encode())
+    n_dev = sum(len(ex) for ex, _ in dev_sets.values())
+    n_eval = sum(len(ex) for ex, _ in eval_sets.values())
+    return (f"{len(train_ex)} training, {n_dev} dev, {n_eval} evaluation examples, digest "
+            f"{h.hexdigest()[:12]}")
+
+
 def _unpad(task_name: str, dev: torch.device) -> bool:
     """Packed tokens on CUDA, so padded fine-tuning batches waste no FLOPs; not for QA: its loss
     is a softmax over every position, pads included (as HF's), and unpadded the pads' hidden
@@ -499,6 +517,9 @@ def _finetune(args: FinetuneArgs, dist: DistInfo | None, dev: torch.device) -> d
     train_feats = task.features(train_ex) if args.protocol != "each" else []
     dev_sets = (_by_lang(task, read_files(args.task, args.dev, "eval", args.xnli_premise_split,
                                           lim)) if args.dev else {})
+    if dist is not None and dist.active:  # each rank read its own copy of the files
+        D.check_same(_examples_summary(train_ex, dev_sets, eval_sets), "the examples of --train / "
+                     "--dev / --eval", dist, "; every node needs the same files")
     out = Path(args.out) if args.out else default_out(args)
     if main:
         out.mkdir(parents=True, exist_ok=True)
