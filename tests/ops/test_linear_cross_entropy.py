@@ -212,6 +212,24 @@ def test_cpu_twin_fp32_master_weight(backend):
         assert (o.float() - r).abs().max() <= 1e-2 * r.abs().max() + 1e-6
 
 
+@pytest.mark.parametrize("which", [pytest.param("cuda", marks=needs_twin),
+                                   pytest.param("triton", marks=pytest.mark.interpret)])
+def test_fp32_hidden_with_16bit_weight(backend, which):
+    # The module's contract: "a float32 hidden with a 16-bit weight computes in the weight's
+    # dtype" (an LM head on an fp32 residual stream with bf16 weights). No other test passes
+    # that combination: grads keep each input's dtype and match the reference on the hidden
+    # rounded to the weight's dtype.
+    backend(which, chunk=256)
+    h, w, b, t = make_inputs(21, 64, 1003, seed=14)
+    wb, bb = w.bfloat16(), b.bfloat16()
+    loss, dh, dw, db = run(linear_cross_entropy, h, wb, bb, t, "mean", 0.1)
+    assert dh.dtype == torch.float32 and dw.dtype == torch.bfloat16 and db.dtype == torch.bfloat16
+    ref = run(linear_cross_entropy_reference, h.bfloat16().float(), wb.float(), bb.float(), t,
+              "mean", 0.1)
+    for o, r in zip((loss, dh, dw, db), ref):
+        assert (o.float() - r).abs().max() <= 1e-2 * r.abs().max() + 1e-6
+
+
 def minus_inf_bias_inputs(dtype=torch.float32, device="cpu"):
     """A bias of -inf on columns 0-255 and 300-302 (e.g. ids masked out of the head), no target
     on them; the loss is finite. With chunk=256 a row's whole first chunk is -inf; with
@@ -602,6 +620,21 @@ def test_triton_interpreter_all_ignored(backend):
 
 
 @pytest.mark.interpret
+@pytest.mark.parametrize("schedule", ["recompute", "flat", "tokenchunk"])
+def test_triton_interpreter_custom_ignore_index_and_int32_targets(backend, monkeypatch,
+                                                                  schedule):
+    # Every other Triton case ignores -100, so a kernel that took "target < 0" for "ignored"
+    # passed them all; a non-negative ignore_index (a pad id) tells the two apart. (The CPU
+    # twin's test_cpu_twin_custom_ignore_index_and_int32_targets, for the Triton kernels.)
+    backend("triton", chunk=256)
+    monkeypatch.setenv("XLMR_FAST_LCE_FLAT", "1" if schedule == "flat" else "0")
+    monkeypatch.setenv("XLMR_FAST_LCE_SCHEDULE",
+                       "tokenchunk" if schedule == "tokenchunk" else "recompute")
+    h, w, b, t = make_inputs(50, 64, 1000, ignore_index=7, seed=5)
+    compare(h, w, b, t.int(), "mean", 0.1, torch.float32, ignore_index=7)
+
+
+@pytest.mark.interpret
 def test_triton_interpreter_opcheck():
     h, w, b, t = make_inputs(3, 32, 70, seed=8)
     args = (h.requires_grad_(), w.requires_grad_(), b.requires_grad_(), t, -100, 0.1, "triton", 64)
@@ -957,3 +990,24 @@ def test_gpu_tuned_shape(backend, monkeypatch, which):
     use_gpu_path(which, backend, monkeypatch, chunk=4096)
     h, w, b, t = make_inputs(8192, 1024, 20011, torch.bfloat16, device="cuda", ignore_frac=0.05)
     compare(h, w, b, t, "mean", 0.0, torch.bfloat16)
+
+
+# Label smoothing's uniform term eps / V is ~1e-4 of a logit's gradient at the vocabularies
+# above (V ~ 1000) and, summed into a mean-reduced gradient, below the fp32 tolerance: a wrong
+# weight (eps / (V - 1)) in the recompute backward passed every case (in the token-chunk
+# kernels, the forward's combine and the CPU twin only the N = 1 cases caught it, by < 3x).
+# At a small V with a large eps and a summed loss it is ~1e-2 per logit and shows in the loss,
+# dX, dW and db.
+@pytest.mark.parametrize("schedule", [pytest.param("twin", marks=needs_twin)] + [
+    pytest.param(s, marks=pytest.mark.interpret) for s in ("recompute", "flat", "tokenchunk")])
+def test_label_smoothing_small_vocab(backend, monkeypatch, schedule):
+    backend("cuda" if schedule == "twin" else "triton", chunk=64)  # 2 chunks, the last partial
+    if schedule != "twin":
+        from xlmr_fast.kernels.triton import linear_cross_entropy as kern
+        monkeypatch.setenv("XLMR_FAST_LCE_FLAT", "1" if schedule == "flat" else "0")
+        monkeypatch.setenv("XLMR_FAST_LCE_SCHEDULE",
+                           "tokenchunk" if schedule == "tokenchunk" else "recompute")
+        monkeypatch.setattr(kern, "TOKEN_CHUNK_BYTES", 10 * 4 * kern.padded_vocab(101))
+    h, w, b, t = make_inputs(24, 32, 101, seed=23)
+    for reduction in ("sum", "mean"):
+        compare(h, w, b, t, reduction, 0.3, torch.float32)
