@@ -244,15 +244,23 @@ def test_cpp_equals_reference(shape, dtype, mask_prob, mask_special, monkeypatch
         assert ref[2].numel() == int(((x != PAD) & (x != 0) & (x != 2)).sum()) > 0
 
 
-@needs_cpp
+@pytest.mark.parametrize("backend", [pytest.param("cuda", marks=needs_cpp),
+                                     pytest.param("triton", marks=pytest.mark.interpret)])
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
-def test_cpp_odd_inputs(dtype, monkeypatch):
-    monkeypatch.setenv("XLMR_FAST_BACKEND", "cuda")
+def test_odd_inputs(backend, dtype, monkeypatch):
+    # Non-contiguous input, small vocabulary, huge seed/step, pad_id outside the vocabulary (id
+    # 1 is then an ordinary, selectable token), and a pad_id present in the input: every other
+    # Triton case uses pad_id=1, so a Triton kernel that compared with XLM-R's pad id 1 instead
+    # of its pad_id argument passed them.
+    monkeypatch.setenv("XLMR_FAST_BACKEND", backend)
     x = _ids((40, 33), dtype, vocab=20)
-    # non-contiguous input, small vocabulary, huge seed/step, pad_id outside the vocabulary
     kw = dict(vocab_size=20, mask_id=7, seed=2**63 - 1, step=2**40, pad_id=-5, mask_prob=0.4)
     _equal(M.mlm_mask(x.t(), **kw), M.mlm_mask_reference(x.t(), **kw))
     _equal(M.mlm_mask(x[:, ::2], **kw), M.mlm_mask_reference(x[:, ::2], **kw))
+    kw["pad_id"] = 3
+    _equal(M.mlm_mask(x, **kw), M.mlm_mask_reference(x, **kw))
+    _equal(M.mlm_mask_static(x, capacity=100, **kw),
+           M.mlm_mask_static_reference(x, capacity=100, **kw))
 
 
 @needs_cpp
@@ -436,21 +444,3 @@ def test_gpu_static_has_no_host_sync_and_graph_captures(backend, monkeypatch):
     x.copy_(_ids((64, 512), torch.int32, pad_frac=0.05, gen_seed=99).cuda())
     g.replay()
     _equal(out, M.mlm_mask_static_reference(x.cpu(), **kw))
-
-
-@pytest.mark.interpret
-@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
-def test_triton_interpret_odd_inputs(dtype, monkeypatch):
-    # test_cpp_odd_inputs for the Triton kernel: every other Triton case uses pad_id=1, so a
-    # kernel that compared with XLM-R's pad id 1 instead of its pad_id argument passed them.
-    # Non-contiguous input, small vocabulary, huge seed/step, pad_id outside the vocabulary
-    # (id 1 is then an ordinary, selectable token), and a pad_id present in the input.
-    monkeypatch.setenv("XLMR_FAST_BACKEND", "triton")
-    x = _ids((40, 33), dtype, vocab=20)
-    kw = dict(vocab_size=20, mask_id=7, seed=2**63 - 1, step=2**40, pad_id=-5, mask_prob=0.4)
-    _equal(M.mlm_mask(x.t(), **kw), M.mlm_mask_reference(x.t(), **kw))
-    _equal(M.mlm_mask(x[:, ::2], **kw), M.mlm_mask_reference(x[:, ::2], **kw))
-    kw["pad_id"] = 3
-    _equal(M.mlm_mask(x, **kw), M.mlm_mask_reference(x, **kw))
-    _equal(M.mlm_mask_static(x, capacity=100, **kw),
-           M.mlm_mask_static_reference(x, capacity=100, **kw))
