@@ -218,7 +218,8 @@ class Trainer:
         # copy, a missing language) would sample other blocks, and per-language sums of other
         # lengths break the all-reduce.
         D.check_same(data_summary(meta), f"the data in {d.data_dir}", self.dist,
-                     "; every node needs the same preprocessed corpus")
+                     "; every node needs the same preprocessed corpus (with --corpus on "
+                     "nodes of their own: prepare it once, then pass --data)")
         self.vocab_size = int(meta["tokenizer"]["vocab_size"])
         self.model_cfg = model_config(cfg, self.vocab_size)
 
