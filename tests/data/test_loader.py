@@ -142,6 +142,23 @@ def test_resume_rejects_other_config_or_data(corpus, tmp_path):
         ld.load_state_dict({"step": 3})
 
 
+@pytest.mark.parametrize("change, key", [
+    (dict(world_size=2), "world_size"), (dict(seed=1), "seed"), (dict(alpha=1.0), "alpha"),
+    (dict(cross_documents=False), "cross_documents"),
+    (dict(heldout_fraction=0.05), "heldout_fraction"), (dict(heldout_docs=2), "heldout_docs"),
+    (dict(languages=["en", "fr"]), "languages"),
+])
+def test_resume_rejects_each_config_field(corpus, change, key):
+    # Every field the draw sequence depends on is part of the fingerprint: a state saved
+    # with a different one must be refused, naming the field (catches a field left out of
+    # BlockLoader.config, which would resume silently into a different sequence).
+    kw = dict(batch_size=8, block_size=33, seed=0, prefetch=0)
+    ld = BlockLoader(corpus, **kw)
+    take(ld, 2)
+    with pytest.raises(ValueError, match=key):
+        BlockLoader(corpus, **{**kw, **change}).load_state_dict(ld.state_dict())
+
+
 def test_ranks_disjoint_and_without_replacement(corpus):
     B, T, W, steps = 32, 33, 2, 60
     plans = [BlockLoader(corpus, batch_size=B, block_size=T, seed=2, rank=r, world_size=W)
@@ -167,6 +184,58 @@ def test_ranks_disjoint_and_without_replacement(corpus):
                                                               pl["block"]) if l == li and ee == e]
              for e in (0, 1)}
     assert order[0] != sorted(order[0]) or order[0][:5] != order[1][:5]
+
+
+def test_each_epoch_has_a_new_permutation(corpus):
+    # Catches a permutation key that ignores the epoch: every epoch of a language would then
+    # repeat the first epoch's block order (the model sees the same order again and again).
+    ld = BlockLoader(corpus, batch_size=32, block_size=33, seed=2)
+    li = ld.languages.index("zu")
+    nb = int(ld._n_blocks[li])
+    order = {}
+    for pl in ld.plan(60):  # world_size 1: plan order is the global draw order
+        for lg, e, b in zip(pl["lang"], pl["epoch"], pl["block"]):
+            if lg == li:
+                order.setdefault(int(e), []).append(int(b))
+    assert len(order.get(1, [])) == nb, "zu should finish at least two epochs here"
+    assert sorted(order[0]) == sorted(order[1]) == list(range(nb))
+    assert order[0] != order[1], "epoch 1 repeats epoch 0's block order"
+
+
+def test_heldout_is_at_least_one_block(tmp_path):
+    # heldout_fraction * n_tokens is far below one block here (5 tokens): the held-out split
+    # must still take the last documents summing to >= block_size - 1 tokens, and no more
+    # documents than needed. Catches dropping the max(..., block_size - 1) floor (the language
+    # would then be dropped for want of a held-out block) and an off-by-one in the count.
+    root = make_corpus(tmp_path / "c", {"en": 5000, "fr": 3000}, max_doc=10)
+    kw = dict(batch_size=4, block_size=33, heldout_fraction=0.001, prefetch=0)
+    va = BlockLoader(root, split="valid", **kw)
+    assert va.languages == ["en", "fr"] and len(va) >= 1
+    for name, reg in zip(va.languages, va._valid):
+        di = np.asarray(open_shard(root / f"{name}.bin").doc_index, dtype=np.int64)
+        k = len(di) - 1 - int(np.searchsorted(di, reg.lo))  # held-out documents
+        assert reg.lo == di[-1 - k] and reg.hi == di[-1]  # whole documents at the end
+        assert reg.tokens >= 32 and di[-1] - di[-k] < 32, (name, k, reg.tokens)
+
+
+def test_heldout_docs_takes_exactly_the_last_documents(corpus):
+    # heldout_docs=k reserves exactly the last k documents of every language (catches an
+    # off-by-one in k), and training never reads them.
+    kw = dict(batch_size=16, block_size=33, seed=4, heldout_docs=3, prefetch=0)
+    tr = BlockLoader(corpus, **kw)
+    va = BlockLoader(corpus, split="valid", **kw)
+    starts = {}
+    for li, name in enumerate(tr.languages):
+        di = np.asarray(open_shard(corpus / f"{name}.bin").doc_index, dtype=np.int64)
+        assert (tr._train[li].hi, tr._valid[li].lo, tr._valid[li].hi) == (di[-4], di[-4], di[-1])
+        starts[name] = int(di[-4])
+    rows = va.valid_rows()
+    for li, name in enumerate(tr.languages):
+        assert rows[rows[:, 0] == li, 1].min() == starts[name]
+    for ids, langs in take(tr, 30):
+        _, pos = decode(ids[:, 1:])
+        for r in range(ids.shape[0]):
+            assert pos[r].max() < starts[tr.languages[langs[r].item()]]
 
 
 def test_heldout_disjoint(corpus):

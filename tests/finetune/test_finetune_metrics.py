@@ -101,6 +101,15 @@ def test_span_f1_unequal_precision_recall():
     assert (r["precision"], r["recall"]) == (1.0, 0.5) and r["f1"] == pytest.approx(2 / 3)
 
 
+def test_span_f1_type_must_match():
+    # Same boundaries, wrong type: not a correct entity (conlleval / seqeval). Catches a match
+    # on (start, end) alone, which would score a model that only finds boundaries as perfect.
+    r = span_f1([["B-PER", "I-PER", "O", "B-ORG"]], [["B-LOC", "I-LOC", "O", "B-ORG"]])
+    assert (r["n_true"], r["n_pred"], r["n_correct"]) == (2, 2, 1)
+    assert r["f1"] == pytest.approx(0.5)
+    assert span_f1([["B-PER"]], [["B-MISC"]])["f1"] == 0.0
+
+
 def test_span_f1_entities_keyed_by_sentence():
     # the same span in a different sentence is not a match
     r = span_f1([["B-PER"], ["O"]], [["O"], ["B-PER"]])

@@ -318,6 +318,24 @@ def test_encode_tokens_windows_and_merge(tok, panx):
     assert T.merge_token_predictions(feats, ids, exs, LABELS) == merged
 
 
+def test_encode_tokens_windows_are_full(tok, panx):
+    # A sentence of exactly max_length - 2 pieces fits one window, and a split sentence's
+    # windows are as full as whole words allow (catches `used + c >= budget`, which splits
+    # one piece early and makes more, shorter windows).
+    exs = [ex for ex in panx["en"][:60] if len(ex.words) > 1]
+    for ex in exs:
+        n = len(T.word_pieces(tok, ex.words)[0])
+        one = T.encode_tokens(tok, [ex], LABELS, max_length=n + 2)
+        assert len(one) == 1 and len(one[0]["input_ids"]) == n + 2, ex.guid
+        two = T.encode_tokens(tok, [ex], LABELS, max_length=n + 1)
+        assert len(two) == 2, ex.guid
+    feats = T.encode_tokens(tok, exs, LABELS, max_length=12)
+    for f0, f1 in itertools.pairwise(feats):
+        if f0["example_index"] == f1["example_index"]:  # the next word did not fit
+            wid = T.word_pieces(tok, exs[f1["example_index"]].words)[1]
+            assert len(f0["input_ids"]) - 2 + wid.count(f1["word_start"]) > 10
+
+
 def test_encode_tokens_edge_words(tok):
     exs = [
         # a word that normalises to nothing (zero-width space), an NFKC ligature, CJK with a
@@ -490,6 +508,18 @@ def test_decode_qa_rules(tok):
     assert g["end_position"] > g["start_position"]
     short = T.decode_qa(feats, s, e, exs, max_answer_length=1)["q1"]
     assert short != "The Amazon rainforest" and short and short in ctx
+    # the limit counts pieces inclusively: a span of exactly max_answer_length pieces is
+    # allowed, one more is not (catches an off-by-one such as `j - i > max_answer_length`)
+    n = g["end_position"] - g["start_position"] + 1
+    assert T.decode_qa(feats, s, e, exs, max_answer_length=n)["q1"] == "The Amazon rainforest"
+    assert T.decode_qa(feats, s, e, exs, max_answer_length=n - 1)["q1"] != "The Amazon rainforest"
+    # the highest end logit on the final </s> (no offsets): skipped, never sliced with
+    # (catches a decoder that checks only the start token for offsets and crashes or reads
+    # past the window on real model outputs)
+    e4 = e.clone()
+    for i, f in enumerate(feats):
+        e4[i, len(f["input_ids"]) - 1] = 50.0
+    assert T.decode_qa(feats, s, e4, exs, max_answer_length=40) == pred
     # spans starting or ending outside the context are never returned: the best start and
     # end sit on a question token, yet a (lower-scoring) context span comes back
     z = torch.zeros_like(s)

@@ -150,6 +150,20 @@ def test_hf_pytorch_bin_with_old_buffers_to_ours(tmp_path, hf_mlm, inputs):
     assert torch.equal(m2.lm_head.bias, m.lm_head.bias)
 
 
+def test_hf_state_dict_with_only_the_tied_decoder_bias(hf_mlm, inputs):
+    """HF ties lm_head.bias and lm_head.decoder.bias; an export that keeps only the decoder's
+    name (tied duplicates are dropped by safetensors-based savers, and which name survives
+    depends on the tool) must give our LM-head bias, not a freshly zeroed one."""
+    sd = dict(hf_mlm.state_dict())
+    bias = sd.pop("lm_head.bias").clone()
+    sd["lm_head.decoder.bias"] = bias
+    assert bias.abs().max() > 0
+    m = xf.XLMRForMaskedLM.from_state_dict(sd, ours_config())
+    assert torch.equal(m.lm_head.bias, bias)
+    ids, am = inputs
+    assert max_diff(ours_logits(m, ids), hf_logits(hf_mlm, ids, am)) < TOL
+
+
 def test_hf_base_model_with_pooler(tmp_path, inputs, caplog):
     hf = hf_model("XLMRobertaModel", seed=24)
     assert hf.pooler is not None

@@ -37,6 +37,26 @@ def test_logits_and_hidden_states_match_hf(pair, left, pass_mask):
     assert max_diff(out.last_hidden_state, ref.hidden_states[-1]) < TOL
 
 
+@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+def test_attention_mask_hiding_real_tokens_matches_hf(unpad):
+    """An attention_mask that also hides real (non-pad) tokens as keys: our non-hidden outputs
+    equal HF's with the same mask. Every other test passes a mask equal to (ids != pad), so a
+    forward that ignores the given mask and re-derives it from the pad ids went unnoticed."""
+    hf = hf_model("XLMRobertaForMaskedLM", seed=1)
+    ours = xf.XLMRForMaskedLM.from_state_dict(hf.state_dict(), ours_config(unpad=unpad)).eval()
+    ids, am = batch((13, 9, 5, 2), seed=2)
+    am = am.clone()
+    am[0, 5:9] = 0  # real tokens the caller excludes
+    am[1, 2] = 0
+    keep = am.bool()
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=am).logits
+        out = ours(ids, attention_mask=am).logits
+        unmasked = ours(ids).logits
+    assert max_diff(out, ref, keep) < TOL
+    assert max_diff(out, unmasked, keep) > 1e-3  # the hidden tokens do change the outputs
+
+
 def test_eager_hf_attention_too():
     hf = hf_model("XLMRobertaForMaskedLM", seed=3, attn_implementation="eager")
     ours = xf.XLMRForMaskedLM.from_state_dict(hf.state_dict(), ours_config()).eval()
@@ -157,6 +177,25 @@ def test_dropout_active_only_in_training():
     with torch.no_grad():
         c = m(ids).logits
     assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+def test_embedding_dropout_in_training(unpad):
+    """spec 1.2 step 6: dropout(hidden_dropout) right after the embedding LayerNorm. In training
+    hidden_states[0] is the eval embedding with about p of its features zeroed and the rest
+    scaled by 1/(1-p). test_dropout_active_only_in_training cannot see a missing embedding
+    dropout: the layers' own dropout already changes the logits."""
+    torch.manual_seed(0)
+    m = xf.XLMRModel(xf.XLMRConfig.tiny(hidden_dropout=0.5, unpad=unpad))
+    ids, am = batch((9, 6), seed=13, vocab=1000)
+    keep = am.bool()
+    with torch.no_grad():
+        ref = m.eval()(ids, output_hidden_states=True).hidden_states[0][keep]
+        torch.manual_seed(1)
+        got = m.train()(ids, output_hidden_states=True).hidden_states[0][keep]
+    kept = got != 0
+    assert 0.35 < kept.float().mean().item() < 0.65
+    torch.testing.assert_close(got[kept], 2 * ref[kept])
 
 
 def test_init_follows_fairseq_bert_init():
