@@ -141,6 +141,62 @@ def test_layer_op_goals_read_the_hbm_share_and_the_keep_rule(tmp_path):
     assert _goal(t, "bias_gelu vs eager and compile (F=3072)").ok is None
 
 
+def test_newest_run_is_the_latest_date_then_the_latest_in_the_file(tmp_path):
+    # Runs are ordered by date, then by where their last row sits in the file (results are
+    # appended); never by commit hash. Same-day runs are the common case (every committed run
+    # so far is dated 2026-11-23), and a run appended again after another is the newer one.
+    def mask(us, commit, date="2026-11-23"):
+        return _row("mlm_mask", "ours_triton", "graph", "64x512,int32", us / 1000, commit, date)
+    # commit hashes in the opposite order to the dates
+    v = _goal(_table(tmp_path, [mask(30, "ffff", "2026-11-20"), mask(12, "0000")]), "mlm_mask")
+    assert v.run == "0000 2026-11-23" and v.ok is True
+    # same day: the run whose rows come later in the file, whatever the hashes
+    for first, second in (("aaaa", "bbbb"), ("bbbb", "aaaa")):
+        v = _goal(_table(tmp_path, [mask(30, first), mask(12, second)]), "mlm_mask")
+        assert v.run == f"{second} 2026-11-23" and v.ok is True
+    # run a, then run b, then a again (re-run at the same commit): a's last row is the newest
+    v = _goal(_table(tmp_path, [mask(12, "aaaa"), mask(12, "bbbb"), mask(25, "aaaa")]),
+              "mlm_mask")
+    assert v.run == "aaaa 2026-11-23" and "25.0 us" in v.measured and v.ok is False
+
+
+def test_goal_boundaries_and_partial_graph_rows(tmp_path):
+    run = dict(commit="c", date="2026-12-05")
+    s12 = "B64xT512xH12xD64"
+    # "< 20 us": exactly 20 us is not met
+    t = _table(tmp_path, [_row("mlm_mask", "ours_triton", "graph", "64x512,int32", 0.020, **run)])
+    assert _goal(t, "mlm_mask").ok is False
+    # a graph row for ours alone (SDPA's capture failed): no device-time pair, still a verdict
+    t = _table(tmp_path, [_row("attention", "sdpa_cudnn", "fwd+bwd", s12, 0.90, **run),
+                          _row("attention", "ours_mask", "fwd+bwd", s12, 0.80, **run),
+                          _row("attention", "ours_mask", "graph", s12, 0.50, **run)])
+    v = _goal(t, f"attention, no dropout ({s12})")
+    assert v.ok is True and "device time" not in v.measured
+
+
+def test_layer_keep_rule_needs_every_shape_and_ignores_in_context_rows(tmp_path):
+    run = dict(commit="c", date="2026-12-05")
+    op = "bias_gelu"
+    rows = []
+    # ours beats eager and compile at one shape and loses at the other: the keep rule
+    # ("faster than both", at every shape) is not met
+    for shape, ours in (("T=32768,F=3072,bf16", 0.10), ("T=8192,F=3072,bf16", 0.30)):
+        rows += [_row(op, "ours", "fwd+bwd(graph)", shape, ours, **run,
+                      note="90% of HBM copy 3000 GB/s"),
+                 _row(op, "eager", "fwd+bwd(graph)", shape, 0.20, **run),
+                 _row(op, "compile", "fwd+bwd(graph)", shape, 0.25, **run)]
+    # in-context rows (the GEMM with its epilogue, "ctx" shapes) count for neither goal
+    ctx = "ctx T=32768,H=768,F=3072,bf16"
+    rows += [_row(op, "ours", "fwd+bwd(graph)", ctx, 1.0, **run, note="5% of HBM copy"),
+             _row(op, "eager", "fwd+bwd(graph)", ctx, 2.0, **run),
+             _row(op, "compile", "fwd+bwd(graph)", ctx, 2.0, **run)]
+    t = _table(tmp_path, rows)
+    keep = _goal(t, f"{op} vs eager and compile (F=3072)")
+    assert keep.ok is False and "1 of 2 shapes" in keep.measured
+    hbm = _goal(t, f"{op} HBM share (F=3072)")
+    assert hbm.ok is True and "90-90% over 2 shapes" in hbm.measured
+
+
 def test_committed_results_give_a_verdict_per_goal(capsys):
     paths = sorted(glob.glob(os.path.join(goals.RESULTS, "*.csv")))
     if not paths:

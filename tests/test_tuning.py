@@ -103,6 +103,9 @@ def test_user_file_overrides_packaged_key_by_key(places, monkeypatch, tmp_path):
                  tuning.user_path(NAME))
     assert tuning.choice("bias_gelu", GPU, "768,bfloat16") == "fused"
     # XLMR_FAST_TUNING=off: no file; =path: only that file, which must be this GPU's.
+    for off in ("off", "0", "none", "OFF"):  # not a path named "off" (that `describe` would list)
+        monkeypatch.setenv("XLMR_FAST_TUNING", off)
+        assert tuning.sources(NAME) == []
     monkeypatch.setenv("XLMR_FAST_TUNING", "off")
     assert tuning.choices(NAME) == {}
     one = tuning.write(doc({"bias_gelu": {"768,bfloat16": "torch"}}), tmp_path / "one.json")
@@ -198,6 +201,28 @@ def test_describe_reports_tuned_paths(places):
     line = tune.describe(GPU, 768, torch.bfloat16, fused_layer_ops=False)
     assert "recompute schedule" in line and "LayerNorm: torch" in line
     assert "tuning files: none" in tune.describe(torch.device("cpu"), 1024, torch.bfloat16)
+
+
+def test_attention_candidates_time_a_batch_of_the_buckets_length(monkeypatch):
+    """The batch `xlmr-fast tune` times for length T holds one sequence of exactly T (the others
+    shorter), padded and packed: its times are filed under T's bucket, so a batch whose longest
+    sequence fell short of T would time a shorter length under T's key."""
+    from xlmr_fast import ops
+    seen = []
+
+    def fake(qkv, *, dropout_p=0.0, key_padding_mask=None, cu_seqlens=None, max_seqlen=None):
+        seen.append((qkv.shape, key_padding_mask, cu_seqlens, max_seqlen))
+        return qkv[:, 0] if cu_seqlens is not None else qkv[:, :, 0].transpose(1, 2)
+    monkeypatch.setattr(ops, "attention_qkvpacked", fake)
+    for varlen in (False, True):
+        cands = tune.attention_candidates(torch.device("cpu"), 2, torch.float32, 40, 80, varlen,
+                                          0.0)
+        assert set(cands) == {"triton", "sdpa"}
+        cands["sdpa"]()
+    (shape_p, kpm, _, _), (shape_v, _, cu, max_seqlen) = seen
+    valid = (~kpm).sum(1)
+    assert shape_p[1] == 40 and valid.max() == 40 and valid.min() >= 20
+    assert max_seqlen == 40 and cu.diff().max() == 40 and cu[-1] == shape_v[0]
 
 
 # ---------------------------------------------------------------- choice rules

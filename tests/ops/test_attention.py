@@ -43,9 +43,11 @@ def make_mask(B, T, device, seed=0, frac=0.3):
     return m.to(device)
 
 
-def torch_lowp(q, k, v, key_padding_mask=None, dropout_mask=None, dropout_p=0.0):
+def torch_lowp(q, k, v, key_padding_mask=None, dropout_mask=None, dropout_p=0.0,
+               softmax_scale=None):
     """The same math in plain torch at the input precision (the error yardstick)."""
-    s = torch.einsum("bhqd,bhkd->bhqk", q, k) * q.shape[-1] ** -0.5
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    s = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
     if key_padding_mask is not None:
         s = s.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
     p = torch.softmax(s.float(), dim=-1).nan_to_num(0.0).to(q.dtype)
@@ -68,15 +70,17 @@ def assert_close_rule(name, ours, ref, pt, factor):
         f"{name}: max error {err:.3g} > {factor} x torch-lowp error {err_pt:.3g} + {floor:.1g}")
 
 
-def check_against_reference(q, k, v, kpm=None, dropout_p=0.0, seed=None):
+def check_against_reference(q, k, v, kpm=None, dropout_p=0.0, seed=None, softmax_scale=None):
     """Run xf.ops.attention + backward; compare with fp32 reference and low-precision torch."""
     B, H, T, D = q.shape
     keep = attention_dropout_mask(seed, B, H, T, T, dropout_p, q.device) if dropout_p else None
-    out = xf.ops.attention(q, k, v, key_padding_mask=kpm, dropout_p=dropout_p, seed=seed)
+    out = xf.ops.attention(q, k, v, key_padding_mask=kpm, dropout_p=dropout_p, seed=seed,
+                           softmax_scale=softmax_scale)
     dout = torch.randn_like(out)
     g = grads(out, (q, k, v), dout)
     ref_in = [x.detach().float().requires_grad_() for x in (q, k, v)]
-    ref = attention_reference(*ref_in, key_padding_mask=kpm, dropout_mask=keep, dropout_p=dropout_p)
+    ref = attention_reference(*ref_in, key_padding_mask=kpm, dropout_mask=keep, dropout_p=dropout_p,
+                              softmax_scale=softmax_scale)
     g_ref = grads(ref, ref_in, dout.float())
     if q.dtype == torch.float32:
         tol = dict(atol=2e-5, rtol=1e-4)
@@ -85,7 +89,8 @@ def check_against_reference(q, k, v, kpm=None, dropout_p=0.0, seed=None):
             torch.testing.assert_close(a, b, **tol, msg=lambda m, n=n: f"d{n}: {m}")
         return out, g
     pt_in = [x.detach().clone().requires_grad_() for x in (q, k, v)]
-    pt = torch_lowp(*pt_in, key_padding_mask=kpm, dropout_mask=keep, dropout_p=dropout_p)
+    pt = torch_lowp(*pt_in, key_padding_mask=kpm, dropout_mask=keep, dropout_p=dropout_p,
+                    softmax_scale=softmax_scale)
     g_pt = grads(pt, pt_in, dout)
     assert_close_rule("out", out, ref, pt, 2)
     for n, a, b, c in zip("qkv", g, g_ref, g_pt):
@@ -170,6 +175,20 @@ def test_sdpa_varlen_matches_reference(monkeypatch):
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
 
 
+def test_sdpa_softmax_scale_is_used(monkeypatch):
+    # An explicit softmax_scale must reach SDPA on the padded and the packed path: dropping it
+    # (passing None) silently falls back to D ** -0.5 = 0.25 here, not 0.3.
+    monkeypatch.setenv("XLMR_FAST_BACKEND", "reference")
+    q, k, v = make_qkv(4, 3, 13, 16, torch.float32, "cpu")
+    check_against_reference(q, k, v, make_mask(4, 13, "cpu"), softmax_scale=0.3)
+    lengths = [5, 0, 11]
+    cu = cu_from(lengths, "cpu")
+    qp, kp, vp = (torch.randn(sum(lengths), 2, 16) for _ in range(3))
+    out = xf.ops.attention(qp, kp, vp, cu_seqlens=cu, max_seqlen=11, softmax_scale=0.3)
+    ref = attention_reference(qp, kp, vp, cu_seqlens=cu, softmax_scale=0.3)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+
+
 def test_backend_reasons(monkeypatch):
     monkeypatch.delenv("XLMR_FAST_BACKEND", raising=False)
     q = torch.randn(1, 1, 4, 48)
@@ -182,10 +201,43 @@ def test_backend_reasons(monkeypatch):
             xf.ops.attention(q, q, q)
 
 
+def test_triton_support_rules(monkeypatch):
+    """What the Triton kernel is given (the choice only, no kernel runs): head dims 32, 64, 128
+    (a 96-wide head falls back, it never reaches the kernel), fp16/bf16/fp32 (fp32 on CUDA only
+    when forced: SDPA is faster), no empty input; XLMR_FAST_BACKEND=reference forces SDPA.
+    TRITON_INTERPRET=1 makes CPU tensors Triton-capable, so each rule is what decides."""
+    from types import SimpleNamespace
+    pytest.importorskip("triton")
+    monkeypatch.delenv("XLMR_FAST_BACKEND", raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    bf = torch.bfloat16
+    for D in (32, 64, 128):
+        assert attention_backend(torch.randn(1, 2, 4, D, dtype=bf)) == ("triton", "supported")
+    for D in (16, 48, 96, 256):
+        backend, why = attention_backend(torch.randn(1, 2, 4, D, dtype=bf))
+        assert backend == "sdpa" and f"head dim {D}" in why, (D, backend, why)
+    assert attention_backend(torch.randn(1, 2, 4, 64, dtype=torch.float64))[0] == "sdpa"
+    assert attention_backend(torch.randn(0, 2, 4, 64, dtype=bf)) == ("sdpa", "empty input")
+    assert attention_backend(torch.randn(1, 2, 4, 64))[0] == "triton"  # fp32 on the CPU
+    # fp32 on CUDA (what attention_backend reads of a CUDA tensor; the refusal comes before
+    # any tuning-file lookup)
+    cuda32 = SimpleNamespace(device=torch.device("cuda", 0), shape=(1, 2, 4, 64),
+                             dtype=torch.float32, numel=lambda: 512)
+    backend, why = attention_backend(cuda32)
+    assert backend == "sdpa" and "fp32" in why
+    monkeypatch.setenv("XLMR_FAST_BACKEND", "triton")
+    assert attention_backend(cuda32) == ("triton", "XLMR_FAST_BACKEND=triton")
+    monkeypatch.setenv("XLMR_FAST_BACKEND", "reference")
+    assert attention_backend(torch.randn(1, 2, 4, 64, dtype=bf)) == (
+        "sdpa", "XLMR_FAST_BACKEND=reference")
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(key_padding_mask=torch.zeros(2, 5, dtype=torch.bool)), "key_padding_mask"),
     (dict(key_padding_mask=torch.zeros(2, 4)), "key_padding_mask"),
     (dict(dropout_p=1.0), "dropout_p"),
+    (dict(dropout_p=-0.1), "dropout_p"),  # a negative rate would scale kept values below 1
+    (dict(max_seqlen=5), "max_seqlen"),   # max_seqlen on the padded layout must equal T
     (dict(softmax_scale=-1.0), "softmax_scale"),
     (dict(seed=-3), "seed"),
     (dict(cu_seqlens=torch.tensor([0, 4], dtype=torch.int32), max_seqlen=4), "packed"),
@@ -257,6 +309,14 @@ def test_triton_interp_forward_backward(B, H, T, D, dtype, force_triton):
     assert (out[1] == 0).all() and all((x[1] == 0).all() for x in (g[0],))
     if T > 1:  # no mask at all
         check_against_reference(q, k, v, None)
+
+
+@pytest.mark.interpret
+def test_triton_interp_softmax_scale(force_triton):
+    # An explicit softmax_scale reaches the kernels, forward and backward (a dropped argument
+    # gives D ** -0.5 = 0.177 here, not 0.3).
+    q, k, v = make_qkv(3, 2, 17, 32, torch.float32, "cpu", seed=13)
+    check_against_reference(q, k, v, make_mask(3, 17, "cpu", seed=13), softmax_scale=0.3)
 
 
 @pytest.mark.interpret

@@ -409,6 +409,21 @@ def test_dispatch(backend):
             linear_cross_entropy(h, w, b, t)
 
 
+def test_lce_backend_variable_wins_over_the_global_one(monkeypatch):
+    # XLMR_FAST_LCE_BACKEND forces this op alone and wins over XLMR_FAST_BACKEND (the documented
+    # order; a model whose attention runs on the CPU forces the LM head separately). Reversed,
+    # the global triton forcing would win and raise on these CPU tensors.
+    h, w, b, t = make_inputs(4, 16, 50)
+    monkeypatch.setenv("XLMR_FAST_BACKEND", "triton")
+    monkeypatch.setenv("XLMR_FAST_LCE_BACKEND", "Reference")
+    assert linear_cross_entropy_backend(h, w)[0] == "reference"
+    torch.testing.assert_close(linear_cross_entropy(h, w, b, t),
+                               linear_cross_entropy_reference(h, w, b, t))
+    monkeypatch.setenv("XLMR_FAST_LCE_BACKEND", "fused")  # a typo raises, not ignored
+    with pytest.raises(ValueError, match="XLMR_FAST_LCE_BACKEND='fused'"):
+        linear_cross_entropy_backend(h, w)
+
+
 def test_default_backend_on_cpu_is_reference_or_interpreter(monkeypatch):
     monkeypatch.delenv("XLMR_FAST_BACKEND", raising=False)
     h, w, b, t = make_inputs(4, 16, 50)
