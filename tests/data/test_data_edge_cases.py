@@ -316,3 +316,14 @@ def test_iter_lines_streams_a_long_document(tmp_path):
     s0, s1 = ReadStats(), ReadStats()
     assert list(C.iter_lines(p, s0)) == [ln for d in iter_documents(p, s1) for ln in d]
     assert s0 == s1 and s0.documents == 1 and s0.lines == 100_000
+
+
+def test_min_chars_keeps_a_line_of_exactly_min_chars(tmp_path):
+    """Catches an off-by-one in the min_chars filter: "shorter than min_chars" is dropped, a line
+    of exactly min_chars characters is kept."""
+    from xlmr_fast.data.corpus import CleanConfig, ReadStats, iter_lines
+    p = tmp_path / "en.txt"
+    p.write_text("123456789\n1234567890\n12345678901\n")
+    st = ReadStats()
+    kept = list(iter_lines(p, st, CleanConfig(min_chars=10, dedup=False)))
+    assert kept == ["1234567890", "12345678901"] and st.removed["min_chars"] == 1

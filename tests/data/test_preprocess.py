@@ -390,3 +390,18 @@ def test_full_cc100_mini(shared_data, tok_dir, tmp_path):
     for lang in langs:
         sh = open_shard(tmp_path / "full" / f"{lang}.bin")
         assert sh.n_docs == meta["languages"][lang]["documents"] > 0
+
+
+def test_rerun_skips_a_language_left_empty_by_cleaning(tok_dir, tmp_path, capsys):
+    """Catches a finished language without tokens (meta.json's empty_languages) being read and
+    cleaned again by every rerun: only languages with shards were checked for skipping."""
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "yo.txt").write_text("ab\ncd\n")
+    (small / "en.txt").write_text("a long enough line of English text here\n")
+    out = tmp_path / "o"
+    pp.preprocess(small, tok_dir, out, clean=CleanConfig(min_chars=10), workers=1)
+    capsys.readouterr()
+    meta = pp.preprocess(small, tok_dir, out, clean=CleanConfig(min_chars=10), workers=1)
+    assert "2 of 2 languages already done" in capsys.readouterr().out
+    assert "yo" in meta["empty_languages"] and list(meta["languages"]) == ["en"]

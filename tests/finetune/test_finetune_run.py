@@ -459,3 +459,35 @@ def test_sigterm_mid_epoch_saves_and_the_rerun_continues_there(pretrained, share
         assert torch.equal(a[k], b[k]), k
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
     assert json.loads((cut / "results.json").read_text())["mean"] == whole["mean"]
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+    """Catches the seed summary using the population std (ddof 0) or a wrong mean: two seeds
+    scoring 50 and 60 are 55.0 ± 7.1 (statistics.stdev, ddof 1), not ± 5.0. The end-to-end runs
+    only check that the means lie in [0, 100]."""
+    from xlmr_fast.finetune import run as F
+    a = F.FinetuneArgs(task="xnli", model="m", train=["t"], eval=["e"], seeds=(0, 1))
+    per_seed = [{"seed": 0, "scores": {"de": 50.0, "en": 70.0}, "details": {}},
+                {"seed": 1, "scores": {"de": 60.0, "en": 80.0}, "details": {}}]
+    t = F.summarize(a, ["en"], per_seed)
+    assert t["mean"] == {"de": 55.0, "en": 75.0} and t["average"] == 65.0
+    assert t["std"] == pytest.approx({"de": 50 ** 0.5, "en": 50 ** 0.5})
+    assert "| 55.0 ± 7.1 | 75.0 ± 7.1 | 65.0 ± 7.1 |" in t["markdown"]
+
+
+def test_every_result_setting_argument_is_in_the_fingerprint():
+    """Catches a field that changes a seed's model or scores being left out of the fingerprint
+    (NOT_IN_RESULT): a rerun with another value would then reuse the old result.json. Only the
+    fields listed here may be left out."""
+    import dataclasses
+
+    from xlmr_fast.finetune import resume as Rs
+    from xlmr_fast.finetune import run as F
+    assert set(Rs.NOT_IN_RESULT) == {"seeds", "out", "device", "eval_batch_size", "save_model",
+                                    "checkpoints"}
+    fields = {f.name for f in dataclasses.fields(F.FinetuneArgs)}
+    base = F.FinetuneArgs(task="xnli", model="m", train=["t"], eval=["e"])
+    assert set(F.fingerprint(base)) == fields - set(Rs.NOT_IN_RESULT)
+    changed = dataclasses.replace(base, max_eval_examples=7)
+    assert F.fingerprint(changed) != F.fingerprint(base)
+    assert F.default_out(changed) != F.default_out(base)

@@ -68,3 +68,44 @@ def test_bad_files(tmp_path):
     bad.write_text("optim:\n  lr: 0\n")
     with pytest.raises(ConfigError, match=f"optim.lr = 0.0 is invalid: > 0 \\(in {bad}\\)"):
         load_config(bad)
+
+
+def test_base_and_large_presets_are_the_xlmr_recipe():
+    """Catches a preset drifting from spec §1.1 / §4.3 (a wrong lr, warmup, schedule length or
+    effective batch in base/large, or a wrong model size behind the preset name): the existing
+    preset test only checks base's micro-batch x accumulation."""
+    import xlmr_fast as xf
+    base, large = TrainConfig.preset("base"), TrainConfig.preset("large")
+    for cfg in (base, large):
+        assert cfg.data.seq_len == 512 and cfg.optim.max_steps == 1_500_000    # 1.5M updates
+        assert cfg.data.micro_batch * cfg.optim.grad_accum == 8192             # sequences / update
+        assert cfg.optim.warmup_steps == 10_000
+    assert base.optim.lr == 7e-4    # RoBERTa's lr table: bsz 8192 -> 7e-4 (spec §4.3)
+    assert large.optim.lr == 4e-4   # RoBERTa-large's peak lr (the table is base's)
+    sizes = {"base": (12, 768, 3072, 12), "large": (24, 1024, 4096, 16)}       # L, H, F, A
+    for name, want in sizes.items():
+        m = getattr(xf.XLMRConfig, name)()
+        assert TrainConfig.preset(name).model.preset == name
+        assert (m.num_layers, m.hidden_size, m.ffn_size, m.num_heads) == want, name
+
+
+@pytest.mark.parametrize("override, ok", [
+    ("mask.prob=0", False), ("mask.prob=1", False), ("mask.prob=0.15", True),
+    ("optim.warmup_steps=1500", True),    # == tiny's max_steps: the documented bound
+    ("optim.warmup_steps=1501", False),   # one past it
+])
+def test_validation_bounds_exactly(override, ok):
+    """Catches an off-by-one in the range checks (mask.prob 0 accepted: no MLM targets at all;
+    warmup_steps one past max_steps accepted). The bad-overrides test only uses far-off values."""
+    if ok:
+        load_config(None, [override])
+    else:
+        with pytest.raises(ConfigError, match=override.split("=")[0]):
+            load_config(None, [override])
+
+
+def test_several_overrides_of_one_section_all_apply():
+    """Catches overrides of one section replacing each other (only the last one kept): the
+    file-then-overrides test uses one override per section."""
+    cfg = load_config(None, ["optim.lr=3e-4", "optim.max_steps=50", "optim.warmup_steps=5"])
+    assert (cfg.optim.lr, cfg.optim.max_steps, cfg.optim.warmup_steps) == (3e-4, 50, 5)

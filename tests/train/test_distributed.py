@@ -27,7 +27,7 @@ def _run(prepared, out, nproc, *over, env_extra=None):
             "model.hidden_dropout=0.0", "model.attention_dropout=0.0", "optim.max_steps=4",
             "optim.warmup_steps=1", "optim.lr=3e-3", "run.log_every=1", "run.eval_every=2",
             "run.eval_batches=2", "run.save_every=0", "run.progress=false",
-            "run.tensorboard=false", *over]
+            "run.tensorboard=false", "run.peak_tflops=1", *over]
     if nproc == 1:
         cmd = [sys.executable, "-m", "xlmr_fast", "pretrain", *args]
     else:
@@ -66,6 +66,10 @@ def test_two_ranks_equal_one_rank(prepared, tmp_path, mode, lce):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-5), s
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), s
         assert b["loss_lang"] == pytest.approx(a["loss_lang"], rel=1e-5, abs=1e-5), s
+        # tokens_per_s is the sum over the ranks, so MFU divides by W peaks: one rank's MFU
+        # per token/s is twice two ranks' (catches the world size left out of the denominator)
+        assert b["mfu"] / b["tokens_per_s"] == pytest.approx(a["mfu"] / a["tokens_per_s"] / 2,
+                                                             rel=1e-9), s
     assert sorted(one_e) == sorted(two_e) == [2, 4]
     # evaluation rows are split over the ranks and the sums all-reduced: same targets
     for s in one_e:

@@ -375,3 +375,36 @@ def test_mapped_resume_keeps_no_mapping_of_the_checkpoint(prepared, tmp_path):
     tr._resume()
     gc.collect()
     assert tr.opt.state and path not in open("/proc/self/maps").read()
+
+
+def test_per_language_sums_use_each_target_rows_language():
+    """Catches a target's loss being added to another row's language (e.g. the next row's): the
+    end-to-end runs only check which languages appear, and the total loss is the same either
+    way. Rows 0..2 of a (3, 4) batch are languages 2, 0, 1; slot -1 is unused."""
+    from xlmr_fast.train.pretrain import _add_per_language
+    loss, count = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    pos = torch.tensor([0, 3, 5, 8, 11, -1])     # rows 0, 0, 1, 2, 2, unused
+    loss_N = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0, 100.0])
+    langs = torch.tensor([2, 0, 1])
+    n = _add_per_language(loss, count, loss_N, pos, langs, seq_len=4)
+    assert int(n) == 5
+    assert loss.tolist() == [4.0, 24.0, 3.0] and count.tolist() == [1.0, 2.0, 2.0]
+
+
+def test_logged_mfu_uses_the_configured_peak_and_mask_rate(prepared, tmp_path):
+    """Catches MFU against a wrongly scaled peak (run.peak_tflops is TFLOP/s) or FLOPs counted
+    for another mask rate: MFU = tokens/s x model_flops_per_token / peak. CPU runs report no MFU
+    unless the peak is given, so no other test sees the number."""
+    import json
+
+    import xlmr_fast as xf
+    from xlmr_fast.train.metrics import model_flops_per_token
+    out = tmp_path / "run"
+    pretrain(make_cfg(prepared, out, "optim.max_steps=2", "optim.warmup_steps=1",
+                      "run.eval_every=0", "run.save_every=0", "run.peak_tflops=0.5",
+                      "mask.prob=0.3"))
+    m_cfg = xf.XLMRConfig.from_hf_dict(json.loads((out / "final" / "config.json").read_text()))
+    fpt = model_flops_per_token(m_cfg, 64, 0.3)
+    train = [r for r in read_metrics(out) if r["kind"] == "train"]
+    assert train and all(r["mfu"] == pytest.approx(r["tokens_per_s"] * fpt / 0.5e12, rel=1e-9)
+                         for r in train)
